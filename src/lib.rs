@@ -1,0 +1,4 @@
+//! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
+
+pub mod gguf;
+pub mod quant;
