@@ -1,6 +1,7 @@
 //! GGML tensor types: the id stored in a GGUF tensor info, and each type's block geometry.
 //!
-//! Ids and sizes follow ggml's `ggml_type` enum and `type_traits` table (ggml.c). Ids that
+//! Ids and sizes follow ggml's `ggml_type` enum and `type_traits` table (ggml.c), up to
+//! Q2_0 = 42 (the newest ids as of llama.cpp in llama-cpp-python 0.3.36). Ids that
 //! ggml has retired (4, 5, 31–33, 36–38) are kept in the table so that an old file gets a
 //! precise "removed type" error rather than "unknown id".
 
@@ -43,6 +44,9 @@ pub enum GgmlType {
     TQ1_0 = 34,
     TQ2_0 = 35,
     MXFP4 = 39,
+    NVFP4 = 40,
+    Q1_0 = 41,
+    Q2_0 = 42,
 }
 
 /// What an id in 0..=39 means: a live type, or one ggml has removed.
@@ -87,6 +91,9 @@ const TABLE: &[(GgmlType, &str, usize, usize)] = &[
     (GgmlType::TQ1_0, "TQ1_0", 256, 54),
     (GgmlType::TQ2_0, "TQ2_0", 256, 66),
     (GgmlType::MXFP4, "MXFP4", 32, 17),
+    (GgmlType::NVFP4, "NVFP4", 64, 36),
+    (GgmlType::Q1_0, "Q1_0", 128, 18),
+    (GgmlType::Q2_0, "Q2_0", 64, 18),
 ];
 
 const REMOVED: &[(u32, &str)] = &[
@@ -190,14 +197,14 @@ mod tests {
 
     #[test]
     fn all_variants_in_table() {
-        for id in 0..=39u32 {
+        for id in 0..=42u32 {
             let t = GgmlType::lookup(id).unwrap_or_else(|| panic!("id {id} missing"));
             if let TypeId::Live(t) = t {
                 assert_eq!(t.id(), id);
                 assert_eq!(GgmlType::from_name(t.name()), Some(t));
             }
         }
-        assert_eq!(GgmlType::lookup(40), None);
+        assert_eq!(GgmlType::lookup(43), None);
     }
 
     #[test]
