@@ -1,4 +1,6 @@
 //! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
 
 pub mod gguf;
+pub mod inspect;
 pub mod quant;
+pub mod tensor;
