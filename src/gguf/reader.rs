@@ -210,6 +210,17 @@ impl<'a> Cursor<'a> {
     }
 }
 
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("metadata", &self.kvs.len())
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
 impl GgufFile {
     /// Maps and validates a GGUF file.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
