@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "ledge", version, about = "LLMs at the edge: run and compress GGUF models on CPU")]
+#[command(
+    name = "ledge",
+    version,
+    about = "LLMs at the edge: run and compress GGUF models on CPU"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,7 +33,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         Command::Inspect { file, json } => {
             let f = ledge::gguf::GgufFile::open(&file)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&ledge::inspect::report_json(&f))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ledge::inspect::report_json(&f))?
+                );
             } else {
                 print!("{}", ledge::inspect::report_text(&f));
             }

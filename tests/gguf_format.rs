@@ -84,10 +84,7 @@ fn writer_round_trip_every_value_type() {
         .collect();
     assert_eq!(tokens, ["<s>", "</s>", "▁hello", "", "日本"]);
     let nested = f.get_array("t.nested").unwrap();
-    let lens: Vec<usize> = nested
-        .iter()
-        .map(|v| v.as_array().unwrap().len())
-        .collect();
+    let lens: Vec<usize> = nested.iter().map(|v| v.as_array().unwrap().len()).collect();
     assert_eq!(lens, [2, 0, 1]);
     // Tensor bytes, shapes and alignment.
     assert_eq!(f.tensor_count(), 4);
@@ -160,7 +157,10 @@ fn writer_leaves_no_file_when_unfinished() {
     // Wrong data size names the tensor.
     let mut s = b.clone().create(&path).unwrap();
     let e = s.write_tensor(&[0; 3]).unwrap_err().to_string();
-    assert!(e.contains("a.weight") && e.contains("needs 60 bytes, got 3"), "{e}");
+    assert!(
+        e.contains("a.weight") && e.contains("needs 60 bytes, got 3"),
+        "{e}"
+    );
     drop(s);
     // An existing file is replaced only on success.
     std::fs::write(&path, b"old").unwrap();
@@ -195,7 +195,10 @@ fn open_err(bytes: &[u8]) -> GgufError {
 
 #[test]
 fn bad_magic_and_versions() {
-    assert!(matches!(open_err(b"GGML\x03\0\0\0"), GgufError::BadMagic { .. }));
+    assert!(matches!(
+        open_err(b"GGML\x03\0\0\0"),
+        GgufError::BadMagic { .. }
+    ));
     assert!(matches!(open_err(b"GG"), GgufError::Truncated { .. }));
     let e = open_err(&Raw::header(1, 0, 0).0);
     assert!(matches!(e, GgufError::UnsupportedVersion(1)), "{e}");
@@ -215,7 +218,17 @@ fn truncated_file_names_the_field_and_offset() {
     r.0.extend_from_slice(b"short");
     let e = open_err(&r.0);
     let msg = e.to_string();
-    assert!(matches!(e, GgufError::Truncated { offset: 56, needed: 100, .. }), "{msg}");
+    assert!(
+        matches!(
+            e,
+            GgufError::Truncated {
+                offset: 56,
+                needed: 100,
+                ..
+            }
+        ),
+        "{msg}"
+    );
     assert!(msg.contains("general.name"), "{msg}");
 }
 
@@ -264,13 +277,19 @@ fn duplicate_key_and_invalid_utf8() {
     let mut r = Raw::header(3, 0, 2);
     r.kv_u32("a.b", 1).kv_u32("a.b", 2);
     let e = open_err(&r.0);
-    assert!(matches!(&e, GgufError::DuplicateKey { key, .. } if key == "a.b"), "{e}");
+    assert!(
+        matches!(&e, GgufError::DuplicateKey { key, .. } if key == "a.b"),
+        "{e}"
+    );
     let mut r = Raw::header(3, 0, 1);
     r.u64(2);
     r.0.extend_from_slice(&[0xC3, 0x28]);
     r.u32(ValueType::U8 as u32);
     r.0.push(0);
-    assert!(matches!(open_err(&r.0), GgufError::InvalidUtf8 { offset: 24, .. }));
+    assert!(matches!(
+        open_err(&r.0),
+        GgufError::InvalidUtf8 { offset: 24, .. }
+    ));
 }
 
 #[test]
@@ -278,9 +297,14 @@ fn bad_alignment_value() {
     let mut r = Raw::header(3, 0, 1);
     r.kv_u32("general.alignment", 24);
     let e = open_err(&r.0);
-    assert!(matches!(&e, GgufError::BadMetadata { key, .. } if key == "general.alignment"), "{e}");
+    assert!(
+        matches!(&e, GgufError::BadMetadata { key, .. } if key == "general.alignment"),
+        "{e}"
+    );
     let mut r = Raw::header(3, 0, 1);
-    r.str("general.alignment").u32(ValueType::U64 as u32).u64(32);
+    r.str("general.alignment")
+        .u32(ValueType::U64 as u32)
+        .u64(32);
     assert!(matches!(open_err(&r.0), GgufError::BadMetadata { .. }));
 }
 
@@ -311,7 +335,13 @@ fn tensor_info_errors() {
     );
     let e = open_err(&one("w", &[32], 31, 0, 64));
     assert!(
-        matches!(&e, GgufError::RemovedTensorType { type_name: "Q4_0_4_4", .. }),
+        matches!(
+            &e,
+            GgufError::RemovedTensorType {
+                type_name: "Q4_0_4_4",
+                ..
+            }
+        ),
         "{e}"
     );
     for (dims, why) in [
@@ -327,12 +357,20 @@ fn tensor_info_errors() {
         );
     }
     let e = open_err(&one("w", &[4], 0, 8, 64));
-    assert!(e.to_string().contains("not a multiple of the alignment"), "{e}");
+    assert!(
+        e.to_string().contains("not a multiple of the alignment"),
+        "{e}"
+    );
 
     let mut r = Raw::header(3, 2, 0);
-    r.tensor("dup", &[4], 0, 0).tensor("dup", &[4], 0, 32).data(64);
+    r.tensor("dup", &[4], 0, 0)
+        .tensor("dup", &[4], 0, 32)
+        .data(64);
     let e = open_err(&r.0);
-    assert!(matches!(&e, GgufError::DuplicateTensor { name, .. } if name == "dup"), "{e}");
+    assert!(
+        matches!(&e, GgufError::DuplicateTensor { name, .. } if name == "dup"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -342,7 +380,10 @@ fn missing_and_mistyped_keys() {
     write_synthetic(&path);
     let f = GgufFile::open(&path).unwrap();
     let e = f.get_str("llama.block_count").unwrap_err().to_string();
-    assert!(e.contains("llama.block_count") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("llama.block_count") && e.contains("missing"),
+        "{e}"
+    );
     let e = f.get_str("t.u32").unwrap_err().to_string();
     assert!(e.contains("t.u32 ") || e.contains("\"t.u32\""), "{e}");
     assert!(e.contains("u32") && e.contains("expected a string"), "{e}");
@@ -353,6 +394,8 @@ fn missing_and_mistyped_keys() {
 
 #[test]
 fn open_missing_file_names_the_path() {
-    let e = GgufFile::open("/nonexistent/x.gguf").unwrap_err().to_string();
+    let e = GgufFile::open("/nonexistent/x.gguf")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("/nonexistent/x.gguf"), "{e}");
 }

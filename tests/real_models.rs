@@ -68,7 +68,11 @@ fn inspect_command_on_both_models() {
             .arg(model(name))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains(&format!("tensors ({n}):")), "{text}");
         assert!(text.contains(&format!("total: {n} tensors")), "{text}");
@@ -113,7 +117,10 @@ fn inspect_command_errors_cleanly() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("past the end"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("past the end"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -191,8 +198,14 @@ fn smollm2_round_trip_is_identical() {
     let src = GgufFile::open(model(SMOLLM2)).unwrap();
     rewrite(&src, &out);
     let copy = GgufFile::open(&out).unwrap();
-    let a: Vec<_> = src.metadata().map(|(k, v)| (k, v.to_owned_value())).collect();
-    let b: Vec<_> = copy.metadata().map(|(k, v)| (k, v.to_owned_value())).collect();
+    let a: Vec<_> = src
+        .metadata()
+        .map(|(k, v)| (k, v.to_owned_value()))
+        .collect();
+    let b: Vec<_> = copy
+        .metadata()
+        .map(|(k, v)| (k, v.to_owned_value()))
+        .collect();
     assert!(a == b, "metadata differs");
     assert_eq!(src.tensor_count(), copy.tensor_count());
     for (x, y) in src.tensor_infos().iter().zip(copy.tensor_infos()) {
@@ -216,7 +229,9 @@ fn smollm2_round_trip_is_identical() {
             .unwrap();
         assert!(st.success(), "gguf package sees a difference");
     } else {
-        eprintln!("LEDGE_PYTHON unset: skipped the gguf-package comparison (scripts/test.sh runs it)");
+        eprintln!(
+            "LEDGE_PYTHON unset: skipped the gguf-package comparison (scripts/test.sh runs it)"
+        );
     }
 }
 

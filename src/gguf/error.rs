@@ -37,7 +37,11 @@ pub enum GgufError {
         remaining: u64,
     },
     #[error("{what} at byte offset {offset}: arrays nested more than {max} deep")]
-    TooDeep { what: String, offset: u64, max: usize },
+    TooDeep {
+        what: String,
+        offset: u64,
+        max: usize,
+    },
     #[error("{what} at byte offset {offset}: string of {len} bytes is not valid UTF-8")]
     InvalidUtf8 { what: String, offset: u64, len: u64 },
     #[error("{what} at byte offset {offset}: {count} entries cannot fit in the {remaining} bytes left in the file")]

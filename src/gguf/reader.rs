@@ -287,7 +287,10 @@ impl GgufFile {
             })?;
             let value_at = c.pos;
             c.skip_value(ty, 0, &what)?;
-            if kvs.iter().any(|e: &KvEntry| buf[e.key.clone()] == buf[key.clone()]) {
+            if kvs
+                .iter()
+                .any(|e: &KvEntry| buf[e.key.clone()] == buf[key.clone()])
+            {
                 return Err(GgufError::DuplicateKey {
                     key: key_str.to_string(),
                     offset: entry_at,
@@ -326,7 +329,9 @@ impl GgufFile {
             };
             let n_dims = c.u32(&what)?;
             if n_dims == 0 || n_dims as usize > MAX_DIMS {
-                return Err(bad(format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(bad(format!(
+                    "{n_dims} dimensions (1 to {MAX_DIMS} allowed)"
+                )));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -431,7 +436,11 @@ impl GgufFile {
 
     fn read_alignment(&self, buf: &[u8]) -> Result<u64> {
         let key = "general.alignment";
-        let Some(e) = self.kvs.iter().find(|e| &buf[e.key.clone()] == key.as_bytes()) else {
+        let Some(e) = self
+            .kvs
+            .iter()
+            .find(|e| &buf[e.key.clone()] == key.as_bytes())
+        else {
             return Ok(DEFAULT_ALIGNMENT);
         };
         let (v, _) = decode(e.ty, &buf[e.value_at..]);

@@ -58,7 +58,7 @@ impl ValueType {
     /// The fewest bytes one value of this type can take: what bounds an array's length.
     pub fn min_size(self) -> usize {
         match self {
-            ValueType::String => 8,     // u64 length
+            ValueType::String => 8,    // u64 length
             ValueType::Array => 4 + 8, // element type + count
             t => t.fixed_size().unwrap_or(1),
         }

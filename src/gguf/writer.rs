@@ -11,9 +11,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{GgufError, Result};
+use super::reader::GgufFile;
 use super::reader::{GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
 use super::types::GgmlType;
-use super::reader::GgufFile;
 use super::value::{MetaArray, MetaValue};
 
 const VERSION: u32 = 3;
@@ -110,12 +110,15 @@ impl GgufBuilder {
     pub fn add_tensor(&mut self, name: &str, ty: GgmlType, dims: &[u64]) -> Result<&mut Self> {
         let bad = |reason: String| write_err(format!("tensor {name:?}: {reason}"));
         if dims.is_empty() || dims.len() > MAX_DIMS {
-            return Err(bad(format!("{} dimensions (1 to {MAX_DIMS} allowed)", dims.len())));
+            return Err(bad(format!(
+                "{} dimensions (1 to {MAX_DIMS} allowed)",
+                dims.len()
+            )));
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(bad("declared twice".into()));
         }
-        if dims[0] % ty.block_size() as u64 != 0 {
+        if !dims[0].is_multiple_of(ty.block_size() as u64) {
             return Err(bad(format!(
                 "row length {} is not a multiple of the {ty} block size {}",
                 dims[0],

@@ -63,7 +63,11 @@ pub trait VecDot: QuantBlock {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QuantError {
     #[error("{ty}: {n} elements is not a multiple of the block size {block}")]
-    NotBlockMultiple { ty: GgmlType, n: usize, block: usize },
+    NotBlockMultiple {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
     #[error("{ty}: expected {expected} bytes for {n} elements, got {got}")]
     WrongByteLength {
         ty: GgmlType,
@@ -162,7 +166,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 
 fn check_len(ty: GgmlType, n: usize, bytes: usize) -> Result<(), QuantError> {
     let block = ty.block_size();
-    if n % block != 0 {
+    if !n.is_multiple_of(block) {
         return Err(QuantError::NotBlockMultiple { ty, n, block });
     }
     let expected = n / block * ty.type_size();
@@ -207,7 +211,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], out: &mut [u8]) -> Result<(), QuantEr
 /// Quantizes into a new byte vector (quantized in an 8-aligned scratch buffer, then copied).
 pub fn quantize_to_vec(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError> {
     let block = ty.block_size();
-    if src.len() % block != 0 {
+    if !src.len().is_multiple_of(block) {
         return Err(QuantError::NotBlockMultiple {
             ty,
             n: src.len(),
@@ -216,7 +220,11 @@ pub fn quantize_to_vec(ty: GgmlType, src: &[f32]) -> Result<Vec<u8>, QuantError>
     }
     let nbytes = src.len() / block * ty.type_size();
     let mut words = vec![0u64; nbytes.div_ceil(8)];
-    quantize(ty, src, &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..nbytes])?;
+    quantize(
+        ty,
+        src,
+        &mut bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..nbytes],
+    )?;
     let mut bytes = bytemuck::cast_slice::<u64, u8>(&words).to_vec();
     bytes.truncate(nbytes);
     Ok(bytes)

@@ -80,7 +80,7 @@ impl Raw {
     }
     /// Pads to 32 and appends `n` data bytes.
     pub fn data(&mut self, n: usize) -> &mut Self {
-        while self.0.len() % 32 != 0 {
+        while !self.0.len().is_multiple_of(32) {
             self.0.push(0);
         }
         self.0.extend(std::iter::repeat_n(0x11u8, n));
