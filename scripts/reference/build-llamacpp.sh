@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Builds llama.cpp — the independent reference — from the source that PyPI ships inside
+# llama-cpp-python, once per machine, outside the repository (never in CI: ~11 min on 2 cores).
+#
+#   scripts/reference/build-llamacpp.sh            # builds into $LLAMACPP_HOME (default ~/.cache/ledge/llamacpp)
+#
+# Produces $LLAMACPP_HOME/build/bin/{libllama.so, llama-tokenize, llama-perplexity, llama-bench,
+# llama-quantize, llama-cli, …} and a venv $LLAMACPP_HOME/venv whose python can `import llama_cpp`
+# (the pure-Python ctypes bindings from the same sdist, pointed at our libllama.so through
+# LLAMA_CPP_LIB_PATH). scripts/reference/env.sh prints the variables to use them.
+set -euo pipefail
+
+VERSION=0.3.36
+HOME_DIR=${LLAMACPP_HOME:-$HOME/.cache/ledge/llamacpp}
+SRC=$HOME_DIR/llama_cpp_python-$VERSION
+BUILD=$HOME_DIR/build
+mkdir -p "$HOME_DIR"
+
+if [ ! -d "$SRC" ]; then
+  echo "== fetching llama-cpp-python $VERSION source from PyPI"
+  pip download --no-deps "llama-cpp-python==$VERSION" -d "$HOME_DIR/dl"
+  tar -xzf "$HOME_DIR/dl/llama_cpp_python-$VERSION.tar.gz" -C "$HOME_DIR"
+fi
+
+if [ ! -x "$HOME_DIR/venv/bin/python" ]; then
+  echo "== creating venv with cmake, ninja, numpy, gguf"
+  python3 -m venv "$HOME_DIR/venv"
+  "$HOME_DIR/venv/bin/pip" install -q cmake ninja numpy "gguf==0.19.0" typing_extensions diskcache jinja2
+fi
+export PATH=$HOME_DIR/venv/bin:$PATH
+
+echo "== configuring llama.cpp (native CPU features, -O3 Release, shared libs)"
+cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja \
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
+  -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON >/dev/null
+
+echo "== building (this is the long part)"
+cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target \
+  llama llama-tokenize llama-perplexity llama-bench llama-quantize llama-cli llama-simple
+
+# The ctypes bindings, without building the package's own copy of llama.cpp.
+SITE=$("$HOME_DIR/venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')
+ln -sfn "$SRC/llama_cpp" "$SITE/llama_cpp"
+echo "== done: $BUILD/bin"
+ls "$BUILD/bin"

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Reference data from llama.cpp for ledge's forward-pass tests.
+
+For each real model and prompt: llama.cpp's token ids, the top-K logits at every prompt
+position, and a greedy continuation with the top-K logits at each step. Written to
+tests/fixtures/reference/<model-stem>.json. Run through scripts/reference/gen_model_fixtures.sh
+(needs scripts/reference/build-llamacpp.sh to have run once on this machine).
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from llama_cpp import Llama
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOPK = 20
+N_GEN = 32
+
+PROMPTS = {
+    "SmolLM2-135M-Instruct.Q4_1.gguf": [
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "The quick brown fox jumps over the lazy dog. Once upon a time,",
+        "def fibonacci(n):\n    ",
+    ],
+    "gemma-3-270m-q4_k_m.gguf": [
+        "<start_of_turn>user\nWrite a haiku about the sea.<end_of_turn>\n<start_of_turn>model\n",
+        "The capital of France is",
+        "1, 2, 3, 4, 5,",
+    ],
+}
+
+
+def topk(row):
+    idx = np.argsort(-row, kind="stable")[:TOPK]
+    return {"ids": [int(i) for i in idx], "logits": [float(row[i]) for i in idx]}
+
+
+def main():
+    out_dir = os.path.join(ROOT, "tests", "fixtures", "reference")
+    os.makedirs(out_dir, exist_ok=True)
+    for name, prompts in PROMPTS.items():
+        path = os.path.join(ROOT, "models", name)
+        llm = Llama(model_path=path, n_ctx=512, n_threads=os.cpu_count(), logits_all=True,
+                    verbose=False, seed=0)
+        cases = []
+        for prompt in prompts:
+            ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+            llm.reset()
+            llm.eval(ids)
+            scores = np.array(llm.scores[: len(ids)], dtype=np.float32)
+            prompt_top = [topk(r) for r in scores]
+            gen, gen_top = [], []
+            last = scores[-1]
+            for _ in range(N_GEN):
+                tok = int(np.argmax(last))
+                gen.append(tok)
+                gen_top.append(topk(last))
+                if llm.token_is_eog(tok) if hasattr(llm, "token_is_eog") else tok == llm.token_eos():
+                    break
+                llm.eval([tok])
+                last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            text = llm.detokenize(gen).decode("utf-8", errors="replace")
+            cases.append({"prompt": prompt, "ids": ids, "prompt_top": prompt_top,
+                          "greedy": gen, "greedy_top": gen_top, "greedy_text": text})
+            print(f"{name}: {len(ids)} prompt tokens -> {text!r}", file=sys.stderr)
+        stem = os.path.splitext(name)[0]
+        with open(os.path.join(out_dir, f"{stem}.json"), "w") as f:
+            json.dump({"model": name, "topk": TOPK, "llama_cpp_python": "0.3.36",
+                       "cases": cases}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
