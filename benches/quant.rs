@@ -46,7 +46,9 @@ fn bench_quantize(c: &mut Criterion) {
     g.sample_size(10);
     for ty in types() {
         g.throughput(Throughput::Elements(N as u64));
-        g.bench_function(ty.name(), |b| b.iter(|| quant::quantize_to_vec(ty, &src).unwrap()));
+        g.bench_function(ty.name(), |b| {
+            b.iter(|| quant::quantize_to_vec(ty, &src).unwrap())
+        });
     }
     g.finish();
 }

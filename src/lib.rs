@@ -1,6 +1,9 @@
 //! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
 
+pub mod generate;
 pub mod gguf;
 pub mod inspect;
+pub mod model;
+pub mod ops;
 pub mod quant;
 pub mod tensor;

@@ -1,0 +1,3 @@
+//! Generation: sampling, the streaming generator, chat templates.
+
+pub mod sampler;

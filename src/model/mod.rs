@@ -1,0 +1,344 @@
+//! Models: hyperparameters (config.rs), the KV cache, and the decoder-only transformer that
+//! runs both supported families. Llama and Gemma 3 share one explicit per-layer forward pass;
+//! their differences are the flags of `ArchQuirks` in config.rs, in one commented table.
+//!
+//! A model holds TensorViews into the GGUF map: loading copies no weights.
+
+pub mod config;
+pub mod kv_cache;
+
+use std::borrow::Cow;
+
+use rayon::prelude::*;
+
+use crate::gguf::{GgmlType, GgufFile};
+use crate::ops::{self, activation, attention, norm, rope};
+use crate::quant::QuantError;
+use crate::tensor::TensorView;
+pub use config::{Arch, ConfigError, ModelConfig};
+pub use kv_cache::KvCache;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("tensor {0:?} is missing from the model file")]
+    MissingTensor(String),
+    #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
+    BadShape {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+    #[error("tensor {name:?} has type {ty}, which ledge cannot compute with")]
+    UnsupportedType { name: String, ty: GgmlType },
+    #[error("the context is full: {needed} positions needed, the KV cache holds {ctx} (use a larger --ctx)")]
+    ContextFull { needed: usize, ctx: usize },
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    BadToken { id: u32, n_vocab: usize },
+    #[error(transparent)]
+    Quant(#[from] QuantError),
+}
+
+/// One transformer block's weights, borrowed from the file.
+pub struct LayerWeights<'a> {
+    pub attn_norm: Cow<'a, [f32]>,
+    /// W (n_embd, n_head·hd_k)
+    pub wq: TensorView<'a>,
+    /// W (n_embd, n_kv·hd_k)
+    pub wk: TensorView<'a>,
+    /// W (n_embd, n_kv·hd_v)
+    pub wv: TensorView<'a>,
+    /// W (n_head·hd_v, n_embd)
+    pub wo: TensorView<'a>,
+    pub q_norm: Option<Cow<'a, [f32]>>,
+    pub k_norm: Option<Cow<'a, [f32]>>,
+    pub post_attn_norm: Option<Cow<'a, [f32]>>,
+    pub ffn_norm: Cow<'a, [f32]>,
+    /// W (n_embd, n_ff)
+    pub w_gate: TensorView<'a>,
+    /// W (n_embd, n_ff)
+    pub w_up: TensorView<'a>,
+    /// W (n_ff, n_embd)
+    pub w_down: TensorView<'a>,
+    pub post_ffn_norm: Option<Cow<'a, [f32]>>,
+}
+
+pub struct Model<'a> {
+    pub config: ModelConfig,
+    /// (n_embd, n_vocab): one row per token.
+    pub tok_embd: TensorView<'a>,
+    pub output_norm: Cow<'a, [f32]>,
+    /// (n_embd, n_vocab); the embedding matrix itself when the file ties them.
+    pub output: TensorView<'a>,
+    pub layers: Vec<LayerWeights<'a>>,
+}
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    Last,
+    All,
+}
+
+struct Loader<'a> {
+    f: &'a GgufFile,
+}
+
+impl<'a> Loader<'a> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<TensorView<'a>, ModelError> {
+        let t = self
+            .f
+            .tensor(name)
+            .map_err(|_| ModelError::MissingTensor(name.to_string()))?;
+        if t.shape != shape {
+            return Err(ModelError::BadShape {
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                found: t.shape.clone(),
+            });
+        }
+        if !crate::quant::is_supported(t.ty) {
+            return Err(ModelError::UnsupportedType {
+                name: name.to_string(),
+                ty: t.ty,
+            });
+        }
+        Ok(t)
+    }
+
+    /// A norm weight vector: borrowed when it is aligned F32, else dequantized (tiny).
+    fn vector(&self, name: &str, len: usize) -> Result<Cow<'a, [f32]>, ModelError> {
+        let t = self.tensor(name, &[len])?;
+        if t.ty == GgmlType::F32 {
+            if let Cow::Borrowed(bytes) = t.data {
+                if let Ok(v) = bytemuck::try_cast_slice::<u8, f32>(bytes) {
+                    return Ok(Cow::Borrowed(v));
+                }
+            }
+        }
+        Ok(Cow::Owned(t.to_f32()?))
+    }
+
+    fn optional_vector(
+        &self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Cow<'a, [f32]>>, ModelError> {
+        match self.f.tensor_info(name) {
+            None => Ok(None),
+            Some(_) => self.vector(name, len).map(Some),
+        }
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Builds the model over an open GGUF file, checking every tensor's presence and shape.
+    pub fn load(f: &'a GgufFile) -> Result<Model<'a>, ModelError> {
+        let config = ModelConfig::from_gguf(f)?;
+        let l = Loader { f };
+        let (d, nv) = (config.n_embd, config.n_vocab);
+        let tok_embd = l.tensor("token_embd.weight", &[d, nv])?;
+        let output = if f.tensor_info("output.weight").is_some() {
+            l.tensor("output.weight", &[d, nv])?
+        } else {
+            tok_embd.clone()
+        };
+        let q = config.quirks;
+        let mut layers = Vec::with_capacity(config.n_layer);
+        for (i, lc) in config.layers.iter().enumerate() {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let (hk, hv) = (config.head_dim_k, config.head_dim_v);
+            let qk_norm = |s: &str| -> Result<_, ModelError> {
+                if q.qk_norm {
+                    Ok(Some(l.vector(&n(s), hk)?))
+                } else {
+                    l.optional_vector(&n(s), hk)
+                }
+            };
+            let post = |s: &str| -> Result<_, ModelError> {
+                if q.post_norms {
+                    Ok(Some(l.vector(&n(s), d)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            layers.push(LayerWeights {
+                attn_norm: l.vector(&n("attn_norm"), d)?,
+                wq: l.tensor(&n("attn_q"), &[d, lc.n_head * hk])?,
+                wk: l.tensor(&n("attn_k"), &[d, lc.n_head_kv * hk])?,
+                wv: l.tensor(&n("attn_v"), &[d, lc.n_head_kv * hv])?,
+                wo: l.tensor(&n("attn_output"), &[lc.n_head * hv, d])?,
+                q_norm: qk_norm("attn_q_norm")?,
+                k_norm: qk_norm("attn_k_norm")?,
+                post_attn_norm: post("post_attention_norm")?,
+                ffn_norm: l.vector(&n("ffn_norm"), d)?,
+                w_gate: l.tensor(&n("ffn_gate"), &[d, lc.n_ff])?,
+                w_up: l.tensor(&n("ffn_up"), &[d, lc.n_ff])?,
+                w_down: l.tensor(&n("ffn_down"), &[lc.n_ff, d])?,
+                post_ffn_norm: post("post_ffw_norm")?,
+            });
+        }
+        Ok(Model {
+            tok_embd,
+            output_norm: l.vector("output_norm.weight", d)?,
+            output,
+            layers,
+            config,
+        })
+    }
+
+    /// A KV cache for `ctx` positions.
+    pub fn new_cache(&self, ctx: usize) -> KvCache {
+        let c = &self.config;
+        let widths: Vec<(usize, usize)> = c
+            .layers
+            .iter()
+            .map(|l| (l.n_head_kv * c.head_dim_k, l.n_head_kv * c.head_dim_v))
+            .collect();
+        KvCache::new(ctx, &widths)
+    }
+
+    /// Runs `tokens` at positions `cache.len ..`, appends their keys and values to the cache,
+    /// and returns logits (n_vocab per returned position).
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let q = c.quirks;
+        let (n, d) = (tokens.len(), c.n_embd);
+        let pos0 = cache.len;
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        if pos0 + n > cache.ctx {
+            return Err(ModelError::ContextFull {
+                needed: pos0 + n,
+                ctx: cache.ctx,
+            });
+        }
+        // x (n, d): token embeddings.
+        let mut x = vec![0f32; n * d];
+        for (t, &id) in tokens.iter().enumerate() {
+            if id as usize >= c.n_vocab {
+                return Err(ModelError::BadToken {
+                    id,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            self.tok_embd
+                .dequantize_into(id as usize, &mut x[t * d..(t + 1) * d])?;
+        }
+        if q.scale_embeddings {
+            let s = (d as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+
+        let (hk, hv) = (c.head_dim_k, c.head_dim_v);
+        let mut xn = vec![0f32; n * d];
+        for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
+            let (nh, nkv) = (lc.n_head, lc.n_head_kv);
+            // --- attention ---
+            xn.copy_from_slice(&x);
+            norm::rms_norm(&mut xn, &lw.attn_norm, c.rms_eps);
+            let mut qs = vec![0f32; n * nh * hk]; // (n, n_head·hd_k)
+            let mut ks = vec![0f32; n * nkv * hk]; // (n, n_kv·hd_k)
+            let mut vs = vec![0f32; n * nkv * hv]; // (n, n_kv·hd_v)
+            ops::matmul(&lw.wq, &xn, n, &mut qs)?;
+            ops::matmul(&lw.wk, &xn, n, &mut ks)?;
+            ops::matmul(&lw.wv, &xn, n, &mut vs)?;
+            if let Some(w) = &lw.q_norm {
+                norm::rms_norm(&mut qs, w, c.rms_eps);
+            }
+            if let Some(w) = &lw.k_norm {
+                norm::rms_norm(&mut ks, w, c.rms_eps);
+            }
+            for t in 0..n {
+                let pos = pos0 + t;
+                for head in qs[t * nh * hk..(t + 1) * nh * hk].chunks_exact_mut(hk) {
+                    rope::rope(
+                        head,
+                        pos,
+                        c.n_rot,
+                        lc.rope_base,
+                        lc.rope_freq_scale,
+                        q.rope_style,
+                    );
+                }
+                for head in ks[t * nkv * hk..(t + 1) * nkv * hk].chunks_exact_mut(hk) {
+                    rope::rope(
+                        head,
+                        pos,
+                        c.n_rot,
+                        lc.rope_base,
+                        lc.rope_freq_scale,
+                        q.rope_style,
+                    );
+                }
+                cache.store(
+                    il,
+                    pos,
+                    &ks[t * nkv * hk..(t + 1) * nkv * hk],
+                    &vs[t * nkv * hv..(t + 1) * nkv * hv],
+                );
+            }
+            let mut att = vec![0f32; n * nh * hv]; // (n, n_head·hd_v)
+            let (kc, vc) = (&cache.k[il], &cache.v[il]);
+            let window = if lc.sliding { c.sliding_window } else { None };
+            att.par_chunks_mut(nh * hv)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (t, out)| {
+                    let pos = pos0 + t;
+                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+                    attention::attend(
+                        &qs[t * nh * hk..(t + 1) * nh * hk],
+                        kc,
+                        vc,
+                        nh,
+                        nkv,
+                        hk,
+                        hv,
+                        first,
+                        pos,
+                        c.attn_scale,
+                        scores,
+                        out,
+                    );
+                });
+            let mut o = vec![0f32; n * d];
+            ops::matmul(&lw.wo, &att, n, &mut o)?;
+            if let Some(w) = &lw.post_attn_norm {
+                norm::rms_norm(&mut o, w, c.rms_eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            // --- feed-forward ---
+            xn.copy_from_slice(&x);
+            norm::rms_norm(&mut xn, &lw.ffn_norm, c.rms_eps);
+            let mut gate = vec![0f32; n * lc.n_ff]; // (n, n_ff)
+            let mut up = vec![0f32; n * lc.n_ff];
+            ops::matmul(&lw.w_gate, &xn, n, &mut gate)?;
+            ops::matmul(&lw.w_up, &xn, n, &mut up)?;
+            activation::gated(&mut gate, &up, q.gelu_ffn);
+            ops::matmul(&lw.w_down, &gate, n, &mut o)?;
+            if let Some(w) = &lw.post_ffn_norm {
+                norm::rms_norm(&mut o, w, c.rms_eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.len = pos0 + n;
+
+        let rows = match logits {
+            Logits::All => &mut x[..],
+            Logits::Last => &mut x[(n - 1) * d..],
+        };
+        let m = rows.len() / d;
+        norm::rms_norm(rows, &self.output_norm, c.rms_eps);
+        let mut out = vec![0f32; m * c.n_vocab];
+        ops::matmul(&self.output, rows, m, &mut out)?;
+        Ok(out)
+    }
+}

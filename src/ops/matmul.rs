@@ -1,0 +1,90 @@
+//! Quantized matrix multiplication, scalar reference path: W (k, m) @ x (n, k) → out (n, m).
+//!
+//! The activations are quantized once per call to the weight type's dot partner (Q8_0, Q8_1
+//! or Q8_K, as ggml does), then every weight row is dotted with every token's activations.
+//! Rows are split across the rayon pool; each weight row is read once for all `n` tokens.
+
+use bytemuck::Zeroable;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::gguf::GgmlType;
+use crate::quant::*;
+use crate::tensor::TensorView;
+
+/// Rows per parallel task: enough work to amortize scheduling, small enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+/// out (n, m) = x (n, k) · Wᵀ where `w` has rows of length k (ggml shape [k, m]).
+pub fn matmul(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
+    let (k, m) = (w.row_len(), w.n_rows());
+    debug_assert_eq!(x.len(), n * k, "matmul {}: x is not n×k", w.name);
+    debug_assert_eq!(out.len(), n * m, "matmul {}: out is not n×m", w.name);
+    match w.ty {
+        GgmlType::F32 => typed::<f32>(w, x, n, out),
+        GgmlType::F16 => typed::<f16>(w, x, n, out),
+        GgmlType::BF16 => typed::<bf16>(w, x, n, out),
+        GgmlType::Q4_0 => typed::<BlockQ4_0>(w, x, n, out),
+        GgmlType::Q4_1 => typed::<BlockQ4_1>(w, x, n, out),
+        GgmlType::Q5_0 => typed::<BlockQ5_0>(w, x, n, out),
+        GgmlType::Q5_1 => typed::<BlockQ5_1>(w, x, n, out),
+        GgmlType::Q8_0 => typed::<BlockQ8_0>(w, x, n, out),
+        GgmlType::Q2_K => typed::<BlockQ2K>(w, x, n, out),
+        GgmlType::Q3_K => typed::<BlockQ3K>(w, x, n, out),
+        GgmlType::Q4_K => typed::<BlockQ4K>(w, x, n, out),
+        GgmlType::Q5_K => typed::<BlockQ5K>(w, x, n, out),
+        GgmlType::Q6_K => typed::<BlockQ6K>(w, x, n, out),
+        GgmlType::IQ4_NL => typed::<BlockIQ4NL>(w, x, n, out),
+        GgmlType::IQ4_XS => typed::<BlockIQ4XS>(w, x, n, out),
+        ty => Err(QuantError::Unsupported {
+            ty,
+            what: "matrix multiplication",
+        }),
+    }
+}
+
+fn typed<B: VecDot>(
+    w: &TensorView,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let (k, m) = (w.row_len(), w.n_rows());
+    let owned;
+    let blocks: &[B] = match cast_blocks::<B>(&w.data) {
+        Ok(b) => b,
+        Err(_) => {
+            // Data at an unaligned offset (an owned buffer): copy once into aligned blocks.
+            let mut v = vec![B::zeroed(); w.data.len() / std::mem::size_of::<B>()];
+            bytemuck::cast_slice_mut::<B, u8>(&mut v).copy_from_slice(&w.data);
+            owned = v;
+            &owned
+        }
+    };
+    let nb = k / B::BLOCK_SIZE;
+    let nba = k / B::Act::BLOCK_SIZE;
+    let mut xq = vec![B::Act::zeroed(); n * nba];
+    for (src, dst) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nba)) {
+        B::Act::quantize(src, dst);
+    }
+    // Results land row-major per weight row ([m][n]) so each task owns a contiguous slice.
+    let mut out_t = vec![0f32; m * n];
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * n)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            let r0 = task * ROWS_PER_TASK;
+            for (i, row_out) in chunk.chunks_exact_mut(n).enumerate() {
+                let row = &blocks[(r0 + i) * nb..(r0 + i + 1) * nb];
+                for (t, o) in row_out.iter_mut().enumerate() {
+                    *o = B::vec_dot(row, &xq[t * nba..(t + 1) * nba]);
+                }
+            }
+        });
+    for (r, row) in out_t.chunks_exact(n).enumerate() {
+        for (t, &v) in row.iter().enumerate() {
+            out[t * m + r] = v;
+        }
+    }
+    Ok(())
+}
