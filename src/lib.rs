@@ -4,3 +4,4 @@ pub mod gguf;
 pub mod inspect;
 pub mod quant;
 pub mod tensor;
+pub mod tokenizer;
