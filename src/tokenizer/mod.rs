@@ -55,6 +55,8 @@ pub enum TokenizerError {
     BadMerges(String),
     #[error("tokenizer.ggml.pre = {pre:?}: {reason}")]
     BadPreTokenizer { pre: String, reason: String },
+    #[error(transparent)]
+    Gguf(GgufError),
 }
 
 /// Token attributes, as llama.cpp derives them from `tokenizer.ggml.token_type` and its
@@ -194,11 +196,7 @@ fn from_gguf_err(e: GgufError) -> TokenizerError {
             found,
             expected,
         },
-        other => TokenizerError::WrongType {
-            key: String::new(),
-            found: other.to_string(),
-            expected: "a readable value",
-        },
+        other => TokenizerError::Gguf(other),
     }
 }
 
@@ -315,44 +313,7 @@ impl Tokenizer {
     /// defaults wherever an optional key is absent.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer, TokenizerError> {
         let model_name = gguf.get_str(KEY_MODEL).map_err(from_gguf_err)?.to_string();
-
-        // Per-kind defaults, as llama.cpp's llama_vocab::impl::load sets them.
-        let mut add_space_prefix;
-        let mut add_bos;
-        let mut add_eos = false;
-        let clean_spaces;
-        let (bos, eos, unk): (Option<u64>, Option<u64>, Option<u64>);
-        let pre_cfg = match model_name.as_str() {
-            "llama" => {
-                add_space_prefix = true;
-                add_bos = true;
-                clean_spaces = false;
-                (bos, eos, unk) = (Some(1), Some(2), Some(0));
-                None
-            }
-            "gpt2" => {
-                let pre = match gguf.get(KEY_PRE) {
-                    None => "default",
-                    Some(v) => v.as_str().ok_or_else(|| TokenizerError::WrongType {
-                        key: KEY_PRE.to_string(),
-                        found: v.describe(),
-                        expected: "a string",
-                    })?,
-                };
-                let cfg = bpe::PreConfig::by_name(pre)
-                    .ok_or_else(|| TokenizerError::UnknownPreTokenizer(pre.to_string()))?;
-                add_space_prefix = false;
-                add_bos = cfg.add_bos;
-                clean_spaces = cfg.clean_spaces;
-                (bos, eos, unk) = (Some(11), Some(11), None);
-                Some(cfg)
-            }
-            other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
-        };
-        if let Some(b) = opt_bool(gguf, KEY_ADD_SPACE_PREFIX)? {
-            add_space_prefix = b;
-        }
-
+        let d = KindDefaults::of(gguf, &model_name)?;
         let tokens = load_tokens(gguf)?;
         let n = tokens.len();
         let mut token_to_id = HashMap::with_capacity(n);
@@ -366,10 +327,11 @@ impl Tokenizer {
             }
             token_to_id.insert(t.text.clone(), i as u32);
         }
+        let mut special = read_special_ids(gguf, n, &d)?;
         let mut tok = Tokenizer {
             model: Model::Spm,
             model_name,
-            pre: pre_cfg.map(|c| c.name.to_string()).unwrap_or_default(),
+            pre: d.pre.map(|c| c.name.to_string()).unwrap_or_default(),
             tokens,
             token_to_id,
             pieces: Vec::new(),
@@ -377,55 +339,16 @@ impl Tokenizer {
             special_order: Vec::new(),
             special: SpecialIds::default(),
             eog: Vec::new(),
-            add_bos,
-            add_eos,
-            add_space_prefix,
-            clean_spaces,
+            add_bos: opt_bool(gguf, KEY_ADD_BOS)?.unwrap_or(d.add_bos),
+            add_eos: opt_bool(gguf, KEY_ADD_EOS)?.unwrap_or(false),
+            add_space_prefix: opt_bool(gguf, KEY_ADD_SPACE_PREFIX)?.unwrap_or(d.add_space_prefix),
+            clean_spaces: d.clean_spaces,
         };
 
-        // Special ids: a default outside the vocabulary is dropped; a GGUF value outside it
-        // is ignored (llama.cpp warns and keeps the default).
-        let default_id = |id: Option<u64>| id.filter(|&i| i < n as u64).map(|i| i as u32);
-        let (bos, eos, unk) = (default_id(bos), default_id(eos), default_id(unk));
-        let read_id = |key: &str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
-            Ok(match opt_id(gguf, key)? {
-                Some(v) if v < n as u64 => Some(v as u32),
-                _ => default,
-            })
-        };
-        let k = |s: &str| format!("tokenizer.ggml.{s}");
-        let mut sp = SpecialIds {
-            bos: read_id(&k("bos_token_id"), bos)?,
-            eos: read_id(&k("eos_token_id"), eos)?,
-            eot: read_id(&k("eot_token_id"), None)?,
-            eom: read_id(&k("eom_token_id"), None)?,
-            unk: read_id(&k("unknown_token_id"), unk)?,
-            sep: read_id(&k("seperator_token_id"), None)?,
-            pad: read_id(&k("padding_token_id"), None)?,
-            mask: read_id(&k("mask_token_id"), None)?,
-            fim_pre: read_id(&k("fim_pre_token_id"), None)?,
-            fim_suf: read_id(&k("fim_suf_token_id"), None)?,
-            fim_mid: read_id(&k("fim_mid_token_id"), None)?,
-            fim_pad: read_id(&k("fim_pad_token_id"), None)?,
-            fim_rep: read_id(&k("fim_rep_token_id"), None)?,
-            fim_sep: read_id(&k("fim_sep_token_id"), None)?,
-        };
-        // Deprecated names of the FIM ids, read after the new ones as llama.cpp does.
-        sp.fim_pre = read_id(&k("prefix_token_id"), sp.fim_pre)?;
-        sp.fim_suf = read_id(&k("suffix_token_id"), sp.fim_suf)?;
-        sp.fim_mid = read_id(&k("middle_token_id"), sp.fim_mid)?;
-
-        if let Some(b) = opt_bool(gguf, KEY_ADD_BOS)? {
-            add_bos = b;
-        }
-        if let Some(b) = opt_bool(gguf, KEY_ADD_EOS)? {
-            add_eos = b;
-        }
-        tok.add_bos = add_bos;
-        tok.add_eos = add_eos;
-
-        tok.detect_special_by_text(&mut sp);
-        tok.special = sp;
+        // The order matters: llama.cpp fixes attributes up by text, then lists the special
+        // tokens, then fills its piece cache, then applies its per-model rules.
+        tok.detect_special_by_text(&mut special);
+        tok.special = special;
         tok.build_eog();
 
         // Cut-out order for `partition`: longest text first. llama.cpp's std::sort leaves ties
@@ -440,7 +363,7 @@ impl Tokenizer {
         order.sort_by_key(|&i| std::cmp::Reverse(tok.tokens[i as usize].text.len()));
         tok.special_order = order;
 
-        if let Some(cfg) = pre_cfg {
+        if let Some(cfg) = d.pre {
             let merges = gguf.get_array(KEY_MERGES).map_err(from_gguf_err)?;
             let merges = merges.strings().ok_or_else(|| TokenizerError::WrongType {
                 key: KEY_MERGES.to_string(),
@@ -461,7 +384,6 @@ impl Tokenizer {
             .and_then(|v| v.as_str())
             .unwrap_or("");
         tok.apply_name_rules(general_name);
-
         Ok(tok)
     }
 
@@ -772,6 +694,95 @@ impl Tokenizer {
     fn lookup(&self, text: &str) -> Option<u32> {
         self.token_to_id.get(text).copied()
     }
+}
+
+/// What llama.cpp assumes for a vocabulary kind before it reads the optional keys.
+struct KindDefaults {
+    add_space_prefix: bool,
+    add_bos: bool,
+    clean_spaces: bool,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    /// The pre-tokenizer, for BPE.
+    pre: Option<bpe::PreConfig>,
+}
+
+impl KindDefaults {
+    fn of(gguf: &GgufFile, model_name: &str) -> Result<KindDefaults, TokenizerError> {
+        match model_name {
+            "llama" => Ok(KindDefaults {
+                add_space_prefix: true,
+                add_bos: true,
+                clean_spaces: false,
+                bos: Some(1),
+                eos: Some(2),
+                unk: Some(0),
+                pre: None,
+            }),
+            "gpt2" => {
+                // llama.cpp falls back to "default" (with a loud warning) when the key is
+                // absent; an unknown name is refused.
+                let pre = match gguf.get(KEY_PRE) {
+                    None => "default",
+                    Some(v) => v.as_str().ok_or_else(|| TokenizerError::WrongType {
+                        key: KEY_PRE.to_string(),
+                        found: v.describe(),
+                        expected: "a string",
+                    })?,
+                };
+                let cfg = bpe::PreConfig::by_name(pre)
+                    .ok_or_else(|| TokenizerError::UnknownPreTokenizer(pre.to_string()))?;
+                Ok(KindDefaults {
+                    add_space_prefix: false,
+                    add_bos: cfg.add_bos,
+                    clean_spaces: cfg.clean_spaces,
+                    bos: Some(11),
+                    eos: Some(11),
+                    unk: None,
+                    pre: Some(cfg),
+                })
+            }
+            other => Err(TokenizerError::UnsupportedModel(other.to_string())),
+        }
+    }
+}
+
+/// The special ids: the GGUF's where it names one inside the vocabulary, else the kind's
+/// default if that is inside the vocabulary (llama.cpp warns and does the same).
+fn read_special_ids(
+    gguf: &GgufFile,
+    n: usize,
+    d: &KindDefaults,
+) -> Result<SpecialIds, TokenizerError> {
+    let read = |name: &str, default: Option<u32>| -> Result<Option<u32>, TokenizerError> {
+        let default = default.filter(|&i| (i as usize) < n);
+        Ok(match opt_id(gguf, &format!("tokenizer.ggml.{name}"))? {
+            Some(v) if v < n as u64 => Some(v as u32),
+            _ => default,
+        })
+    };
+    let mut sp = SpecialIds {
+        bos: read("bos_token_id", d.bos)?,
+        eos: read("eos_token_id", d.eos)?,
+        eot: read("eot_token_id", None)?,
+        eom: read("eom_token_id", None)?,
+        unk: read("unknown_token_id", d.unk)?,
+        sep: read("seperator_token_id", None)?, // sic: llama.cpp's spelling
+        pad: read("padding_token_id", None)?,
+        mask: read("mask_token_id", None)?,
+        fim_pre: read("fim_pre_token_id", None)?,
+        fim_suf: read("fim_suf_token_id", None)?,
+        fim_mid: read("fim_mid_token_id", None)?,
+        fim_pad: read("fim_pad_token_id", None)?,
+        fim_rep: read("fim_rep_token_id", None)?,
+        fim_sep: read("fim_sep_token_id", None)?,
+    };
+    // Deprecated names of three FIM ids, read after the new ones as llama.cpp does.
+    sp.fim_pre = read("prefix_token_id", sp.fim_pre)?;
+    sp.fim_suf = read("suffix_token_id", sp.fim_suf)?;
+    sp.fim_mid = read("middle_token_id", sp.fim_mid)?;
+    Ok(sp)
 }
 
 /// Reads tokens, scores and token types.

@@ -30,14 +30,16 @@ pub(crate) fn partition(tok: &Tokenizer, text: &str, parse_special: bool) -> Vec
     let bytes = text.as_bytes();
     let mut frags = vec![Fragment::Text(0..text.len())];
     let mut next = Vec::new();
+    let pairs = BytePairs::of(bytes);
     for &id in &tok.special_order {
         let data = &tok.tokens[id as usize];
         if !parse_special && data.attr.intersects(ATTR_SPECIAL) {
             continue;
         }
         let needle = data.text.as_str();
-        // Cheap rejection: most special tokens appear nowhere in a given text.
-        if !text.contains(needle) {
+        // Most special tokens appear nowhere in a given text (Gemma has 6,000 "<unusedN>"):
+        // reject them by their first two bytes before searching.
+        if !pairs.may_contain(needle.as_bytes()) || !text.contains(needle) {
             continue;
         }
         let lstrip = data.attr.intersects(TokenAttr::LSTRIP);
@@ -75,4 +77,37 @@ pub(crate) fn partition(tok: &Tokenizer, text: &str, parse_special: bool) -> Vec
         std::mem::swap(&mut frags, &mut next);
     }
     frags
+}
+
+/// Which byte pairs (and single bytes) occur in a text: a 64 Ki-bit set.
+struct BytePairs {
+    bits: Vec<u64>,
+    singles: [bool; 256],
+}
+
+impl BytePairs {
+    fn of(text: &[u8]) -> BytePairs {
+        let mut bits = vec![0u64; 65536 / 64];
+        let mut singles = [false; 256];
+        for w in text.windows(2) {
+            let k = usize::from(w[0]) << 8 | usize::from(w[1]);
+            bits[k / 64] |= 1 << (k % 64);
+        }
+        for &b in text {
+            singles[usize::from(b)] = true;
+        }
+        BytePairs { bits, singles }
+    }
+
+    /// False only if `needle` cannot occur in the text.
+    fn may_contain(&self, needle: &[u8]) -> bool {
+        match needle {
+            [] => true,
+            [b] => self.singles[usize::from(*b)],
+            [a, b, ..] => {
+                let k = usize::from(*a) << 8 | usize::from(*b);
+                self.bits[k / 64] & (1 << (k % 64)) != 0
+            }
+        }
+    }
 }
