@@ -355,6 +355,32 @@ fn stream_decoder_yields_whole_characters_and_concatenates_to_decode() {
     }
 }
 
+/// A stream that continues a prompt keeps the first piece's space: what llama.cpp's
+/// detokenizer gives once it has dropped a BOS (it then keeps the space too).
+#[test]
+fn stream_continuation_keeps_the_first_space() {
+    let l = load("gemma-3-270m-q4_k_m.space-prefix");
+    let (bos, eos) = (l.tok.bos().unwrap(), l.tok.eos().unwrap());
+    let mut differs = 0;
+    for c in cases(&l.fx) {
+        let ids = ids(&c["ids"]);
+        if !c["add_special"].as_bool().unwrap() || ids.len() < 3 {
+            continue;
+        }
+        assert_eq!((ids[0], ids[ids.len() - 1]), (bos, eos));
+        let body = &ids[1..ids.len() - 1];
+        let mut d = l.tok.stream_decoder().continuation();
+        let mut got: String = body.iter().map(|&id| d.push(id)).collect();
+        got.push_str(&d.finish());
+        let want = String::from_utf8_lossy(&fx_bytes(&c["detok_removed"])).into_owned();
+        assert_eq!(got, want, "{body:?}");
+        if got != l.tok.decode(body) {
+            differs += 1;
+        }
+    }
+    assert!(differs > 0, "no case where the first space mattered");
+}
+
 /// A character split over byte-level tokens: nothing comes out until its last byte arrives.
 #[test]
 fn stream_decoder_holds_a_split_emoji() {

@@ -4,7 +4,13 @@
 //! BPE tokens that split an emoji), so a token's piece cannot always be printed on its own.
 //! `StreamDecoder` takes ids one at a time and returns only text that is complete: whole
 //! characters, and (for vocabularies with llama.cpp's space clean-up) only spaces whose fate
-//! is known. Everything it returns, followed by `finish`, is exactly `Tokenizer::decode`.
+//! is known. Everything it returns, followed by `finish`, is exactly `Tokenizer::decode` of
+//! the ids pushed (with `with_special`, `detokenize(ids, false, true)` as text).
+//!
+//! Like llama.cpp's detokenizer, it drops the leading space of the first piece when the
+//! vocabulary adds a space prefix (SentencePiece's `add_space_prefix`), since that space was
+//! not in the text. Text generated after a prompt is a continuation, and llama.cpp's
+//! generation loop prints its first piece as is: use `continuation()` there.
 
 use super::detok::{first_piece, CleanSpaces, Utf8Assembler};
 use super::Tokenizer;
@@ -38,6 +44,13 @@ impl<'t> StreamDecoder<'t> {
         self
     }
 
+    /// For ids that continue earlier text (generation after a prompt): the first piece keeps
+    /// its leading space.
+    pub fn continuation(mut self) -> Self {
+        self.first = false;
+        self
+    }
+
     /// Takes the next id; returns the text it completes (often empty).
     pub fn push(&mut self, id: u32) -> String {
         let piece = first_piece(
@@ -56,7 +69,7 @@ impl<'t> StreamDecoder<'t> {
     }
 
     /// Ends the stream: returns what was held back (an incomplete character becomes U+FFFD)
-    /// and makes the decoder ready for a new sequence.
+    /// and makes the decoder ready for a new sequence (one that starts a text).
     pub fn finish(&mut self) -> String {
         self.bytes.clear();
         if let Some(c) = self.clean.as_mut() {
