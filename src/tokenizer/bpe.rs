@@ -136,9 +136,10 @@ impl BpeModel {
                 continue; // llama.cpp keeps it as a merge of "" and "", which never applies
             };
             let (a, b) = (&m[..at], &m[at + 1..]);
-            // The `tokenizers` crate refuses a merge whose parts or result are not tokens;
-            // such a merge cannot produce a token in llama.cpp either, so drop it. A repeated
-            // merge keeps its first rank, as in llama.cpp's map.
+            // The `tokenizers` crate refuses a merge whose parts or result are not tokens, so
+            // such a merge (only a broken vocabulary has one; llama.cpp would apply it and then
+            // spell the result byte by byte) is dropped. A repeated merge keeps its first
+            // rank, as in llama.cpp's map.
             if !(vocab.contains_key(a)
                 && vocab.contains_key(b)
                 && vocab.contains_key(&format!("{a}{b}")))
@@ -185,7 +186,7 @@ impl BpeModel {
             // byte, which decodes to the same text.
             Err(_) => out.extend(
                 text.bytes()
-                    .filter_map(|b| tok.lookup(byte_to_char(b).encode_utf8(&mut [0; 4]))),
+                    .filter_map(|b| tok.token_id(byte_to_char(b).encode_utf8(&mut [0; 4]))),
             ),
         }
     }

@@ -503,6 +503,9 @@ impl Tokenizer {
     /// (`tokenizer.ggml.add_bos_token` / `add_eos_token`, llama.cpp's defaults when absent).
     /// `parse_special` turns control tokens written in the text (`<|im_start|>`) into their
     /// ids; user-defined tokens are always matched, as in llama.cpp.
+    ///
+    /// Cannot fail: should the BPE pre-tokenizer's regex engine ever give up on a text (its
+    /// backtracking limit), that fragment is spelled one byte token at a time instead.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let fragments = partition::partition(self, text, parse_special);
         let mut out = Vec::new();
@@ -689,10 +692,6 @@ impl Tokenizer {
     /// Whether decoding removes spaces before punctuation (llama.cpp's `clean_spaces`).
     pub fn clean_spaces(&self) -> bool {
         self.clean_spaces
-    }
-
-    fn lookup(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
     }
 }
 

@@ -76,7 +76,7 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
             };
             let a = symbols[left];
             let size = a.len + symbols[right].len;
-            if let Some(id) = tok.lookup(&text[a.start..a.start + size]) {
+            if let Some(id) = tok.token_id(&text[a.start..a.start + size]) {
                 queue.push(Bigram {
                     left,
                     right,
@@ -110,7 +110,7 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
     while let Some(k) = i {
         let s = symbols[k];
         let piece = &text[s.start..s.start + s.len];
-        match tok.lookup(piece) {
+        match tok.token_id(piece) {
             Some(id) => out.push(id),
             None => {
                 for &b in piece.as_bytes() {
@@ -125,10 +125,10 @@ pub(crate) fn tokenize(tok: &Tokenizer, text: &str, out: &mut Vec<u32>) {
 /// The token of one raw byte: `<0xNN>`, else a token whose text is that byte, else the
 /// unknown token (where llama.cpp would throw).
 fn byte_to_token(tok: &Tokenizer, b: u8) -> Option<u32> {
-    tok.lookup(&format!("<0x{b:02X}>"))
+    tok.token_id(&format!("<0x{b:02X}>"))
         .or_else(|| {
             if b.is_ascii() {
-                tok.lookup(std::str::from_utf8(&[b]).ok()?)
+                tok.token_id(std::str::from_utf8(&[b]).ok()?)
             } else {
                 None
             }
