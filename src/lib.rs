@@ -7,3 +7,4 @@ pub mod model;
 pub mod ops;
 pub mod quant;
 pub mod tensor;
+pub mod tokenizer;
