@@ -1,5 +1,6 @@
 //! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
 
+pub mod app;
 pub mod generate;
 pub mod gguf;
 pub mod inspect;

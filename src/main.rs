@@ -18,6 +18,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate text from a prompt, streaming tokens as they are produced.
+    Run {
+        /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// The prompt.
+        #[arg(short, long)]
+        prompt: String,
+        /// Most tokens to generate.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
+        n_predict: usize,
+        #[command(flatten)]
+        sampling: Sampling,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Context size in tokens (default: the model's, at most 4096).
+        #[arg(short, long)]
+        ctx: Option<usize>,
+        /// Stop before this string (repeatable).
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Drop the start of a prompt longer than the context instead of failing.
+        #[arg(long)]
+        truncate: bool,
+        /// Print model details, the kernels chosen, and why generation stopped.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -28,8 +57,77 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct Sampling {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Drop tokens less likely than min-p × the most likely one.
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Penalize recently seen tokens (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// How many recent tokens the penalties consider.
+    #[arg(long, default_value_t = 64)]
+    penalty_last_n: usize,
+    /// Random seed: the same seed and settings give the same text.
+    #[arg(long, default_value_t = 0x5EED)]
+    seed: u64,
+}
+
+impl From<Sampling> for ledge::generate::SamplerConfig {
+    fn from(s: Sampling) -> Self {
+        ledge::generate::SamplerConfig {
+            temperature: s.temp,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            frequency_penalty: s.frequency_penalty,
+            presence_penalty: s.presence_penalty,
+            penalty_window: s.penalty_last_n,
+            seed: s.seed,
+        }
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Run {
+            model,
+            prompt,
+            n_predict,
+            sampling,
+            threads,
+            ctx,
+            stop,
+            truncate,
+            verbose,
+        } => ledge::app::run::run(
+            ledge::app::run::RunArgs {
+                model,
+                prompt,
+                n_predict,
+                sampler: sampling.into(),
+                threads,
+                ctx,
+                stop,
+                truncate,
+                verbose,
+            },
+            &mut std::io::stdout().lock(),
+        )?,
         Command::Inspect { file, json } => {
             let f = ledge::gguf::GgufFile::open(&file)?;
             if json {

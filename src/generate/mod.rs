@@ -1,3 +1,7 @@
 //! Generation: sampling, the streaming generator, chat templates.
 
+pub mod generator;
 pub mod sampler;
+
+pub use generator::{GenerateError, GenerateOptions, Generator, Stats, StopReason, Stream};
+pub use sampler::{Sampler, SamplerConfig};
