@@ -20,8 +20,8 @@ pub fn nearest_int(fval: f32) -> i32 {
     (val.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000
 }
 
-/// Value and index of the element of largest magnitude (the first one on ties), as ggml's
-/// `if (ax > amax) { amax = ax; max = x[i]; }` loops find it. Returns `(max, amax)`.
+/// The element of largest magnitude (the first one on ties) and that magnitude, as ggml's
+/// `if (ax > amax) { amax = ax; max = x[i]; }` loops find them: `(max, amax)`.
 #[inline]
 pub fn signed_absmax(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
