@@ -10,7 +10,8 @@ use ledge::gguf::GgufFile;
 use ledge::model::{Logits, Model};
 use serde_json::Value;
 
-/// Largest |Δlogit| allowed on llama.cpp's top-20 tokens. Measured: ledge's logits agree
+/// Largest |Δlogit| allowed on llama.cpp's top-20 tokens, each logit taken relative to
+/// llama.cpp's top token (measured maxima: 1.15 SmolLM2, 0.85 Gemma 3). ledge's logits agree
 /// with an f64 numpy forward pass over gguf-py's dequantized weights to ~0.02, while
 /// llama.cpp's x86 Q4_1 kernels land up to ~0.9 away from that exact result at the prompt and ~1.25 by
 /// step 30 (with the same
@@ -44,9 +45,12 @@ fn compare_top(ours: &[f32], top: &Value, what: &str) -> f32 {
         .iter()
         .map(|x| x.as_f64().unwrap() as f32)
         .collect();
+    // Logits are compared relative to llama.cpp's top token (softmax ignores a common
+    // shift, and after a control token both sides sit near -60 where only shifts differ).
+    let (our_ref, want_ref) = (ours[want_ids[0] as usize], want[0]);
     let mut worst = 0f32;
     for (&id, &l) in want_ids.iter().zip(&want) {
-        let d = (ours[id as usize] - l).abs();
+        let d = ((ours[id as usize] - our_ref) - (l - want_ref)).abs();
         worst = worst.max(d);
     }
     // Our argmax must be llama.cpp's, unless its top two are within the tolerance.

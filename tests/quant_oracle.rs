@@ -63,7 +63,11 @@ fn type_table_matches_ggml_and_gguf_py() {
     assert_eq!(ggml.len(), GGML_QUANT.len());
     for (name, (block, size)) in &ggml {
         let t = ty(name);
-        assert_eq!((t.block_size(), t.type_size()), (*block, *size), "{name} vs ggml");
+        assert_eq!(
+            (t.block_size(), t.type_size()),
+            (*block, *size),
+            "{name} vs ggml"
+        );
     }
     let py: BTreeMap<String, (u32, usize, usize)> =
         serde_json::from_slice(&read("type_sizes.json").unwrap()).unwrap();
@@ -76,7 +80,11 @@ fn type_table_matches_ggml_and_gguf_py() {
             assert_eq!((*block, *size), (32, 40));
             continue;
         }
-        assert_eq!((t.block_size(), t.type_size()), (*block, *size), "{name} vs gguf-py");
+        assert_eq!(
+            (t.block_size(), t.type_size()),
+            (*block, *size),
+            "{name} vs gguf-py"
+        );
         checked += 1;
     }
     assert!(checked >= 30, "only {checked} types checked");
@@ -116,7 +124,11 @@ fn quantize_and_dequantize_are_bit_exact_with_ggml() {
         if let Some(deq_want) = read(&format!("{name}.ggml.deq.f32")) {
             let mut deq = vec![0f32; x.len()];
             quant::dequantize_unaligned(t, &want, &mut deq).unwrap();
-            assert_bits_eq(&format!("{name} dequantize vs ggml"), &deq, &f32s(&deq_want));
+            assert_bits_eq(
+                &format!("{name} dequantize vs ggml"),
+                &deq,
+                &f32s(&deq_want),
+            );
         }
     }
 }
@@ -146,7 +158,10 @@ fn check_dot<W: VecDot>(name: &str) {
     W::Act::quantize(&x, &mut a);
     let (nw, na) = (N / W::BLOCK_SIZE, N / W::Act::BLOCK_SIZE);
     for r in 0..ROWS {
-        let got = W::vec_dot(&w[r * nw..(r + 1) * nw], &a[(ROWS - 1 - r) * na..(ROWS - r) * na]);
+        let got = W::vec_dot(
+            &w[r * nw..(r + 1) * nw],
+            &a[(ROWS - 1 - r) * na..(ROWS - r) * na],
+        );
         // Same integer sums and the same float operations in the same order: equal up to
         // the last bit or two, where the C compiler may keep extra precision.
         let tol = 1e-6 * want[r].abs().max(1e-30);

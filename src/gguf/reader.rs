@@ -234,7 +234,16 @@ impl GgufFile {
         // process truncating or rewriting the file under us is outside what any mmap-based reader
         // (llama.cpp included) can defend against; slices are re-derived from the map on each use.
         let map = unsafe { Mmap::map(&file) }.map_err(io_err)?;
-        Self::parse(Backing::Map(map), path.to_path_buf())
+        // The first page fault would otherwise read around it (read_ahead_kb is often 8 MB),
+        // pulling tensor data into memory just to parse the index. Advice is best effort.
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Random);
+        let parsed = Self::parse(Backing::Map(map), path.to_path_buf())?;
+        #[cfg(unix)]
+        if let Backing::Map(m) = &parsed.backing {
+            let _ = m.advise(memmap2::Advice::Normal);
+        }
+        Ok(parsed)
     }
 
     /// Parses a GGUF image held in memory (copied into an 8-aligned buffer).
