@@ -10,6 +10,13 @@ fn main() {
         let row = &l[p * nv..(p + 1) * nv];
         let mut idx: Vec<usize> = (0..nv).collect();
         idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        println!("{p} {:?} {:?}", idx[..4].iter().map(|&i| (row[i] * 1000.0).round() / 1000.0).collect::<Vec<_>>(), &idx[..4]);
+        println!(
+            "{p} {:?} {:?}",
+            idx[..4]
+                .iter()
+                .map(|&i| (row[i] * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            &idx[..4]
+        );
     }
 }

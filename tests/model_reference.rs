@@ -82,7 +82,12 @@ fn check_model(path: &std::path::Path, stem: &str, tol: f32) -> usize {
         let logits = m.forward(&mut cache, &prompt_ids, Logits::All).unwrap();
         for (i, top) in case["prompt_top"].as_array().unwrap().iter().enumerate() {
             let row = &logits[i * n_vocab..(i + 1) * n_vocab];
-            worst = worst.max(compare_top(row, top, &format!("{name} prompt pos {i}"), tol));
+            worst = worst.max(compare_top(
+                row,
+                top,
+                &format!("{name} prompt pos {i}"),
+                tol,
+            ));
         }
         // Teacher-forced along llama.cpp's greedy tokens: at every step our logits must be
         // close to llama.cpp's and our argmax its token, unless llama.cpp's own top-two margin
@@ -134,11 +139,13 @@ fn f32_copy(name: &str) -> std::path::PathBuf {
     let mut b = GgufBuilder::with_metadata_of(&src).unwrap();
     b.set("general.file_type", MetaValue::U32(0)).unwrap();
     for t in src.tensor_infos() {
-        b.add_tensor(src.tensor_name(t), GgmlType::F32, &t.dims).unwrap();
+        b.add_tensor(src.tensor_name(t), GgmlType::F32, &t.dims)
+            .unwrap();
     }
     let mut w = b.create(&out).unwrap();
     for t in src.tensors() {
-        w.write_tensor(bytemuck::cast_slice(&t.to_f32().unwrap())).unwrap();
+        w.write_tensor(bytemuck::cast_slice(&t.to_f32().unwrap()))
+            .unwrap();
     }
     w.finish().unwrap()
 }

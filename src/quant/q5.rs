@@ -1,78 +1,88 @@
-//! Q5_0 and Q5_1: 32 weights per block as 5-bit codes: the low 4 bits packed in nibbles like
-//! Q4 (code j low, code j+16 high), the fifth bits of all 32 codes in a little-endian u32 `qh`
-//! (bit j for code j).
+//! Q5_0 and Q5_1: 32 weights per block as 5-bit integers. The low four bits are packed like
+//! Q4 (weight `j` in the low nibble of `qs[j]`, weight `j + 16` in the high nibble); the fifth
+//! bit of weight `i` is bit `i` of the little-endian u32 `qh`. Layouts as ggml-common.h,
+//! quantization as `quantize_row_q5_{0,1}_ref`, dots as `ggml_vec_dot_q5_{0,1}_q8_{0,1}_generic`.
 
+use super::float::{c_float_to_int, f16_to_f32, f32_to_f16};
+use super::q4::{inverse_or_zero, min_max, signed_absmax, trunc_clamp_u8};
+use super::*;
 use bytemuck::{Pod, Zeroable};
 
-use super::q4::{min_max, signed_absmax};
-use super::*;
+const QK: usize = 32;
 
-/// Q5_0: w = d·(q − 16). 22 bytes per 32 weights: effectively 5.5 bits per weight.
+/// Q5_0: `w = d * (q - 16)`, q in 0..32. 22 bytes per 32 weights: 5.5 bits per weight.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ5_0 {
     pub d: f16,
     pub qh: [u8; 4],
-    pub qs: [u8; 16],
+    pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_0>() == 22);
 
-/// Q5_1: w = d·q + m. 24 bytes per 32 weights: effectively 6 bits per weight.
+/// Q5_1: `w = d * q + m`, q in 0..32. 24 bytes per 32 weights: 6 bits per weight.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[derive(Clone, Copy, Pod, Zeroable)]
 pub struct BlockQ5_1 {
     pub d: f16,
     pub m: f16,
     pub qh: [u8; 4],
-    pub qs: [u8; 16],
+    pub qs: [u8; QK / 2],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
-/// Packs 32 five-bit codes (`code(j)` for j in 0..32) into nibbles and high bits.
-fn pack5(code: impl Fn(usize) -> u8, qs: &mut [u8; 16], qh: &mut [u8; 4]) {
-    let mut h = 0u32;
-    for (j, q) in qs.iter_mut().enumerate() {
-        let (lo, hi) = (code(j), code(j + 16));
-        *q = (lo & 0x0F) | ((hi & 0x0F) << 4);
-        h |= (((lo & 0x10) >> 4) as u32) << j;
-        h |= (((hi & 0x10) >> 4) as u32) << (j + 16);
+/// Packs 32 five-bit levels (in 0..32 after masking) into (qh, qs).
+fn pack5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
+    let mut qh = 0u32;
+    let mut qs = [0u8; QK / 2];
+    for j in 0..QK / 2 {
+        let (lo, hi) = (q[j], q[j + QK / 2]);
+        qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+        qh |= (((lo & 0x10) >> 4) as u32) << j;
+        qh |= (((hi & 0x10) >> 4) as u32) << (j + QK / 2);
     }
-    *qh = h.to_le_bytes();
+    (qh.to_le_bytes(), qs)
 }
 
-/// The 5-bit codes j and j+16 of a block.
+/// The 32 unsigned levels (0..32) of a block.
 #[inline]
-fn unpack5(qs: &[u8; 16], qh: &[u8; 4], j: usize) -> (i32, i32) {
-    let h = u32::from_le_bytes(*qh);
-    let lo = (qs[j] & 0x0F) as u32 | (((h >> j) << 4) & 0x10);
-    let hi = (qs[j] >> 4) as u32 | ((h >> (j + 12)) & 0x10);
-    (lo as i32, hi as i32)
+fn unpack5(qh: [u8; 4], qs: &[u8; QK / 2]) -> [u8; QK] {
+    let qh = u32::from_le_bytes(qh);
+    let mut q = [0u8; QK];
+    for j in 0..QK / 2 {
+        let h0 = ((qh >> j) & 1) as u8;
+        let h1 = ((qh >> (j + QK / 2)) & 1) as u8;
+        q[j] = (qs[j] & 0x0F) | (h0 << 4);
+        q[j + QK / 2] = (qs[j] >> 4) | (h1 << 4);
+    }
+    q
 }
 
 impl QuantBlock for BlockQ5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
-    const BLOCK_SIZE: usize = 32;
+    const BLOCK_SIZE: usize = QK;
 
     fn quantize(src: &[f32], out: &mut [Self]) {
-        for (x, y) in src.chunks_exact(32).zip(out) {
+        debug_assert_eq!(src.len(), out.len() * QK);
+        for (x, y) in src.chunks_exact(QK).zip(out.iter_mut()) {
+            // As Q4_0: the signed extreme maps to level 0.
             let d = signed_absmax(x) / -16.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            y.d = f16::from_f32(d);
-            pack5(
-                |j| ((x[j] * id + 16.5) as i8).min(31) as u8,
-                &mut y.qs,
-                &mut y.qh,
-            );
+            let id = inverse_or_zero(d);
+            y.d = f32_to_f16(d);
+            let mut q = [0u8; QK];
+            for (qj, &v) in q.iter_mut().zip(x) {
+                *qj = trunc_clamp_u8(v * id + 16.5, 31);
+            }
+            (y.qh, y.qs) = pack5(&q);
         }
     }
 
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
-        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(32)) {
-            let d = b.d.to_f32();
-            for j in 0..16 {
-                let (lo, hi) = unpack5(&b.qs, &b.qh, j);
-                y[j] = (lo - 16) as f32 * d;
-                y[j + 16] = (hi - 16) as f32 * d;
+        debug_assert_eq!(out.len(), blocks.len() * QK);
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+            let d = f16_to_f32(b.d);
+            for (yj, q) in y.iter_mut().zip(unpack5(b.qh, &b.qs)) {
+                *yj = (q as i32 - 16) as f32 * d;
             }
         }
     }
@@ -80,43 +90,51 @@ impl QuantBlock for BlockQ5_0 {
 
 impl VecDot for BlockQ5_0 {
     type Act = BlockQ8_0;
-    fn vec_dot(w: &[Self], a: &[BlockQ8_0]) -> f32 {
-        let mut sumf = 0f32;
+
+    fn vec_dot(w: &[Self], a: &[Self::Act]) -> f32 {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
         for (x, y) in w.iter().zip(a) {
-            let mut sumi = 0i32;
-            for j in 0..16 {
-                let (lo, hi) = unpack5(&x.qs, &x.qh, j);
-                sumi += (lo - 16) * y.qs[j] as i32 + (hi - 16) * y.qs[j + 16] as i32;
-            }
-            sumf += (x.d.to_f32() * y.d.to_f32()) * sumi as f32;
+            let sumi: i32 = unpack5(x.qh, &x.qs)
+                .iter()
+                .zip(&y.qs)
+                .map(|(&q, &qa)| (q as i32 - 16) * qa as i32)
+                .sum();
+            sum += f16_to_f32(x.d) * f16_to_f32(y.d) * sumi as f32;
         }
-        sumf
+        sum
     }
 }
 
 impl QuantBlock for BlockQ5_1 {
     const TYPE: GgmlType = GgmlType::Q5_1;
-    const BLOCK_SIZE: usize = 32;
+    const BLOCK_SIZE: usize = QK;
 
     fn quantize(src: &[f32], out: &mut [Self]) {
-        for (x, y) in src.chunks_exact(32).zip(out) {
+        debug_assert_eq!(src.len(), out.len() * QK);
+        for (x, y) in src.chunks_exact(QK).zip(out.iter_mut()) {
             let (min, max) = min_max(x);
             let d = (max - min) / 31.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            y.d = f16::from_f32(d);
-            y.m = f16::from_f32(min);
-            // ggml casts straight to uint8 here, with no clamp to 31.
-            pack5(|j| ((x[j] - min) * id + 0.5) as u8, &mut y.qs, &mut y.qh);
+            let id = inverse_or_zero(d);
+            y.d = f32_to_f16(d);
+            y.m = f32_to_f16(min);
+            let mut q = [0u8; QK];
+            for (qj, &v) in q.iter_mut().zip(x) {
+                // ggml does not clamp here (unlike Q4_1); a level of 32 would lose its bit 5
+                // in packing, as it does in C.
+                *qj = c_float_to_int((v - min) * id + 0.5) as u8;
+            }
+            (y.qh, y.qs) = pack5(&q);
         }
     }
 
     fn dequantize(blocks: &[Self], out: &mut [f32]) {
-        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(32)) {
-            let (d, m) = (b.d.to_f32(), b.m.to_f32());
-            for j in 0..16 {
-                let (lo, hi) = unpack5(&b.qs, &b.qh, j);
-                y[j] = lo as f32 * d + m;
-                y[j + 16] = hi as f32 * d + m;
+        debug_assert_eq!(out.len(), blocks.len() * QK);
+        for (b, y) in blocks.iter().zip(out.chunks_exact_mut(QK)) {
+            let d = f16_to_f32(b.d);
+            let m = f16_to_f32(b.m);
+            for (yj, q) in y.iter_mut().zip(unpack5(b.qh, &b.qs)) {
+                *yj = q as f32 * d + m;
             }
         }
     }
@@ -124,16 +142,20 @@ impl QuantBlock for BlockQ5_1 {
 
 impl VecDot for BlockQ5_1 {
     type Act = BlockQ8_1;
-    fn vec_dot(w: &[Self], a: &[BlockQ8_1]) -> f32 {
-        let mut sumf = 0f32;
+
+    /// The minimum enters through Q8_1's `s = d_a Σ q_a`, as for Q4_1.
+    fn vec_dot(w: &[Self], a: &[Self::Act]) -> f32 {
+        debug_assert_eq!(w.len(), a.len());
+        let mut sum = 0.0f32;
         for (x, y) in w.iter().zip(a) {
-            let mut sumi = 0i32;
-            for j in 0..16 {
-                let (lo, hi) = unpack5(&x.qs, &x.qh, j);
-                sumi += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
-            }
-            sumf += (x.d.to_f32() * y.d.to_f32()) * sumi as f32 + x.m.to_f32() * y.s.to_f32();
+            let sumi: i32 = unpack5(x.qh, &x.qs)
+                .iter()
+                .zip(&y.qs)
+                .map(|(&q, &qa)| q as i32 * qa as i32)
+                .sum();
+            sum +=
+                f16_to_f32(x.d) * f16_to_f32(y.d) * sumi as f32 + f16_to_f32(x.m) * f16_to_f32(y.s);
         }
-        sumf
+        sum
     }
 }
