@@ -30,7 +30,7 @@ BIN=$ROOT/target/ggml_quant_ref
 echo "== building the ggml C oracle"
 # No -march: ggml's reference functions compiled for baseline x86-64, so no FMA contraction
 # changes their rounding (llama.cpp's own -march=native build may contract a*b+c).
-gcc -O2 -std=gnu11 -I "$G/include" -I "$G/src" -I "$G/src/ggml-cpu" \
+gcc -O2 -std=gnu11 -ffp-contract=off -I "$G/include" -I "$G/src" -I "$G/src/ggml-cpu" \
   "$ROOT/scripts/reference/ggml_quant_ref.c" "$G/src/ggml-quants.c" "$G/src/ggml-cpu/quants.c" \
   -lm -o "$BIN"
 "$BIN" "$OUT" 16
