@@ -47,6 +47,29 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Talk with a model: the conversation is formatted with the model's chat template.
+    Chat {
+        /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// A system message to start the conversation with.
+        #[arg(long)]
+        system: Option<String>,
+        /// Most tokens per reply.
+        #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
+        n_predict: usize,
+        #[command(flatten)]
+        sampling: Sampling,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Context size in tokens (default: the model's, at most 4096).
+        #[arg(short, long)]
+        ctx: Option<usize>,
+        /// Print speed after each reply.
+        #[arg(short, long)]
+        verbose: bool,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -126,6 +149,27 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 truncate,
                 verbose,
             },
+            &mut std::io::stdout().lock(),
+        )?,
+        Command::Chat {
+            model,
+            system,
+            n_predict,
+            sampling,
+            threads,
+            ctx,
+            verbose,
+        } => ledge::app::chat::chat(
+            ledge::app::chat::ChatArgs {
+                model,
+                system,
+                n_predict,
+                sampler: sampling.into(),
+                threads,
+                ctx,
+                verbose,
+            },
+            &mut std::io::stdin().lock(),
             &mut std::io::stdout().lock(),
         )?,
         Command::Inspect { file, json } => {

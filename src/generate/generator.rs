@@ -100,6 +100,9 @@ pub struct Generator<'m, 'a> {
     pub model: &'m Model<'a>,
     pub tokenizer: &'m Tokenizer,
     cache: KvCache,
+    /// The tokens whose keys and values are in `cache`, in order: a new prompt that starts
+    /// with them (the next turn of a chat) only processes what follows.
+    cached: Vec<u32>,
     pub sampler: Sampler,
     cancel: Arc<AtomicBool>,
 }
@@ -115,6 +118,7 @@ impl<'m, 'a> Generator<'m, 'a> {
             model,
             tokenizer,
             cache: model.new_cache(ctx),
+            cached: Vec::new(),
             sampler: Sampler::new(sampler),
             cancel: Arc::new(AtomicBool::new(false)),
         }
@@ -129,8 +133,8 @@ impl<'m, 'a> Generator<'m, 'a> {
         self.cache.ctx
     }
 
-    /// Starts generating after `prompt` (token ids, specials already added). The KV cache
-    /// and sampler history start afresh.
+    /// Starts generating after `prompt` (token ids, specials already added). The sampler
+    /// history starts afresh; the KV cache keeps the longest prefix it shares with `prompt`.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -156,7 +160,17 @@ impl<'m, 'a> Generator<'m, 'a> {
             let tail = prompt.split_off(prompt.len() - keep + bos.is_some() as usize);
             prompt = bos.into_iter().chain(tail).collect();
         }
-        self.cache.clear();
+        // Reuse the cached prefix, but always recompute the last prompt token: its logits
+        // start the generation.
+        let common = self
+            .cached
+            .iter()
+            .zip(&prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
+        self.cache.truncate(common);
+        self.cached.truncate(common);
         self.sampler.reset();
         self.cancel.store(false, Ordering::Relaxed);
         for &t in &prompt {
@@ -164,6 +178,7 @@ impl<'m, 'a> Generator<'m, 'a> {
         }
         let decoder = self.tokenizer.stream_decoder().continuation();
         Ok(Stream {
+            reused: common,
             prompt,
             opts,
             decoder,
@@ -182,6 +197,8 @@ impl<'m, 'a> Generator<'m, 'a> {
 pub struct Stream<'g, 'm, 'a> {
     gen: &'g mut Generator<'m, 'a>,
     prompt: Vec<u32>,
+    /// Leading prompt tokens already in the KV cache.
+    reused: usize,
     opts: GenerateOptions,
     decoder: StreamDecoder<'m>,
     /// Text held back because it might be the start of a stop string.
@@ -244,8 +261,10 @@ impl Stream<'_, '_, '_> {
             Some(l) => l,
             None => {
                 let t0 = Instant::now();
-                let l = model.forward(&mut self.gen.cache, &self.prompt, Logits::Last)?;
-                self.stats.prompt_tokens = self.prompt.len();
+                let todo = &self.prompt[self.reused..];
+                let l = model.forward(&mut self.gen.cache, todo, Logits::Last)?;
+                self.gen.cached.extend_from_slice(todo);
+                self.stats.prompt_tokens = todo.len();
                 self.stats.prompt_time = t0.elapsed();
                 l
             }
@@ -289,6 +308,7 @@ impl Stream<'_, '_, '_> {
         // once the work behind it is done.
         if self.generated.len() < self.opts.max_tokens {
             self.next_logits = Some(model.forward(&mut self.gen.cache, &[tok], Logits::Last)?);
+            self.gen.cached.push(tok);
         } else {
             self.next_logits = Some(Vec::new());
         }

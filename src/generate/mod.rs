@@ -1,5 +1,6 @@
 //! Generation: sampling, the streaming generator, chat templates.
 
+pub mod chat;
 pub mod generator;
 pub mod sampler;
 
