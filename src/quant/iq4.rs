@@ -222,13 +222,8 @@ impl VecDot for BlockIQ4NL {
         debug_assert_eq!(w.len(), a.len());
         let mut sumf = 0.0f32;
         for (x, y) in w.iter().zip(a) {
-            // TEMPORARY: read BlockQ8_0 by its ggml byte layout (f16 d, 32 × i8) until the
-            // real struct (fields `d`, `qs`) lands from the legacy branch.
-            let bytes = bytemuck::bytes_of(y);
-            let yd = f16::from_le_bytes([bytes[0], bytes[1]]);
-            let yqs: &[i8] = bytemuck::cast_slice(&bytes[2..34]);
-            let d = yd.to_f32() * x.d.to_f32();
-            sumf += d * dot_iq4_32(&x.qs, yqs) as f32;
+            let d = y.d.to_f32() * x.d.to_f32();
+            sumf += d * dot_iq4_32(&x.qs, &y.qs) as f32;
         }
         sumf
     }
