@@ -46,9 +46,9 @@ def topk(row):
 
 
 def main():
-    out_dir = os.path.join(ROOT, "tests", "fixtures", "reference")
+    out_dir = os.environ.get("FIXTURE_DIR", os.path.join(ROOT, "tests", "fixtures", "reference"))
     os.makedirs(out_dir, exist_ok=True)
-    bin_dir = os.environ["LLAMA_CPP_LIB_PATH"]
+    bin_dir = os.environ.get("LLAMA_QUANTIZE_DIR", os.environ["LLAMA_CPP_LIB_PATH"])
     for name, prompts in PROMPTS.items():
         stem = os.path.splitext(name)[0]
         path = os.path.join(ROOT, "models", name)
