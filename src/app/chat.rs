@@ -31,6 +31,7 @@ pub fn chat(
         None => super::default_model()?,
     };
     super::init_threads(args.threads);
+    crate::quant::simd::init()?;
     let file = GgufFile::open(&path)?;
     let model = Model::load(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;

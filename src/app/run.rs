@@ -27,6 +27,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
         None => super::default_model()?,
     };
     let threads = super::init_threads(args.threads);
+    let kernels = crate::quant::simd::init()?;
     let t0 = Instant::now();
     let file = GgufFile::open(&path)?;
     let model = Model::load(&file)?;
@@ -43,7 +44,10 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
             c.n_vocab,
             t0.elapsed().as_secs_f64() * 1e3
         );
-        eprintln!("threads: {threads}, context: {ctx}, kernels: scalar reference");
+        eprintln!(
+            "threads: {threads}, context: {ctx}, kernels: {}",
+            kernels.name
+        );
     }
     let ids = tokenizer.encode(&args.prompt, true, true);
     let mut gen = Generator::new(&model, &tokenizer, args.sampler, ctx);

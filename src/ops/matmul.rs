@@ -1,7 +1,8 @@
-//! Quantized matrix multiplication, scalar reference path: W (k, m) @ x (n, k) → out (n, m).
+//! Quantized matrix multiplication: W (k, m) @ x (n, k) → out (n, m).
 //!
 //! The activations are quantized once per call to the weight type's dot partner (Q8_0, Q8_1
-//! or Q8_K, as ggml does), then every weight row is dotted with every token's activations.
+//! or Q8_K, as ggml does), then every weight row is dotted with every token's activations,
+//! with the kernels of the set chosen at start-up (`quant::simd`).
 //! Rows are split across the rayon pool; each weight row is read once for all `n` tokens.
 
 use bytemuck::Zeroable;
@@ -9,6 +10,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+use crate::quant::simd::{self, Fast};
 use crate::quant::*;
 use crate::tensor::TensorView;
 
@@ -43,12 +45,7 @@ pub fn matmul(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<()
     }
 }
 
-fn typed<B: VecDot>(
-    w: &TensorView,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) -> Result<(), QuantError> {
+fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
     let owned;
     let blocks: &[B] = match cast_blocks::<B>(&w.data) {
@@ -63,9 +60,11 @@ fn typed<B: VecDot>(
     };
     let nb = k / B::BLOCK_SIZE;
     let nba = k / B::Act::BLOCK_SIZE;
+    let kernels = simd::kernels();
+    let (dot, quantize) = (B::dot(kernels), B::quantize_act(kernels));
     let mut xq = vec![B::Act::zeroed(); n * nba];
     for (src, dst) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nba)) {
-        B::Act::quantize(src, dst);
+        quantize(src, dst);
     }
     // Results land row-major per weight row ([m][n]) so each task owns a contiguous slice.
     let mut out_t = vec![0f32; m * n];
@@ -77,7 +76,7 @@ fn typed<B: VecDot>(
             for (i, row_out) in chunk.chunks_exact_mut(n).enumerate() {
                 let row = &blocks[(r0 + i) * nb..(r0 + i + 1) * nb];
                 for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = B::vec_dot(row, &xq[t * nba..(t + 1) * nba]);
+                    *o = dot(row, &xq[t * nba..(t + 1) * nba]);
                 }
             }
         });

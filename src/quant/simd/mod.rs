@@ -1,0 +1,185 @@
+//! Kernel sets: the fast paths of the hot loops, one file per ISA, chosen once at start-up.
+//!
+//! A `KernelSet` is a table of plain function pointers, one per (weight type, activation
+//! type) dot product and per activation quantizer. `detect()` picks the best set the CPU
+//! supports at run time (never at compile time: the release binary targets the baseline ISA
+//! and must not die with "illegal instruction" on an older CPU); `LEDGE_SIMD=scalar|avx2|
+//! avx512|neon` forces one. Entries an ISA file does not provide stay the scalar reference,
+//! so every set is complete. Each SIMD entry is tested against the scalar reference.
+
+use std::sync::OnceLock;
+
+use super::*;
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
+pub type QuantFn<A> = fn(&[f32], &mut [A]);
+
+/// The functions the matmul calls, for one ISA.
+#[derive(Clone, Copy)]
+pub struct KernelSet {
+    pub name: &'static str,
+    pub quantize_q8_0: QuantFn<BlockQ8_0>,
+    pub quantize_q8_1: QuantFn<BlockQ8_1>,
+    pub quantize_q8_k: QuantFn<BlockQ8K>,
+    pub q4_0: DotFn<BlockQ4_0, BlockQ8_0>,
+    pub q4_1: DotFn<BlockQ4_1, BlockQ8_1>,
+    pub q5_0: DotFn<BlockQ5_0, BlockQ8_0>,
+    pub q5_1: DotFn<BlockQ5_1, BlockQ8_1>,
+    pub q8_0: DotFn<BlockQ8_0, BlockQ8_0>,
+    pub q2_k: DotFn<BlockQ2K, BlockQ8K>,
+    pub q3_k: DotFn<BlockQ3K, BlockQ8K>,
+    pub q4_k: DotFn<BlockQ4K, BlockQ8K>,
+    pub q5_k: DotFn<BlockQ5K, BlockQ8K>,
+    pub q6_k: DotFn<BlockQ6K, BlockQ8K>,
+    pub iq4_nl: DotFn<BlockIQ4NL, BlockQ8_0>,
+    pub iq4_xs: DotFn<BlockIQ4XS, BlockQ8K>,
+    pub f32: DotFn<f32, f32>,
+    pub f16: DotFn<f16, f16>,
+    pub bf16: DotFn<bf16, bf16>,
+}
+
+/// The scalar reference: correct everywhere, the baseline every other set is tested against.
+pub const SCALAR: KernelSet = KernelSet {
+    name: "scalar",
+    quantize_q8_0: <BlockQ8_0 as QuantBlock>::quantize,
+    quantize_q8_1: <BlockQ8_1 as QuantBlock>::quantize,
+    quantize_q8_k: <BlockQ8K as QuantBlock>::quantize,
+    q4_0: <BlockQ4_0 as VecDot>::vec_dot,
+    q4_1: <BlockQ4_1 as VecDot>::vec_dot,
+    q5_0: <BlockQ5_0 as VecDot>::vec_dot,
+    q5_1: <BlockQ5_1 as VecDot>::vec_dot,
+    q8_0: <BlockQ8_0 as VecDot>::vec_dot,
+    q2_k: <BlockQ2K as VecDot>::vec_dot,
+    q3_k: <BlockQ3K as VecDot>::vec_dot,
+    q4_k: <BlockQ4K as VecDot>::vec_dot,
+    q5_k: <BlockQ5K as VecDot>::vec_dot,
+    q6_k: <BlockQ6K as VecDot>::vec_dot,
+    iq4_nl: <BlockIQ4NL as VecDot>::vec_dot,
+    iq4_xs: <BlockIQ4XS as VecDot>::vec_dot,
+    f32: <f32 as VecDot>::vec_dot,
+    f16: <f16 as VecDot>::vec_dot,
+    bf16: <bf16 as VecDot>::vec_dot,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimdError {
+    #[error("LEDGE_SIMD={0}: this CPU lacks the instructions it needs (available: {1})")]
+    Unsupported(String, String),
+    #[error("LEDGE_SIMD={0}: unknown kernel set (scalar, avx2, avx512, neon)")]
+    Unknown(String),
+}
+
+/// Every kernel set this CPU can run, best last.
+pub fn available() -> Vec<KernelSet> {
+    #[allow(unused_mut)]
+    let mut v = vec![SCALAR];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = avx2::kernels() {
+        v.push(k);
+    }
+    v
+}
+
+/// The set named by `LEDGE_SIMD`, or the best available.
+pub fn select(forced: Option<&str>) -> Result<KernelSet, SimdError> {
+    let avail = available();
+    match forced {
+        None | Some("") => Ok(*avail.last().unwrap_or(&SCALAR)),
+        Some(name) => {
+            if !["scalar", "avx2", "avx512", "neon"].contains(&name) {
+                return Err(SimdError::Unknown(name.to_string()));
+            }
+            avail
+                .iter()
+                .find(|k| k.name == name)
+                .copied()
+                .ok_or_else(|| {
+                    SimdError::Unsupported(
+                        name.to_string(),
+                        avail.iter().map(|k| k.name).collect::<Vec<_>>().join(", "),
+                    )
+                })
+        }
+    }
+}
+
+static KERNELS: OnceLock<KernelSet> = OnceLock::new();
+
+/// Chooses the kernel set once (honouring `LEDGE_SIMD`). Call early to report a bad
+/// `LEDGE_SIMD` as an error; `kernels()` falls back to the best set if never called.
+pub fn init() -> Result<&'static KernelSet, SimdError> {
+    if let Some(k) = KERNELS.get() {
+        return Ok(k);
+    }
+    let k = select(std::env::var("LEDGE_SIMD").ok().as_deref())?;
+    Ok(KERNELS.get_or_init(|| k))
+}
+
+/// The kernel set in use.
+pub fn kernels() -> &'static KernelSet {
+    KERNELS.get_or_init(|| select(None).unwrap_or(SCALAR))
+}
+
+/// Links a weight type to its entries in a kernel set.
+pub trait Fast: VecDot {
+    fn dot(k: &KernelSet) -> DotFn<Self, Self::Act>;
+    fn quantize_act(k: &KernelSet) -> QuantFn<Self::Act>;
+}
+
+macro_rules! fast {
+    ($($t:ty => $dot:ident, $q:ident;)*) => {$(
+        impl Fast for $t {
+            fn dot(k: &KernelSet) -> DotFn<Self, Self::Act> {
+                k.$dot
+            }
+            fn quantize_act(k: &KernelSet) -> QuantFn<Self::Act> {
+                k.$q
+            }
+        }
+    )*};
+}
+
+fast! {
+    BlockQ4_0 => q4_0, quantize_q8_0;
+    BlockQ4_1 => q4_1, quantize_q8_1;
+    BlockQ5_0 => q5_0, quantize_q8_0;
+    BlockQ5_1 => q5_1, quantize_q8_1;
+    BlockQ8_0 => q8_0, quantize_q8_0;
+    BlockQ2K => q2_k, quantize_q8_k;
+    BlockQ3K => q3_k, quantize_q8_k;
+    BlockQ4K => q4_k, quantize_q8_k;
+    BlockQ5K => q5_k, quantize_q8_k;
+    BlockQ6K => q6_k, quantize_q8_k;
+    BlockIQ4NL => iq4_nl, quantize_q8_0;
+    BlockIQ4XS => iq4_xs, quantize_q8_k;
+}
+
+impl Fast for f32 {
+    fn dot(k: &KernelSet) -> DotFn<f32, f32> {
+        k.f32
+    }
+    fn quantize_act(_: &KernelSet) -> QuantFn<f32> {
+        <f32 as QuantBlock>::quantize
+    }
+}
+
+impl Fast for f16 {
+    fn dot(k: &KernelSet) -> DotFn<f16, f16> {
+        k.f16
+    }
+    fn quantize_act(_: &KernelSet) -> QuantFn<f16> {
+        <f16 as QuantBlock>::quantize
+    }
+}
+
+impl Fast for bf16 {
+    fn dot(k: &KernelSet) -> DotFn<bf16, bf16> {
+        k.bf16
+    }
+    fn quantize_act(_: &KernelSet) -> QuantFn<bf16> {
+        <bf16 as QuantBlock>::quantize
+    }
+}
