@@ -70,6 +70,37 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Measure prompt processing (pp) and generation (tg) speed, like llama-bench.
+    Bench {
+        /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Prompt lengths to time (comma-separated; 0 skips).
+        #[arg(
+            short = 'p',
+            long = "n-prompt",
+            value_delimiter = ',',
+            default_value = "512"
+        )]
+        pp: Vec<usize>,
+        /// Generation lengths to time (comma-separated; 0 skips).
+        #[arg(
+            short = 'n',
+            long = "n-gen",
+            value_delimiter = ',',
+            default_value = "128"
+        )]
+        tg: Vec<usize>,
+        /// Repetitions per test.
+        #[arg(short = 'r', long, default_value_t = 5)]
+        repetitions: usize,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -172,6 +203,24 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             &mut std::io::stdin().lock(),
             &mut std::io::stdout().lock(),
         )?,
+        Command::Bench {
+            model,
+            pp,
+            tg,
+            repetitions,
+            threads,
+            json,
+        } => print!(
+            "{}",
+            ledge::app::bench::bench(ledge::app::bench::BenchArgs {
+                model,
+                pp,
+                tg,
+                reps: repetitions,
+                threads,
+                json,
+            })?
+        ),
         Command::Inspect { file, json } => {
             let f = ledge::gguf::GgufFile::open(&file)?;
             if json {

@@ -221,3 +221,35 @@ fn prompt_longer_than_the_context_is_an_error_unless_truncated() {
         GenerateError::EmptyPrompt
     ));
 }
+
+#[test]
+fn bench_reports_pp_and_tg_as_json_and_table() {
+    let out = ledge()
+        .args(["bench", "-m"])
+        .arg(model(SMOLLM2))
+        .args(["-p", "8", "-n", "4", "-r", "2", "-t", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = j["results"].as_array().unwrap();
+    assert_eq!(r.len(), 2);
+    assert_eq!(r[0]["test"], "pp8");
+    assert_eq!(r[1]["test"], "tg4");
+    for x in r {
+        assert_eq!(x["samples"].as_array().unwrap().len(), 2);
+        assert!(x["tokens_per_second_mean"].as_f64().unwrap() > 0.0);
+    }
+    let out = ledge()
+        .args(["bench", "-m"])
+        .arg(model(SMOLLM2))
+        .args(["-p", "4", "-n", "0", "-r", "1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("| pp4 |") && !text.contains("tg"), "{text}");
+}

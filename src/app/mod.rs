@@ -1,5 +1,6 @@
 //! What the command line does, as library functions: main.rs only parses arguments.
 
+pub mod bench;
 pub mod chat;
 pub mod run;
 

@@ -1,0 +1,150 @@
+//! `ledge bench`: prompt-processing and generation throughput, measured the way llama-bench
+//! measures them so the two tables can sit side by side: `pp N` runs one batch of N tokens
+//! through an empty cache, `tg N` generates N tokens one at a time; each test is repeated and
+//! reported as mean ± standard deviation of tokens/s.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::model::{Logits, Model, ModelError};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// "pp512", "tg128".
+    pub test: String,
+    pub n_tokens: usize,
+    pub threads: usize,
+    pub kernels: &'static str,
+    pub tokens_per_second_mean: f64,
+    pub tokens_per_second_sd: f64,
+    pub samples: Vec<f64>,
+}
+
+/// Deterministic token ids spread over the vocabulary (llama-bench uses random ones too).
+fn tokens(n: usize, n_vocab: usize) -> Vec<u32> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n_vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Prompt processing: `n` tokens in one batch.
+pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<Vec<f64>, ModelError> {
+    let toks = tokens(n, model.config.n_vocab);
+    let mut cache = model.new_cache(n.max(1));
+    // One untimed run warms caches and page-faults the weights in.
+    model.forward(&mut cache, &toks, Logits::Last)?;
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        cache.clear();
+        let t = Instant::now();
+        model.forward(&mut cache, &toks, Logits::Last)?;
+        out.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+/// Text generation: `n` tokens one at a time after a 1-token start.
+pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<Vec<f64>, ModelError> {
+    let toks = tokens(n + 1, model.config.n_vocab);
+    let mut cache = model.new_cache(n + 1);
+    model.forward(&mut cache, &toks[..1], Logits::Last)?;
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        cache.clear();
+        let t = Instant::now();
+        for &tok in &toks[..n] {
+            model.forward(&mut cache, &[tok], Logits::Last)?;
+        }
+        out.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(out)
+}
+
+pub fn run(
+    model: &Model,
+    pp: &[usize],
+    tg: &[usize],
+    reps: usize,
+    threads: usize,
+    kernels: &'static str,
+) -> Result<Vec<BenchResult>, ModelError> {
+    let mut results = Vec::new();
+    let mut push = |test: String, n: usize, samples: Vec<f64>| {
+        let (m, sd) = mean_sd(&samples);
+        results.push(BenchResult {
+            test,
+            n_tokens: n,
+            threads,
+            kernels,
+            tokens_per_second_mean: m,
+            tokens_per_second_sd: sd,
+            samples,
+        });
+    };
+    for &n in pp.iter().filter(|&&n| n > 0) {
+        push(format!("pp{n}"), n, bench_pp(model, n, reps)?);
+    }
+    for &n in tg.iter().filter(|&&n| n > 0) {
+        push(format!("tg{n}"), n, bench_tg(model, n, reps)?);
+    }
+    Ok(results)
+}
+
+/// A markdown table in llama-bench's layout.
+pub fn table(model_name: &str, size_bytes: u64, params: u64, results: &[BenchResult]) -> String {
+    let mut s = String::from(
+        "| model | size | params | kernels | threads | test | t/s |\n|---|---:|---:|---|---:|---:|---:|\n",
+    );
+    for r in results {
+        s += &format!(
+            "| {model_name} | {:.2} MiB | {:.2} M | {} | {} | {} | {:.2} ± {:.2} |\n",
+            size_bytes as f64 / (1 << 20) as f64,
+            params as f64 / 1e6,
+            r.kernels,
+            r.threads,
+            r.test,
+            r.tokens_per_second_mean,
+            r.tokens_per_second_sd
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mean_and_sample_sd() {
+        let (m, sd) = mean_sd(&[2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]);
+        assert_eq!(m, 5.0);
+        assert!((sd - 2.138).abs() < 1e-3);
+        assert_eq!(mean_sd(&[3.0]), (3.0, 0.0));
+    }
+
+    #[test]
+    fn bench_tokens_cover_the_vocabulary_deterministically() {
+        let a = tokens(1000, 50);
+        assert_eq!(a, tokens(1000, 50));
+        assert!(a.iter().all(|&t| t < 50));
+        assert!((0..50).all(|t| a.contains(&t)));
+    }
+}
