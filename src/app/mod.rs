@@ -36,11 +36,40 @@ pub fn default_model() -> Result<PathBuf, AppError> {
         .ok_or_else(|| AppError::NoDefaultModel(DEFAULT_MODEL.to_string()))
 }
 
-/// Sizes the global rayon pool: `threads`, or one per available core.
+/// Physical cores (hyper-threads share a core's execution units, and memory-bound GEMV gains
+/// nothing from a second thread per core), within the CPUs this process may use.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut cores = std::collections::HashSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in info.lines() {
+        let mut kv = line.splitn(2, ':').map(str::trim);
+        match (kv.next(), kv.next()) {
+            (Some("physical id"), Some(v)) => phys = Some(v.to_string()),
+            (Some("core id"), Some(v)) => core = Some(v.to_string()),
+            (Some(""), None) | (None, _) => {
+                if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                    cores.insert((p, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (Some(p), Some(c)) = (phys, core) {
+        cores.insert((p, c));
+    }
+    match cores.len() {
+        0 => logical,
+        n => n.min(logical),
+    }
+}
+
+/// Sizes the global rayon pool: `threads`, or one per physical core.
 pub fn init_threads(threads: Option<usize>) -> usize {
-    let n = threads
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let n = threads.filter(|&n| n > 0).unwrap_or_else(physical_cores);
     // A second call (tests, a library user) keeps the first pool; that is fine.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
