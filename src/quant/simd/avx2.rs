@@ -1,7 +1,23 @@
 //! AVX2 (+FMA, F16C) kernels. Chosen at run time when the CPU has them; each is tested
 //! against the scalar reference in tests/simd.rs.
+//!
+//! The kernels are safe `#[target_feature]` functions: the compiler only lets code without
+//! those features call them through `unsafe`, and that happens in one place per kernel, the
+//! thin wrapper that goes into the `KernelSet`. The set itself is only built after
+//! `is_x86_feature_detected!` has confirmed every feature. Vectors are loaded and stored by
+//! value through `bytemuck` (the SIMD types are `Pod`), so no raw pointers are needed.
+//!
+//! Block dots follow ggml's x86 scheme: the 32 products of a block are summed exactly as
+//! integers (vpmaddubsw, then vpmaddwd into eight i32 lanes), the lanes are scaled by the
+//! product of the two block scales and accumulated in f32 with FMA. Only the order of the
+//! f32 additions differs from the scalar reference. The activation quantizers reproduce the
+//! scalar reference bit for bit (ggml's own AVX quantizer does not: it rounds ties to even
+//! and scales by `127/amax` instead of `1/(amax/127)`).
+
+use core::arch::x86_64::*;
 
 use super::*;
+use crate::quant::iq4::KVALUES_IQ4NL;
 
 /// The AVX2 kernel set, if this CPU can run it.
 pub fn kernels() -> Option<KernelSet> {
@@ -11,6 +27,359 @@ pub fn kernels() -> Option<KernelSet> {
     {
         return None;
     }
-    // No AVX2 kernels yet: not offered, so `-v` never claims a speed-up that is not there.
-    None
+    Some(KernelSet {
+        name: "avx2",
+        quantize_q8_0,
+        quantize_q8_1,
+        q4_0,
+        q4_1,
+        q5_0,
+        q5_1,
+        q8_0,
+        iq4_nl,
+        f32: dot_f32,
+        f16: dot_f16,
+        ..SCALAR
+    })
+}
+
+/// Safe entry points for the table. Every one checks the slice lengths the kernel relies on
+/// and calls the `#[target_feature]` kernel; they are private, so the only way to reach them
+/// is through the set `kernels()` returns after the feature check.
+macro_rules! entry {
+    (dot $name:ident, $kernel:ident, $w:ty, $a:ty) => {
+        fn $name(w: &[$w], a: &[$a]) -> f32 {
+            assert_eq!(w.len(), a.len(), "dot of rows of different lengths");
+            // SAFETY: this function is only handed out in the set built by `kernels()`,
+            // which first checked that the CPU has AVX2, FMA and F16C.
+            unsafe { $kernel(w, a) }
+        }
+    };
+    (quant $name:ident, $kernel:ident, $a:ty) => {
+        fn $name(src: &[f32], out: &mut [$a]) {
+            assert_eq!(
+                src.len(),
+                out.len() * 32,
+                "quantizing into the wrong number of blocks"
+            );
+            // SAFETY: as for the dots, reachable only after the feature check in `kernels()`.
+            unsafe { $kernel(src, out) }
+        }
+    };
+}
+
+entry!(quant quantize_q8_0, quantize_q8_0_avx2, BlockQ8_0);
+entry!(quant quantize_q8_1, quantize_q8_1_avx2, BlockQ8_1);
+entry!(dot q4_0, dot_q4_0, BlockQ4_0, BlockQ8_0);
+entry!(dot q4_1, dot_q4_1, BlockQ4_1, BlockQ8_1);
+entry!(dot q5_0, dot_q5_0, BlockQ5_0, BlockQ8_0);
+entry!(dot q5_1, dot_q5_1, BlockQ5_1, BlockQ8_1);
+entry!(dot q8_0, dot_q8_0, BlockQ8_0, BlockQ8_0);
+entry!(dot iq4_nl, dot_iq4_nl, BlockIQ4NL, BlockQ8_0);
+entry!(dot dot_f32, dot_f32_avx2, f32, f32);
+entry!(dot dot_f16, dot_f16_avx2, f16, f16);
+
+// ---------------------------------------------------------------------------------------
+// Small helpers. All carry the same features so that they inline into the kernels.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_f32(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax_f32(v: __m256) -> f32 {
+    let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)))
+}
+
+/// f16 → f32 with the F16C instruction (exact, like the scalar conversion).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn h2f(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
+/// The 32 four-bit fields of a Q4-style block as bytes in weight order: the low nibbles
+/// (weights 0..16) in the low 128-bit lane, the high nibbles (16..32) in the high lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(qs: [u8; 16]) -> __m256i {
+    let lo: __m128i = bytemuck::cast(qs);
+    let hi = _mm_srli_epi16::<4>(lo);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+/// 0xFF in byte `i` where bit `i` of the little-endian `qh` is set, else 0.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits_to_bytes(qh: [u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    // Byte i takes source byte i / 8 (the shuffle works within 128-bit lanes, and every
+    // lane holds a copy of the four bytes).
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn i16_pairs_to_f32(p: __m256i) -> __m256 {
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+}
+
+/// Σ x·y over each group of four bytes as f32 lanes, for unsigned `x` (< 128) and signed `y`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
+    i16_pairs_to_f32(_mm256_maddubs_epi16(x, y))
+}
+
+/// The same for two signed vectors. vpmaddubsw needs one unsigned operand, so the sign of
+/// `x` moves onto `y`. Exact as long as `y` has no -128 (which cannot be negated in i8);
+/// the activation quantizers never produce it, their levels are within ±127.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
+    dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// Runs a per-block term over two rows of blocks with two accumulators (to hide the FMA
+/// latency). `$term(x, y)` returns (scale, lanes): the block contributes Σ scale·lanes.
+macro_rules! block_dot {
+    ($w:expr, $a:expr, $term:ident) => {{
+        let (w, a) = ($w, $a);
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let (w2, wr) = w.as_chunks::<2>();
+        let (a2, ar) = a.as_chunks::<2>();
+        for (x, y) in w2.iter().zip(a2) {
+            let (d0, s0) = $term(&x[0], &y[0]);
+            let (d1, s1) = $term(&x[1], &y[1]);
+            acc0 = _mm256_fmadd_ps(d0, s0, acc0);
+            acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        }
+        for (x, y) in wr.iter().zip(ar) {
+            let (d, s) = $term(x, y);
+            acc0 = _mm256_fmadd_ps(d, s, acc0);
+        }
+        hsum_f32(_mm256_add_ps(acc0, acc1))
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_q8(qs: [i8; 32]) -> __m256i {
+    bytemuck::cast(qs)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale(a: f16, b: f16) -> __m256 {
+    _mm256_set1_ps(h2f(a) * h2f(b))
+}
+
+// ---------------------------------------------------------------------------------------
+// Quantized dots.
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> (__m256, __m256) {
+    let qx = _mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8));
+    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    block_dot!(w, a, term_q4_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> (__m256, __m256) {
+    (scale(x.d, y.d), dot_u8_i8(nibbles(x.qs), load_q8(y.qs)))
+}
+
+/// The minimum's share, Σ m_w·s_a, one scalar product per block as in the reference.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn min_terms<W, F: Fn(&W) -> f16>(w: &[W], a: &[BlockQ8_1], m: F) -> f32 {
+    w.iter().zip(a).map(|(x, y)| h2f(m(x)) * h2f(y.s)).sum()
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    block_dot!(w, a, term_q4_1) + min_terms(w, a, |x| x.m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> (__m256, __m256) {
+    // Level q - 16 as a signed byte: a clear fifth bit is the same as or-ing in 0xF0
+    // (nibble + 240 ≡ nibble - 16 mod 256); a set one leaves the nibble as it is.
+    let high = _mm256_andnot_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
+    let qx = _mm256_or_si256(nibbles(x.qs), high);
+    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    block_dot!(w, a, term_q5_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> (__m256, __m256) {
+    let high = _mm256_and_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0x10));
+    let qx = _mm256_or_si256(nibbles(x.qs), high);
+    (scale(x.d, y.d), dot_u8_i8(qx, load_q8(y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    block_dot!(w, a, term_q5_1) + min_terms(w, a, |x| x.m)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> (__m256, __m256) {
+    // The weights take the unsigned side: a -128 in a weight file is still exact there.
+    (scale(x.d, y.d), dot_i8_i8(load_q8(x.qs), load_q8(y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    block_dot!(w, a, term_q8_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_iq4_nl(x: &BlockIQ4NL, y: &BlockQ8_0) -> (__m256, __m256) {
+    // The 16 levels fit one register: a byte shuffle is the table look-up.
+    let table: __m128i = bytemuck::cast(KVALUES_IQ4NL);
+    let qx = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles(x.qs));
+    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_iq4_nl(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    block_dot!(w, a, term_iq4_nl)
+}
+
+// ---------------------------------------------------------------------------------------
+// Float dots: four 8-lane FMA accumulators over 32 elements at a time, the tail in scalar.
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_avx2(w: &[f32], a: &[f32]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (w32, wr) = w.as_chunks::<32>();
+    let (a32, ar) = a.as_chunks::<32>();
+    for (x, y) in w32.iter().zip(a32) {
+        let x: [__m256; 4] = bytemuck::cast(*x);
+        let y: [__m256; 4] = bytemuck::cast(*y);
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(x[k], y[k], acc[k]);
+        }
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let tail: f32 = wr.iter().zip(ar).map(|(x, y)| x * y).sum();
+    hsum_f32(v) + tail
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f16_avx2(w: &[f16], a: &[f16]) -> f32 {
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let (w32, wr) = w.as_chunks::<32>();
+    let (a32, ar) = a.as_chunks::<32>();
+    for (x, y) in w32.iter().zip(a32) {
+        let x: [__m128i; 4] = bytemuck::cast(*x);
+        let y: [__m128i; 4] = bytemuck::cast(*y);
+        for k in 0..4 {
+            acc[k] = _mm256_fmadd_ps(_mm256_cvtph_ps(x[k]), _mm256_cvtph_ps(y[k]), acc[k]);
+        }
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let tail: f32 = wr.iter().zip(ar).map(|(&x, &y)| h2f(x) * h2f(y)).sum();
+    hsum_f32(v) + tail
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizers.
+
+/// One block of 32 as the scalar `quantize_q8`: the f32 scale `amax/127` and the levels
+/// `roundf(x · (1/d))` (half away from zero), narrowed to i8 the way C's store does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_block_q8(x: &[f32; 32]) -> (f32, __m256i) {
+    let v: [__m256; 4] = bytemuck::cast(*x);
+    let sign = _mm256_set1_ps(-0.0);
+    let abs = |v| _mm256_andnot_ps(sign, v);
+    let amax = hmax_f32(_mm256_max_ps(
+        _mm256_max_ps(abs(v[0]), abs(v[1])),
+        _mm256_max_ps(abs(v[2]), abs(v[3])),
+    ));
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+    let one = _mm256_set1_ps(1.0);
+    let half = _mm256_set1_ps(0.5);
+    let byte = _mm256_set1_epi32(0xFF);
+    let level = |v: __m256| {
+        let s = _mm256_mul_ps(v, id);
+        // roundf: truncate, then step away from zero when the dropped fraction (exact,
+        // as s - trunc(s) always is) is at least one half. The hardware's nearest mode
+        // would round ties to even instead.
+        let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(s);
+        let up = _mm256_cmp_ps::<_CMP_GE_OQ>(abs(_mm256_sub_ps(s, t)), half);
+        let step = _mm256_and_ps(up, _mm256_or_ps(_mm256_and_ps(s, sign), one));
+        // cvttps2dq gives i32::MIN for NaN and out-of-range values, as the reference's
+        // conversion does; keeping the low byte is C's wrapping store into int8_t.
+        _mm256_and_si256(_mm256_cvttps_epi32(_mm256_add_ps(t, step)), byte)
+    };
+    let (l0, l1, l2, l3) = (level(v[0]), level(v[1]), level(v[2]), level(v[3]));
+    // The packs interleave 128-bit lanes; the permute puts the 4-byte groups back in order.
+    let bytes = _mm256_packus_epi16(_mm256_packus_epi32(l0, l1), _mm256_packus_epi32(l2, l3));
+    let q = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    (d, q)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_q8_0_avx2(src: &[f32], out: &mut [BlockQ8_0]) {
+    let (x32, _) = src.as_chunks::<32>();
+    for (x, y) in x32.iter().zip(out.iter_mut()) {
+        let (d, q) = quantize_block_q8(x);
+        y.d = float::f32_to_f16(d);
+        y.qs = bytemuck::cast(q);
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_q8_1_avx2(src: &[f32], out: &mut [BlockQ8_1]) {
+    let (x32, _) = src.as_chunks::<32>();
+    for (x, y) in x32.iter().zip(out.iter_mut()) {
+        let (d, q) = quantize_block_q8(x);
+        let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), q);
+        let sum = hsum_i32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        y.d = float::f32_to_f16(d);
+        y.s = float::f32_to_f16(sum as f32 * d);
+        y.qs = bytemuck::cast(q);
+    }
 }

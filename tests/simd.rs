@@ -1,0 +1,392 @@
+//! Every kernel set this CPU offers, entry by entry, against the scalar reference
+//! (`quant::simd::SCALAR`, itself tested against ggml in quant_legacy.rs / quant_k.rs).
+//!
+//! Tolerances:
+//! - Dots: |fast − scalar| ≤ 1e-5 · M (+1e-30 absolute), M = Σ over blocks of
+//!   max|w| · Σ|a| (for the floats, blocks of one element: M = Σ|w·a|). Inside a block both
+//!   sum the integer products exactly; they differ only in how the per-block (or, for
+//!   floats, per-element) f32 terms are added up (lane-wise with FMA vs. one running sum, or
+//!   an f64 sum for the float reference). Each rounding moves the result by at most 2⁻²⁴ of
+//!   the running sum, and with random signs these errors add like a random walk. M rather
+//!   than Σ|w·a| because formats with a minimum (w = d·q + m) sum d·q·a and m·Σa separately,
+//!   and those terms can be far larger than w·a when they cancel (an outlier block with
+//!   m = −60 and w ≈ 0); M bounds them. Measured with the AVX2 set: the worst |diff|/M is
+//!   ~2e-7 (f32/f16 against the f64 reference), ≤ 1.5e-7 for the block formats, while even
+//!   one wrong weight in the longest rows here moves the dot by ~1e-4 of M.
+//! - Activation quantizers: identical scale (`d`), each level within ±1 (what a ggml-style
+//!   AVX quantizer rounding ties to even, or scaling by 127/amax, may change), Q8_1's `s`
+//!   equal to its own `d·Σq` up to f16 rounding, Q8_K's `bsums` equal to the sums of its own
+//!   levels. The AVX2 Q8_0/Q8_1 quantizers here are moreover exact (same bytes), which is
+//!   asserted separately, including at exact .5 ties and for degenerate blocks.
+
+mod common;
+
+use bytemuck::Zeroable;
+use common::Rng;
+use half::f16;
+use ledge::quant::simd::{available, KernelSet, SCALAR};
+use ledge::quant::*;
+
+fn sets() -> Vec<KernelSet> {
+    let sets = available();
+    let names: Vec<_> = sets.iter().map(|k| k.name).collect();
+    assert_eq!(names[0], "scalar");
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        assert!(
+            names.contains(&"avx2"),
+            "this CPU has AVX2+FMA+F16C but the avx2 set is not offered: {names:?}"
+        );
+    }
+    sets
+}
+
+/// Uniform in (-1, 1), never zero.
+fn unit(rng: &mut Rng) -> f32 {
+    let v = (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
+    if v == 0.0 {
+        0.5
+    } else {
+        v
+    }
+}
+
+/// Activation-like data: mostly small, one value in 40 an outlier up to ±60.
+fn data(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v = unit(rng);
+            if rng.below(40) == 0 {
+                v * 60.0
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn blocks<B: QuantBlock>(x: &[f32]) -> Vec<B> {
+    let mut out = vec![B::zeroed(); x.len() / B::BLOCK_SIZE];
+    B::quantize(x, &mut out);
+    out
+}
+
+/// Blocks of random bytes (every bit pattern of the levels and sub-scales) whose f16 scale
+/// fields, at the byte offsets given, are replaced by sane random scales so that the dot
+/// stays finite.
+fn random_blocks<B: QuantBlock>(rng: &mut Rng, n: usize, f16_fields: &[usize]) -> Vec<B> {
+    let size = std::mem::size_of::<B>();
+    let mut bytes = rng.bytes(n * size);
+    for b in bytes.chunks_exact_mut(size) {
+        for &off in f16_fields {
+            let s = f16::from_f32(unit(rng) * 0.05).to_bits().to_le_bytes();
+            b[off..off + 2].copy_from_slice(&s);
+        }
+    }
+    let mut out = vec![B::zeroed(); n];
+    bytemuck::cast_slice_mut::<B, u8>(&mut out).copy_from_slice(&bytes);
+    out
+}
+
+fn dequant<B: QuantBlock>(b: &[B]) -> Vec<f32> {
+    let mut out = vec![0.0; b.len() * B::BLOCK_SIZE];
+    B::dequantize(b, &mut out);
+    out
+}
+
+type Dot<W, A> = fn(&[W], &[A]) -> f32;
+
+/// Compares one dot entry of `set` with SCALAR's over many rows sharing one activation row.
+fn check_dot<W: QuantBlock, A: QuantBlock>(
+    what: &str,
+    set: &KernelSet,
+    fast: Dot<W, A>,
+    reference: Dot<W, A>,
+    rows: &[Vec<W>],
+    act: &[A],
+) {
+    let a = dequant(act);
+    let mut nonzero = 0;
+    for (r, w) in rows.iter().enumerate() {
+        let got = fast(w, act);
+        let want = reference(w, act);
+        let mag: f64 = dequant(w)
+            .chunks_exact(W::BLOCK_SIZE)
+            .zip(a.chunks_exact(W::BLOCK_SIZE))
+            .map(|(x, y)| {
+                let wmax = x.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+                wmax * y.iter().map(|&v| (v as f64).abs()).sum::<f64>()
+            })
+            .sum();
+        assert!(mag > 0.0, "{what}: degenerate test data");
+        nonzero += (want != 0.0) as usize;
+        let tol = 1e-5 * mag + 1e-30;
+        assert!(
+            ((got - want) as f64).abs() <= tol,
+            "{} {what} row {r} ({} blocks): {got} vs scalar {want} (|diff| {} > {tol})",
+            set.name,
+            w.len(),
+            (got - want).abs()
+        );
+    }
+    // A single block's integer sum can be 0 by chance, but not every row's.
+    assert!(
+        nonzero > rows.len() / 2,
+        "{what}: the reference returned mostly zeros"
+    );
+}
+
+/// Block counts per row: one block, odd counts, and rows of 4096+ weights.
+fn block_counts(block: usize) -> Vec<usize> {
+    let long = if block == 32 { [128, 136] } else { [16, 17] };
+    vec![1, 3, 7, 9, long[0], long[1]]
+}
+
+/// Runs `check_dot` for a weight type on quantized rows and on random-byte rows.
+fn dots_for<W: QuantBlock, A: QuantBlock>(
+    what: &str,
+    seed: u64,
+    f16_fields: &[usize],
+    pick: fn(&KernelSet) -> Dot<W, A>,
+) {
+    assert_eq!(W::BLOCK_SIZE, A::BLOCK_SIZE);
+    let mut rng = Rng(seed);
+    for set in sets() {
+        for nb in block_counts(W::BLOCK_SIZE) {
+            let n = nb * W::BLOCK_SIZE;
+            let n_rows = if nb > 10 { 8 } else { 24 };
+            let act: Vec<A> = blocks(&data(&mut rng, n));
+            let quantized: Vec<Vec<W>> = (0..n_rows).map(|_| blocks(&data(&mut rng, n))).collect();
+            check_dot(what, &set, pick(&set), pick(&SCALAR), &quantized, &act);
+            let random: Vec<Vec<W>> = (0..n_rows)
+                .map(|_| random_blocks(&mut rng, nb, f16_fields))
+                .collect();
+            check_dot(what, &set, pick(&set), pick(&SCALAR), &random, &act);
+        }
+    }
+}
+
+macro_rules! dot_test {
+    ($name:ident, $w:ty, $a:ty, $field:ident, [$($f16:ident),*]) => {
+        #[test]
+        fn $name() {
+            dots_for::<$w, $a>(
+                stringify!($field),
+                0x5eed ^ stringify!($name).len() as u64,
+                &[$(std::mem::offset_of!($w, $f16)),*],
+                |k| k.$field,
+            );
+        }
+    };
+}
+
+dot_test!(dot_q4_0, BlockQ4_0, BlockQ8_0, q4_0, [d]);
+dot_test!(dot_q4_1, BlockQ4_1, BlockQ8_1, q4_1, [d, m]);
+dot_test!(dot_q5_0, BlockQ5_0, BlockQ8_0, q5_0, [d]);
+dot_test!(dot_q5_1, BlockQ5_1, BlockQ8_1, q5_1, [d, m]);
+dot_test!(dot_q8_0, BlockQ8_0, BlockQ8_0, q8_0, [d]);
+dot_test!(dot_iq4_nl, BlockIQ4NL, BlockQ8_0, iq4_nl, [d]);
+dot_test!(dot_q2_k, BlockQ2K, BlockQ8K, q2_k, [d, dmin]);
+dot_test!(dot_q3_k, BlockQ3K, BlockQ8K, q3_k, [d]);
+dot_test!(dot_q4_k, BlockQ4K, BlockQ8K, q4_k, [d, dmin]);
+dot_test!(dot_q5_k, BlockQ5K, BlockQ8K, q5_k, [d, dmin]);
+dot_test!(dot_q6_k, BlockQ6K, BlockQ8K, q6_k, [d]);
+dot_test!(dot_iq4_xs, BlockIQ4XS, BlockQ8K, iq4_xs, [d]);
+
+/// Float rows: every length from 1 to 70 (all tail sizes around the 32-wide main loop),
+/// then long ones.
+fn float_dots<T: QuantBlock>(what: &str, pick: fn(&KernelSet) -> Dot<T, T>) {
+    let mut rng = Rng(0xf10a7 ^ what.len() as u64);
+    let lens: Vec<usize> = (1..=70).chain([4096, 4099, 4445]).collect();
+    for set in sets() {
+        for &n in &lens {
+            let act: Vec<T> = blocks(&data(&mut rng, n));
+            let rows: Vec<Vec<T>> = (0..8).map(|_| blocks(&data(&mut rng, n))).collect();
+            check_dot(what, &set, pick(&set), pick(&SCALAR), &rows, &act);
+        }
+    }
+}
+
+#[test]
+fn dot_f32() {
+    float_dots::<f32>("f32", |k| k.f32);
+}
+
+#[test]
+fn dot_f16() {
+    float_dots::<f16>("f16", |k| k.f16);
+}
+
+#[test]
+fn dot_bf16() {
+    float_dots::<half::bf16>("bf16", |k| k.bf16);
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizers.
+
+/// Rows for the quantizers: random data with outliers, plus blocks whose scale is exactly 1
+/// (amax = 127) and whose other values sit on .5 ties, where roundf and round-to-even part.
+fn quant_inputs(rng: &mut Rng, n: usize) -> Vec<f32> {
+    let mut x = data(rng, n);
+    for (i, b) in x.chunks_exact_mut(32).enumerate() {
+        if i % 3 == 1 {
+            for v in b.iter_mut() {
+                *v = rng.below(254) as f32 - 126.5;
+            }
+            b[(i / 3) % 32] = if i % 2 == 0 { 127.0 } else { -127.0 };
+        }
+    }
+    x
+}
+
+fn quant_lengths() -> Vec<usize> {
+    vec![256, 3 * 256, 7 * 256, 9 * 256, 4096, 4352]
+}
+
+fn check_levels(what: &str, set: &str, block: usize, got: &[i8], want: &[i8]) {
+    for (j, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (*g as i32 - *w as i32).abs() <= 1,
+            "{set} {what} block {block} level {j}: {g} vs scalar {w}"
+        );
+    }
+}
+
+#[test]
+fn quantize_q8_0_matches_scalar() {
+    let mut rng = Rng(0x80);
+    for set in sets() {
+        for n in quant_lengths() {
+            for _ in 0..4 {
+                let x = quant_inputs(&mut rng, n);
+                let (mut got, mut want) = (vec![BlockQ8_0::zeroed(); n / 32], vec![]);
+                want.resize(n / 32, BlockQ8_0::zeroed());
+                (set.quantize_q8_0)(&x, &mut got);
+                (SCALAR.quantize_q8_0)(&x, &mut want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.d.to_bits(),
+                        w.d.to_bits(),
+                        "{} q8_0 block {i}: d",
+                        set.name
+                    );
+                    check_levels("q8_0", set.name, i, &g.qs, &w.qs);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_q8_1_matches_scalar() {
+    let mut rng = Rng(0x81);
+    for set in sets() {
+        for n in quant_lengths() {
+            for _ in 0..4 {
+                let x = quant_inputs(&mut rng, n);
+                let mut got = vec![BlockQ8_1::zeroed(); n / 32];
+                let mut want = vec![BlockQ8_1::zeroed(); n / 32];
+                (set.quantize_q8_1)(&x, &mut got);
+                (SCALAR.quantize_q8_1)(&x, &mut want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.d.to_bits(),
+                        w.d.to_bits(),
+                        "{} q8_1 block {i}: d",
+                        set.name
+                    );
+                    check_levels("q8_1", set.name, i, &g.qs, &w.qs);
+                    // s = d·Σq of its own levels, d in f32 (recoverable to within f16
+                    // rounding from the stored one), rounded to f16: allow two f16 ulps.
+                    let sum: i32 = g.qs.iter().map(|&q| q as i32).sum();
+                    let s = g.d.to_f32() * sum as f32;
+                    let ulp = f16::from_f32(s.abs()).to_f32() * 2.0f32.powi(-10);
+                    assert!(
+                        (g.s.to_f32() - s).abs() <= 2.0 * ulp + 1e-7,
+                        "{} q8_1 block {i}: s {} vs d·Σq {s}",
+                        set.name,
+                        g.s
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantize_q8_k_matches_scalar() {
+    let mut rng = Rng(0x8c);
+    for set in sets() {
+        for n in quant_lengths() {
+            for _ in 0..4 {
+                let x = quant_inputs(&mut rng, n);
+                let mut got = vec![BlockQ8K::zeroed(); n / 256];
+                let mut want = vec![BlockQ8K::zeroed(); n / 256];
+                (set.quantize_q8_k)(&x, &mut got);
+                (SCALAR.quantize_q8_k)(&x, &mut want);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.d.to_bits(),
+                        w.d.to_bits(),
+                        "{} q8_K block {i}: d",
+                        set.name
+                    );
+                    check_levels("q8_K", set.name, i, &g.qs, &w.qs);
+                    for (k, (&bs, q)) in g.bsums.iter().zip(g.qs.chunks_exact(16)).enumerate() {
+                        let sum: i32 = q.iter().map(|&q| q as i32).sum();
+                        assert_eq!(bs as i32, sum, "{} q8_K block {i}: bsums[{k}]", set.name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The AVX2 Q8_0/Q8_1 quantizers promise more than the tolerance above: the scalar bytes,
+/// also for the blocks where a careless SIMD port differs (ties, an all-zero block, a block
+/// so small that 1/d overflows to inf, huge values).
+#[test]
+fn avx2_q8_quantizers_are_exact() {
+    let mut rng = Rng(0x8e);
+    let mut x = quant_inputs(&mut rng, 4096);
+    x[32..64].fill(0.0);
+    for (j, v) in x[64..96].iter_mut().enumerate() {
+        *v = (j as f32 - 15.5) * 1e-41;
+    }
+    for (j, v) in x[96..128].iter_mut().enumerate() {
+        *v = (j as f32 - 16.0) * 1e37;
+    }
+    let mut checked = 0;
+    for set in sets() {
+        if set.name != "avx2" {
+            continue;
+        }
+        checked += 1;
+        let mut got = vec![BlockQ8_0::zeroed(); x.len() / 32];
+        let mut want = got.clone();
+        (set.quantize_q8_0)(&x, &mut got);
+        (SCALAR.quantize_q8_0)(&x, &mut want);
+        assert_eq!(
+            bytemuck::cast_slice::<_, u8>(&got),
+            bytemuck::cast_slice::<_, u8>(&want),
+            "q8_0"
+        );
+        let mut got = vec![BlockQ8_1::zeroed(); x.len() / 32];
+        let mut want = got.clone();
+        (set.quantize_q8_1)(&x, &mut got);
+        (SCALAR.quantize_q8_1)(&x, &mut want);
+        assert_eq!(
+            bytemuck::cast_slice::<_, u8>(&got),
+            bytemuck::cast_slice::<_, u8>(&want),
+            "q8_1"
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        assert_eq!(checked, 1);
+    }
+}
