@@ -260,8 +260,18 @@ fn quantize_q8_k_is_byte_identical() {
     let mut one = vec![0.0f32; QK_K];
     one[17] = -3.0e-30;
     special.push(one);
-    special.push(random_row(&mut rng, QK_K).iter().map(|v| v * 1e30).collect());
-    special.push(random_row(&mut rng, QK_K).iter().map(|v| v * 1e-38).collect());
+    special.push(
+        random_row(&mut rng, QK_K)
+            .iter()
+            .map(|v| v * 1e30)
+            .collect(),
+    );
+    special.push(
+        random_row(&mut rng, QK_K)
+            .iter()
+            .map(|v| v * 1e-38)
+            .collect(),
+    );
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut x = random_row(&mut rng, QK_K);
         x[33] = bad;

@@ -501,7 +501,10 @@ unsafe fn quantize_q8k_impl(src: &[f32], out: &mut [BlockQ8K]) {
             halves[2 * c + 1] = _mm256_add_epi32(i[2], i[3]);
             // |iscale·x| ≤ 127 (up to rounding), so the saturating packs never saturate
             // below 127, where they agree with the reference's `.min(127)`.
-            let p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]), _mm256_packs_epi32(i[2], i[3]));
+            let p = _mm256_packs_epi16(
+                _mm256_packs_epi32(i[0], i[1]),
+                _mm256_packs_epi32(i[2], i[3]),
+            );
             let p = _mm256_permutevar8x32_epi32(p, fix_order);
             let dst: &mut [i8; 32] = (&mut y.qs[32 * c..32 * c + 32]).try_into().unwrap();
             _mm256_storeu_si256(dst.as_mut_ptr().cast(), p);
