@@ -10,7 +10,9 @@
 //! Safety model: the `unsafe fn`s below require AVX2, FMA and F16C. The safe wrappers are
 //! only installed in the AVX2 kernel set, which `simd::available()` offers only after
 //! `is_x86_feature_detected!` has confirmed all three (`available()` here does the same
-//! check, and the wrappers `debug_assert!` it).
+//! check, and the wrappers `debug_assert!` it). That is the unsafe fns' only precondition:
+//! every vector load or store in them is of a fixed-size array (or a slice-checked one, via
+//! the `load_*` helpers) of exactly the vector's width, so they stay inside their arguments.
 //!
 //! Invariant relied on (as ggml's AVX2 code does): a `BlockQ8K` is what the Q8_K quantizer
 //! makes, so its quants are in -127..=127 (never -128) and `bsums` are the sums of `qs`.
@@ -195,6 +197,7 @@ fn unpack_q3k_scales(s: &[u8; 12]) -> [u8; 16] {
 /// activation's `bsums` (pairs of them, one pair per 32).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     let mut acc_m = _mm_setzero_ps();
@@ -232,6 +235,7 @@ unsafe fn q4k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
 /// Q5_K: Q4_K plus a fifth bit per weight from `qh` (bit `e / 32` of byte `e % 32`).
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let m4 = _mm256_set1_epi8(0x0F);
     let m1 = _mm256_set1_epi8(1);
     let mut acc = _mm256_setzero_ps();
@@ -277,6 +281,7 @@ unsafe fn q5k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
 /// off at the end as 32·Σ scale·bsum, which saves a multiply per 32 weights.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let m4 = _mm256_set1_epi8(0x0F);
     let m_hi = _mm256_set1_epi8(0x30);
     let mut acc = _mm256_setzero_ps();
@@ -326,6 +331,7 @@ unsafe fn q6k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 /// end as 4·Σ scale·bsum.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q3k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let m3 = _mm256_set1_epi8(3);
     let m_bit2 = _mm256_set1_epi8(4);
     let mut acc = _mm256_setzero_ps();
@@ -360,6 +366,7 @@ unsafe fn q3k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
 /// Q2_K: levels 0..=3, a 4-bit scale and a 4-bit min per 16, the min term through `bsums`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn q2k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let m3 = _mm256_set1_epi8(3);
     let m4 = _mm_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
@@ -395,6 +402,7 @@ unsafe fn q2k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
 /// exact because neither side is ever -128.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn iq4xs(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    debug_assert_eq!(w.len(), a.len());
     let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
     let m4 = _mm_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
