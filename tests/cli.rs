@@ -50,7 +50,7 @@ fn chat_holds_a_three_turn_conversation() {
             "-n",
             "40",
             "--system",
-            "You are a helpful assistant.",
+            "You are a helpful AI assistant.",
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

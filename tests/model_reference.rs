@@ -167,17 +167,17 @@ fn gemma3_f32_matches_llama_cpp_exactly() {
 }
 
 /// On the quantized files the logits stay within `LOGIT_TOL`, and the greedy continuations
-/// agree until llama.cpp's own top-two margin is inside that tolerance: from there the two
-/// runs may take different, equally likely paths. Measured: 3 of 5 SmolLM2 and 2 of 5 Gemma
-/// continuations agree in full (the others split at a near-tie, the earliest at step 0).
+/// agree until llama.cpp's own top-two margin is inside that tolerance (`check_model` asserts
+/// both at every step): from there the two runs may take different, equally likely paths.
+/// How many continuations agree in full depends on which near-ties the summation order of the
+/// kernels breaks which way (measured: SmolLM2 3–4 of 5, Gemma 1–2 of 5, scalar vs AVX2
+/// kernels), so the count is reported, not asserted.
 #[test]
 fn smollm2_quantized_matches_llama_cpp() {
-    let full = check_model(&model(SMOLLM2), "SmolLM2-135M-Instruct.Q4_1", LOGIT_TOL);
-    assert!(full >= 3, "{full}");
+    check_model(&model(SMOLLM2), "SmolLM2-135M-Instruct.Q4_1", LOGIT_TOL);
 }
 
 #[test]
 fn gemma3_quantized_matches_llama_cpp() {
-    let full = check_model(&model(GEMMA3), "gemma-3-270m-q4_k_m", LOGIT_TOL);
-    assert!(full >= 2, "{full}");
+    check_model(&model(GEMMA3), "gemma-3-270m-q4_k_m", LOGIT_TOL);
 }

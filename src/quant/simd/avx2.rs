@@ -39,6 +39,13 @@ pub fn kernels() -> Option<KernelSet> {
         iq4_nl,
         f32: dot_f32,
         f16: dot_f16,
+        quantize_q8_k: super::avx2_kquants::quantize_q8k,
+        q2_k: super::avx2_kquants::vec_dot_q2k_q8k,
+        q3_k: super::avx2_kquants::vec_dot_q3k_q8k,
+        q4_k: super::avx2_kquants::vec_dot_q4k_q8k,
+        q5_k: super::avx2_kquants::vec_dot_q5k_q8k,
+        q6_k: super::avx2_kquants::vec_dot_q6k_q8k,
+        iq4_xs: super::avx2_kquants::vec_dot_iq4xs_q8k,
         ..SCALAR
     })
 }

@@ -36,10 +36,11 @@ macro_rules! safe_wrapper {
     ($(#[$doc:meta])* $name:ident => $imp:ident($w:ty, $a:ty) -> $ret:ty) => {
         $(#[$doc])*
         pub fn $name(w: $w, a: $a) -> $ret {
-            debug_assert!(available());
-            // SAFETY: this wrapper is only installed in the AVX2 kernel set, which is offered
-            // only when `is_x86_feature_detected!` confirms avx2, fma and f16c (`available()`);
-            // the implementation reads only inside the blocks it is given.
+            // A public safe function must not run AVX2 on a CPU without it: the check is a
+            // cached atomic load, cheap beside a row's dot product.
+            assert!(available(), "AVX2 kernel called on a CPU without AVX2/FMA/F16C");
+            // SAFETY: `available()` just confirmed avx2, fma and f16c; the implementation
+            // reads only inside the blocks it is given.
             unsafe { $imp(w, a) }
         }
     };

@@ -120,9 +120,14 @@ pub fn init() -> Result<&'static KernelSet, SimdError> {
     Ok(KERNELS.get_or_init(|| k))
 }
 
-/// The kernel set in use.
+/// The kernel set in use: `LEDGE_SIMD`'s if valid (`init` reports it when it is not), else
+/// the best available.
 pub fn kernels() -> &'static KernelSet {
-    KERNELS.get_or_init(|| select(None).unwrap_or(SCALAR))
+    KERNELS.get_or_init(|| {
+        select(std::env::var("LEDGE_SIMD").ok().as_deref())
+            .or_else(|_| select(None))
+            .unwrap_or(SCALAR)
+    })
 }
 
 /// Links a weight type to its entries in a kernel set.
