@@ -413,3 +413,56 @@ fn avx2_q8_quantizers_are_exact() {
         assert_eq!(checked, 1);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A rough timing, not a check: `cargo test --release --test simd -- --ignored --nocapture`.
+
+fn time_dot<W: QuantBlock, A: QuantBlock>(what: &str, pick: fn(&KernelSet) -> Dot<W, A>) {
+    let mut rng = Rng(0x7173);
+    let n = 4096;
+    let rows: Vec<Vec<W>> = (0..64).map(|_| blocks(&data(&mut rng, n))).collect();
+    let act: Vec<A> = blocks(&data(&mut rng, n));
+    let mut line = format!("{what:>6}:");
+    let mut base = 0.0;
+    for set in sets() {
+        let dot = pick(&set);
+        let mut sink = 0.0f32;
+        let start = std::time::Instant::now();
+        for _ in 0..50 {
+            for w in &rows {
+                sink += dot(std::hint::black_box(w), &act);
+            }
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (50 * rows.len()) as f64;
+        std::hint::black_box(sink);
+        if set.name == "scalar" {
+            base = ns;
+        }
+        line += &format!("  {} {ns:8.0} ns/row ({:.1}×)", set.name, base / ns);
+    }
+    eprintln!("{line}   (rows of {n})");
+}
+
+#[test]
+#[ignore]
+fn timing() {
+    time_dot::<BlockQ4_0, BlockQ8_0>("q4_0", |k| k.q4_0);
+    time_dot::<BlockQ4_1, BlockQ8_1>("q4_1", |k| k.q4_1);
+    time_dot::<BlockQ5_0, BlockQ8_0>("q5_0", |k| k.q5_0);
+    time_dot::<BlockQ5_1, BlockQ8_1>("q5_1", |k| k.q5_1);
+    time_dot::<BlockQ8_0, BlockQ8_0>("q8_0", |k| k.q8_0);
+    time_dot::<BlockIQ4NL, BlockQ8_0>("iq4_nl", |k| k.iq4_nl);
+    time_dot::<f32, f32>("f32", |k| k.f32);
+    time_dot::<f16, f16>("f16", |k| k.f16);
+    let mut rng = Rng(0x7174);
+    let x = data(&mut rng, 1 << 16);
+    for set in sets() {
+        let mut out = vec![BlockQ8_1::zeroed(); x.len() / 32];
+        let start = std::time::Instant::now();
+        for _ in 0..50 {
+            (set.quantize_q8_1)(std::hint::black_box(&x), &mut out);
+        }
+        let ns = start.elapsed().as_nanos() as f64 / (50.0 * x.len() as f64 / 4096.0);
+        eprintln!("quantize_q8_1 {}: {ns:.0} ns per 4096 values", set.name);
+    }
+}
