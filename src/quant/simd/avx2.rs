@@ -141,7 +141,9 @@ fn bits_to_bytes(qh: [u8; 4]) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
 }
 
-/// Σ x·y over each group of four bytes as i32 lanes, for unsigned `x` (< 128) and signed `y`.
+/// Σ x·y over each group of four bytes as i32 lanes, for unsigned `x` and signed `y`. Exact
+/// while each pair x₀y₀ + x₁y₁ fits an i16 (vpmaddubsw saturates): true for x ≤ 128 and
+/// |y| ≤ 127, which covers every caller.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
