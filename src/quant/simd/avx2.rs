@@ -7,12 +7,12 @@
 //! `is_x86_feature_detected!` has confirmed every feature. Vectors are loaded and stored by
 //! value through `bytemuck` (the SIMD types are `Pod`), so no raw pointers are needed.
 //!
-//! Block dots follow ggml's x86 scheme: the 32 products of a block are summed exactly as
-//! integers (vpmaddubsw, then vpmaddwd into eight i32 lanes), the lanes are scaled by the
-//! product of the two block scales and accumulated in f32 with FMA. Only the order of the
-//! f32 additions differs from the scalar reference. The activation quantizers reproduce the
-//! scalar reference bit for bit (ggml's own AVX quantizer does not: it rounds ties to even
-//! and scales by `127/amax` instead of `1/(amax/127)`).
+//! Block dots sum the 32 products of a block exactly as integers (vpmaddubsw, vpmaddwd),
+//! then scale and add the block terms exactly as the scalar reference does, so they return
+//! its bits (see `block_dot!`). The activation quantizers also reproduce the scalar
+//! reference bit for bit (ggml's own AVX quantizer does not: it rounds ties to even and
+//! scales by `127/amax` instead of `1/(amax/127)`). Only the float dots (F32, F16) sum in
+//! f32 lanes with FMA, as ggml's do, and differ from the f64-summing reference by rounding.
 
 use core::arch::x86_64::*;
 
@@ -148,17 +148,13 @@ fn bits_to_bytes(qh: [u8; 4]) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
 }
 
+/// Σ x·y over each group of four bytes as i32 lanes, for unsigned `x` and signed `y`. Exact
+/// while each pair x₀y₀ + x₁y₁ fits an i16 (vpmaddubsw saturates): true for x ≤ 128 and
+/// |y| ≤ 127, which covers every caller.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn i16_pairs_to_f32(p: __m256i) -> __m256 {
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)))
-}
-
-/// Σ x·y over each group of four bytes as f32 lanes, for unsigned `x` (< 128) and signed `y`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
-    i16_pairs_to_f32(_mm256_maddubs_epi16(x, y))
+fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
 /// The same for two signed vectors. vpmaddubsw needs one unsigned operand, so the sign of
@@ -166,30 +162,48 @@ fn dot_u8_i8(x: __m256i, y: __m256i) -> __m256 {
 /// the activation quantizers never produce it, their levels are within ±127.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256 {
+fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
     dot_u8_i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
-/// Runs a per-block term over two rows of blocks with two accumulators (to hide the FMA
-/// latency). `$term(x, y)` returns (scale, lanes): the block contributes Σ scale·lanes.
+/// Lane k of the result is the sum of the eight lanes of `v[k]`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8_i32(v: &[__m256i; 8]) -> __m256i {
+    // Two rounds of pairwise adds leave, per 128-bit half, one partial sum per vector:
+    // [v0 v1 v2 v3] from the low halves of the inputs and the same from the high halves.
+    let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let cd = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(ab, cd),
+        _mm256_permute2x128_si256::<0x31>(ab, cd),
+    )
+}
+
+/// Runs a block dot: `$lanes(x, y)` gives a block's integer products summed into eight i32
+/// lanes, `$combine(sumi, x, y)` the block's f32 term from the exact block sum. The terms
+/// are added one by one in block order, with the reference's own expression, so the result
+/// is the scalar reference's bit for bit: the integer work is what is vectorized, and eight
+/// blocks share one horizontal reduction. (ggml instead accumulates scaled lanes with FMA;
+/// that is faster still but, on formats with a minimum, sums d·q·a and m·s separately and
+/// loses the per-block cancellation — enough to change SmolLM2's greedy replies.)
 macro_rules! block_dot {
-    ($w:expr, $a:expr, $term:ident) => {{
+    ($w:expr, $a:expr, $lanes:ident, $combine:ident) => {{
         let (w, a) = ($w, $a);
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        let (w2, wr) = w.as_chunks::<2>();
-        let (a2, ar) = a.as_chunks::<2>();
-        for (x, y) in w2.iter().zip(a2) {
-            let (d0, s0) = $term(&x[0], &y[0]);
-            let (d1, s1) = $term(&x[1], &y[1]);
-            acc0 = _mm256_fmadd_ps(d0, s0, acc0);
-            acc1 = _mm256_fmadd_ps(d1, s1, acc1);
+        let mut sum = 0.0f32;
+        let (w8, wr) = w.as_chunks::<8>();
+        let (a8, ar) = a.as_chunks::<8>();
+        for (x, y) in w8.iter().zip(a8) {
+            let lanes: [__m256i; 8] = core::array::from_fn(|k| $lanes(&x[k], &y[k]));
+            let sums: [i32; 8] = bytemuck::cast(hsum8_i32(&lanes));
+            for ((&sumi, xk), yk) in sums.iter().zip(x).zip(y) {
+                sum += $combine(sumi, xk, yk);
+            }
         }
         for (x, y) in wr.iter().zip(ar) {
-            let (d, s) = $term(x, y);
-            acc0 = _mm256_fmadd_ps(d, s, acc0);
+            sum += $combine(hsum_i32($lanes(x, y)), x, y);
         }
-        hsum_f32(_mm256_add_ps(acc0, acc1))
+        sum
     }};
 }
 
@@ -199,97 +213,122 @@ fn load_q8(qs: [i8; 32]) -> __m256i {
     bytemuck::cast(qs)
 }
 
+// ---------------------------------------------------------------------------------------
+// Quantized dots. Each `combine_*` is the scalar reference's per-block expression, operand
+// order included (f32 multiplication is not associative).
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale(a: f16, b: f16) -> __m256 {
-    _mm256_set1_ps(h2f(a) * h2f(b))
+fn lanes_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> __m256i {
+    let qx = _mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8));
+    dot_i8_i8(qx, load_q8(y.qs))
 }
 
-// ---------------------------------------------------------------------------------------
-// Quantized dots.
-
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q4_0(x: &BlockQ4_0, y: &BlockQ8_0) -> (__m256, __m256) {
-    let qx = _mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8));
-    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+fn combine_q4_0(sumi: i32, x: &BlockQ4_0, y: &BlockQ8_0) -> f32 {
+    sumi as f32 * h2f(x.d) * h2f(y.d)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    block_dot!(w, a, term_q4_0)
+    block_dot!(w, a, lanes_q4_0, combine_q4_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> (__m256, __m256) {
-    (scale(x.d, y.d), dot_u8_i8(nibbles(x.qs), load_q8(y.qs)))
+fn lanes_q4_1(x: &BlockQ4_1, y: &BlockQ8_1) -> __m256i {
+    dot_u8_i8(nibbles(x.qs), load_q8(y.qs))
 }
 
-/// The minimum's share, Σ m_w·s_a, one scalar product per block as in the reference.
+/// The minimum enters through Q8_1's `s = d_a·Σq_a`: one product per block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn min_terms<W, F: Fn(&W) -> f16>(w: &[W], a: &[BlockQ8_1], m: F) -> f32 {
-    w.iter().zip(a).map(|(x, y)| h2f(m(x)) * h2f(y.s)).sum()
+fn combine_q4_1(sumi: i32, x: &BlockQ4_1, y: &BlockQ8_1) -> f32 {
+    h2f(x.d) * h2f(y.d) * sumi as f32 + h2f(x.m) * h2f(y.s)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q4_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    block_dot!(w, a, term_q4_1) + min_terms(w, a, |x| x.m)
+    block_dot!(w, a, lanes_q4_1, combine_q4_1)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> (__m256, __m256) {
+fn lanes_q5_0(x: &BlockQ5_0, y: &BlockQ8_0) -> __m256i {
     // Level q - 16 as a signed byte: a clear fifth bit is the same as or-ing in 0xF0
     // (nibble + 240 ≡ nibble - 16 mod 256); a set one leaves the nibble as it is.
     let high = _mm256_andnot_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
     let qx = _mm256_or_si256(nibbles(x.qs), high);
-    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+    dot_i8_i8(qx, load_q8(y.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn combine_q5_0(sumi: i32, x: &BlockQ5_0, y: &BlockQ8_0) -> f32 {
+    h2f(x.d) * h2f(y.d) * sumi as f32
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
-    block_dot!(w, a, term_q5_0)
+    block_dot!(w, a, lanes_q5_0, combine_q5_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> (__m256, __m256) {
+fn lanes_q5_1(x: &BlockQ5_1, y: &BlockQ8_1) -> __m256i {
     let high = _mm256_and_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0x10));
     let qx = _mm256_or_si256(nibbles(x.qs), high);
-    (scale(x.d, y.d), dot_u8_i8(qx, load_q8(y.qs)))
+    dot_u8_i8(qx, load_q8(y.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn combine_q5_1(sumi: i32, x: &BlockQ5_1, y: &BlockQ8_1) -> f32 {
+    h2f(x.d) * h2f(y.d) * sumi as f32 + h2f(x.m) * h2f(y.s)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q5_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
-    block_dot!(w, a, term_q5_1) + min_terms(w, a, |x| x.m)
+    block_dot!(w, a, lanes_q5_1, combine_q5_1)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> (__m256, __m256) {
+fn lanes_q8_0(x: &BlockQ8_0, y: &BlockQ8_0) -> __m256i {
     // The weights take the unsigned side: a -128 in a weight file is still exact there.
-    (scale(x.d, y.d), dot_i8_i8(load_q8(x.qs), load_q8(y.qs)))
+    dot_i8_i8(load_q8(x.qs), load_q8(y.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn combine_q8_0(sumi: i32, x: &BlockQ8_0, y: &BlockQ8_0) -> f32 {
+    sumi as f32 * (h2f(x.d) * h2f(y.d))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    block_dot!(w, a, term_q8_0)
+    block_dot!(w, a, lanes_q8_0, combine_q8_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_iq4_nl(x: &BlockIQ4NL, y: &BlockQ8_0) -> (__m256, __m256) {
+fn lanes_iq4_nl(x: &BlockIQ4NL, y: &BlockQ8_0) -> __m256i {
     // The 16 levels fit one register: a byte shuffle is the table look-up.
     let table: __m128i = bytemuck::cast(KVALUES_IQ4NL);
     let qx = _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(table), nibbles(x.qs));
-    (scale(x.d, y.d), dot_i8_i8(qx, load_q8(y.qs)))
+    dot_i8_i8(qx, load_q8(y.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn combine_iq4_nl(sumi: i32, x: &BlockIQ4NL, y: &BlockQ8_0) -> f32 {
+    h2f(y.d) * h2f(x.d) * sumi as f32
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_iq4_nl(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
-    block_dot!(w, a, term_iq4_nl)
+    block_dot!(w, a, lanes_iq4_nl, combine_iq4_nl)
 }
 
 // ---------------------------------------------------------------------------------------
