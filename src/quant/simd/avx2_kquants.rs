@@ -405,25 +405,34 @@ unsafe fn q2k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
 unsafe fn iq4xs(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
     debug_assert_eq!(w.len(), a.len());
     let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()));
-    let m4 = _mm_set1_epi8(0x0F);
+    let m4 = _mm256_set1_epi8(0x0F);
     let mut acc = _mm256_setzero_ps();
     for (x, y) in w.iter().zip(a) {
         let d = fp16(x.d) * y.d;
-        let mut sumi = _mm256_setzero_si256();
-        for ib in 0..QK_K / 32 {
+        let mut ls = [0i8; 16];
+        for (ib, l) in ls[..QK_K / 32].iter_mut().enumerate() {
             let low = (x.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF;
-            let high = (x.scales_h >> (2 * ib)) & 3;
-            let ls = (low as i16 | (high as i16) << 4) - 32;
-            let q = _mm_loadu_si128(x.qs[16 * ib..16 * ib + 16].as_ptr().cast());
-            // Low nibbles are weights 0..16 of the sub-block, high nibbles 16..32.
-            let idx = _mm256_set_m128i(
-                _mm_and_si128(_mm_srli_epi16::<4>(q), m4),
-                _mm_and_si128(q, m4),
-            );
-            let v = _mm256_shuffle_epi8(table, idx);
-            let q8 = load_i8(&y.qs[32 * ib..]);
-            let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16(ls)));
+            let high = ((x.scales_h >> (2 * ib)) & 3) as u8;
+            *l = (low | (high << 4)) as i8 - 32;
+        }
+        let scales = pair_scales_i8(_mm_loadu_si128(ls.as_ptr().cast()));
+        let mut sumi = _mm256_setzero_si256();
+        // Two sub-blocks at a time: lane 0 holds sub-block 2k, lane 1 sub-block 2k+1, low
+        // nibbles being their weights 0..16 and high nibbles 16..32; the activations are
+        // regrouped to match.
+        for k in 0..QK_K / 64 {
+            let bits = load_u8(&x.qs[32 * k..]);
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(bits, m4));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4));
+            let a0 = load_i8(&y.qs[64 * k..]);
+            let a1 = load_i8(&y.qs[64 * k + 32..]);
+            let q8_lo = _mm256_permute2x128_si256::<0x20>(a0, a1);
+            let q8_hi = _mm256_permute2x128_si256::<0x31>(a0, a1);
+            let p_lo = _mm256_maddubs_epi16(_mm256_sign_epi8(lo, lo), _mm256_sign_epi8(q8_lo, lo));
+            let p_hi = _mm256_maddubs_epi16(_mm256_sign_epi8(hi, hi), _mm256_sign_epi8(q8_hi, hi));
+            let sc = bcast_word(scales, k);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_lo, sc));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p_hi, sc));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
