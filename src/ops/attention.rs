@@ -6,7 +6,8 @@ use half::f16;
 ///
 /// q (n_head, hd_k) · K (positions, n_kv, hd_k)ᵀ · scale → softmax → · V (positions, n_kv, hd_v)
 /// → out (n_head, hd_v). Head h reads KV head h / (n_head / n_kv) (grouped-query attention).
-/// As in ggml, q is rounded to f16 before the dot with the f16 keys, and the softmax sum is f64.
+/// As in ggml, q is rounded to f16 before the dot with the f16 keys, the softmax sum is f64,
+/// and the probabilities are rounded to f16 before the product with the f16 values.
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     q: &[f32],
@@ -54,7 +55,8 @@ pub fn attend(
         oh.fill(0.0);
         for (i, &s) in scores.iter().enumerate().take(n) {
             let p = first + i;
-            let w = s * inv;
+            // ggml multiplies V (f16) by the probabilities converted to f16.
+            let w = f16::from_f32(s * inv).to_f32();
             let vr = &v_cache[p * vw + g * hd_v..p * vw + (g + 1) * hd_v];
             for (o, &vv) in oh.iter_mut().zip(vr) {
                 *o += w * vv.to_f32();
