@@ -197,7 +197,7 @@ fn llama_cpp_self_agreement(stem: &str) -> usize {
 /// How many continuations agree in full is decided by which near-ties the summation order
 /// breaks which way, and llama.cpp is no more consistent with itself: its native build
 /// (AVX-512, repacked weights) and its generic build agree on 3 of 5 SmolLM2 and 1 of 5
-/// Gemma 3 continuations (the committed `.generic` fixtures). ledge's counts move between 2
+/// Gemma 3 continuations (the committed `.generic` fixtures). ledge's counts move between 1
 /// and 4 of 5 with any change of rounding anywhere in the model (e.g. rounding the attention
 /// probabilities to f16 as ggml does, which brings the F32 agreement closer, changed them),
 /// so they are reported beside llama.cpp's self-agreement, not asserted.

@@ -248,6 +248,38 @@ fn dot_bf16() {
     float_dots::<half::bf16>("bf16", |k| k.bf16);
 }
 
+/// out += w·v (attention's value sum): every length 1..=70 and long rows, random w, v and
+/// starting out. Tolerance: FMA rounds once where the reference rounds twice, so each element
+/// may differ by one rounding of |w·v| plus one of the sum: 2⁻²³·(|out| + |w·v|).
+#[test]
+fn axpy_f16() {
+    let mut rng = Rng(0xa4b9);
+    let lens: Vec<usize> = (1..=70).chain([64, 128, 256, 4099]).collect();
+    for set in sets() {
+        for &n in &lens {
+            let v: Vec<f16> = data(&mut rng, n)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let start = data(&mut rng, n);
+            let w = unit(&mut rng) * 3.0;
+            let (mut got, mut want) = (start.clone(), start.clone());
+            (set.axpy_f16)(&mut got, w, &v);
+            (SCALAR.axpy_f16)(&mut want, w, &v);
+            for i in 0..n {
+                let bound = 2f32.powi(-23) * (start[i].abs() + (w * v[i].to_f32()).abs()) + 1e-30;
+                assert!(
+                    (got[i] - want[i]).abs() <= bound,
+                    "{} axpy_f16 n={n} i={i}: {} vs {}",
+                    set.name,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Activation quantizers.
 

@@ -288,26 +288,24 @@ impl<'a> Model<'a> {
             let mut att = vec![0f32; n * nh * hv]; // (n, n_head·hd_v)
             let (kc, vc) = (&cache.k[il], &cache.v[il]);
             let window = if lc.sliding { c.sliding_window } else { None };
-            att.par_chunks_mut(nh * hv)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (t, out)| {
+            let shape = attention::AttnShape {
+                n_head: nh,
+                n_kv: nkv,
+                hd_k: hk,
+                hd_v: hv,
+                scale: c.attn_scale,
+            };
+            // One task per (position, head): decoding a single token still uses every thread.
+            att.par_chunks_mut(hv).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(q16, scores), (i, out)| {
+                    let (t, h) = (i / nh, i % nh);
                     let pos = pos0 + t;
                     let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    attention::attend(
-                        &qs[t * nh * hk..(t + 1) * nh * hk],
-                        kc,
-                        vc,
-                        nh,
-                        nkv,
-                        hk,
-                        hv,
-                        first,
-                        pos,
-                        c.attn_scale,
-                        scores,
-                        out,
-                    );
-                });
+                    let qh = &qs[(t * nh + h) * hk..(t * nh + h + 1) * hk];
+                    attention::attend_head(qh, kc, vc, shape, h, first, pos, q16, scores, out);
+                },
+            );
             let mut o = vec![0f32; n * d];
             ops::matmul(&lw.wo, &att, n, &mut o)?;
             if let Some(w) = &lw.post_attn_norm {

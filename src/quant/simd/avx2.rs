@@ -39,6 +39,7 @@ pub fn kernels() -> Option<KernelSet> {
         iq4_nl,
         f32: dot_f32,
         f16: dot_f16,
+        axpy_f16,
         quantize_q8_k: super::avx2_kquants::quantize_q8k,
         q2_k: super::avx2_kquants::vec_dot_q2k_q8k,
         q3_k: super::avx2_kquants::vec_dot_q3k_q8k,
@@ -85,6 +86,12 @@ entry!(dot q8_0, dot_q8_0, BlockQ8_0, BlockQ8_0);
 entry!(dot iq4_nl, dot_iq4_nl, BlockIQ4NL, BlockQ8_0);
 entry!(dot dot_f32, dot_f32_avx2, f32, f32);
 entry!(dot dot_f16, dot_f16_avx2, f16, f16);
+
+fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
+    assert_eq!(out.len(), v.len(), "axpy of rows of different lengths");
+    // SAFETY: reachable only through the set built by `kernels()`, after the feature check.
+    unsafe { axpy_f16_avx2(out, w, v) }
+}
 
 // ---------------------------------------------------------------------------------------
 // Small helpers. All carry the same features so that they inline into the kernels.
@@ -366,6 +373,23 @@ fn dot_f16_avx2(w: &[f16], a: &[f16]) -> f32 {
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let tail: f32 = wr.iter().zip(ar).map(|(&x, &y)| h2f(x) * h2f(y)).sum();
     hsum_f32(v) + tail
+}
+
+/// out += w · v with FMA: one rounding per element where the reference has two (the product,
+/// then the sum), so results differ from it by rounding only.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_f16_avx2(out: &mut [f32], w: f32, v: &[f16]) {
+    let wv = _mm256_set1_ps(w);
+    let (o8, or) = out.as_chunks_mut::<8>();
+    let (v8, vr) = v.as_chunks::<8>();
+    for (o, x) in o8.iter_mut().zip(v8) {
+        let x: __m128i = bytemuck::cast(*x);
+        let acc: __m256 = bytemuck::cast(*o);
+        *o = bytemuck::cast(_mm256_fmadd_ps(wv, _mm256_cvtph_ps(x), acc));
+    }
+    for (o, &x) in or.iter_mut().zip(vr) {
+        *o += w * h2f(x);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

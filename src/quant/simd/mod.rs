@@ -18,6 +18,8 @@ pub mod avx2_kquants;
 
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 pub type QuantFn<A> = fn(&[f32], &mut [A]);
+/// out += w · v, v in f16: the attention's weighted sum of cached values.
+pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
 /// The functions the matmul calls, for one ISA.
 #[derive(Clone, Copy)]
@@ -41,6 +43,7 @@ pub struct KernelSet {
     pub f32: DotFn<f32, f32>,
     pub f16: DotFn<f16, f16>,
     pub bf16: DotFn<bf16, bf16>,
+    pub axpy_f16: AxpyF16Fn,
 }
 
 /// The scalar reference: correct everywhere, the baseline every other set is tested against.
@@ -64,7 +67,16 @@ pub const SCALAR: KernelSet = KernelSet {
     f32: <f32 as VecDot>::vec_dot,
     f16: <f16 as VecDot>::vec_dot,
     bf16: <bf16 as VecDot>::vec_dot,
+    axpy_f16: axpy_f16_scalar,
 };
+
+/// The scalar reference of `axpy_f16`: out[i] += w · v[i], one f32 rounding per element.
+pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
+    assert_eq!(out.len(), v.len(), "axpy of rows of different lengths");
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += w * x.to_f32();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimdError {
