@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod kv_cache;
+pub mod synth;
 
 use std::borrow::Cow;
 
