@@ -145,9 +145,7 @@ impl TypePlan {
     /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
     /// one between.
     fn more_bits(layer: usize, n_layer: usize) -> bool {
-        layer < n_layer / 8
-            || layer >= 7 * n_layer / 8
-            || (layer - n_layer / 8) % 3 == 2
+        layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2
     }
 
     fn matrix(&self, what: &str, layer: usize, n_layer: usize) -> GgmlType {

@@ -66,6 +66,11 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
     for (src, dst) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nba)) {
         quantize(src, dst);
     }
+    // Prompts go through eight-token tiles where the set has them: each weight block is
+    // decoded once per tile instead of once per token.
+    let gemm = B::gemm8(kernels).filter(|_| n >= 8 && nb == nba);
+    let tiles = if gemm.is_some() { n / 8 } else { 0 };
+    let (dy, sy) = tile_scales::<B>(&xq, tiles, nba);
     // Results land row-major per weight row ([m][n]) so each task owns a contiguous slice.
     let mut out_t = vec![0f32; m * n];
     out_t
@@ -75,7 +80,19 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
             let r0 = task * ROWS_PER_TASK;
             for (i, row_out) in chunk.chunks_exact_mut(n).enumerate() {
                 let row = &blocks[(r0 + i) * nb..(r0 + i + 1) * nb];
-                for (t, o) in row_out.iter_mut().enumerate() {
+                if let Some(g) = gemm {
+                    for tile in 0..tiles {
+                        let a = &xq[tile * 8 * nba..(tile + 1) * 8 * nba];
+                        let d = &dy[tile * nba..(tile + 1) * nba];
+                        let s = if sy.is_empty() {
+                            &sy[..]
+                        } else {
+                            &sy[tile * nba..(tile + 1) * nba]
+                        };
+                        row_out[tile * 8..tile * 8 + 8].copy_from_slice(&g(row, a, d, s));
+                    }
+                }
+                for (t, o) in row_out.iter_mut().enumerate().skip(tiles * 8) {
                     *o = dot(row, &xq[t * nba..(t + 1) * nba]);
                 }
             }
@@ -86,4 +103,30 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
         }
     }
     Ok(())
+}
+
+/// The activation block scales of each eight-token tile, as `[tile·nba + block][token]`:
+/// `d` always, `s` only for formats that have it (else empty).
+fn tile_scales<B: Fast>(xq: &[B::Act], tiles: usize, nba: usize) -> (Vec<[f32; 8]>, Vec<[f32; 8]>) {
+    let (mut dy, mut sy) = (Vec::new(), Vec::new());
+    if tiles == 0 {
+        return (dy, sy);
+    }
+    let with_s = B::Act::TYPE == GgmlType::Q8_1;
+    dy.resize(tiles * nba, [0f32; 8]);
+    if with_s {
+        sy.resize(tiles * nba, [0f32; 8]);
+    }
+    for tile in 0..tiles {
+        for t in 0..8 {
+            for b in 0..nba {
+                let (d, s) = simd::act_scales(&xq[(tile * 8 + t) * nba + b]);
+                dy[tile * nba + b][t] = d;
+                if with_s {
+                    sy[tile * nba + b][t] = s;
+                }
+            }
+        }
+    }
+    (dy, sy)
 }
