@@ -504,20 +504,22 @@ fn timing() {
 
 type Gemm8<W, A> = fn(&[W], &[A], &[[f32; 8]], &[[f32; 8]]) -> [f32; 8];
 
-/// Every tile kernel against the scalar dot of each of its eight tokens, on quantized and
-/// random-byte rows of every block count: bit-identical (the tiles do the reference's f32
-/// operations per token in its order).
+/// Every tile kernel against its set's dot for each of its eight tokens, on quantized and
+/// random-byte rows of every block count: bit-identical (the tiles do the dot's operations
+/// per token in its order; for the legacy types that dot is itself the scalar reference's
+/// bits, asserted above).
 fn gemm8_for<W: QuantBlock, A: QuantBlock>(
     what: &str,
     seed: u64,
     f16_fields: &[usize],
     pick: fn(&KernelSet) -> Option<Gemm8<W, A>>,
-    reference: Dot<W, A>,
+    pick_dot: fn(&KernelSet) -> Dot<W, A>,
 ) {
     let mut rng = Rng(seed);
     let mut tested = 0;
     for set in sets() {
         let Some(gemm) = pick(&set) else { continue };
+        let reference = pick_dot(&set);
         for nb in block_counts(W::BLOCK_SIZE) {
             let n = nb * W::BLOCK_SIZE;
             let act: Vec<A> = (0..8)
@@ -563,7 +565,7 @@ fn gemm8_for<W: QuantBlock, A: QuantBlock>(
 }
 
 macro_rules! gemm8_test {
-    ($name:ident, $w:ty, $a:ty, $field:ident, [$($f16:ident),*]) => {
+    ($name:ident, $w:ty, $a:ty, $field:ident, $dot:ident, [$($f16:ident),*]) => {
         #[test]
         fn $name() {
             gemm8_for::<$w, $a>(
@@ -571,18 +573,27 @@ macro_rules! gemm8_test {
                 0x6e88 ^ stringify!($name).len() as u64,
                 &[$(std::mem::offset_of!($w, $f16)),*],
                 |k| k.$field,
-                <$w as VecDot>::vec_dot,
+                |k| k.$dot,
             );
         }
     };
 }
 
-gemm8_test!(gemm8_q4_0, BlockQ4_0, BlockQ8_0, gemm8_q4_0, [d]);
-gemm8_test!(gemm8_q4_1, BlockQ4_1, BlockQ8_1, gemm8_q4_1, [d, m]);
-gemm8_test!(gemm8_q5_0, BlockQ5_0, BlockQ8_0, gemm8_q5_0, [d]);
-gemm8_test!(gemm8_q5_1, BlockQ5_1, BlockQ8_1, gemm8_q5_1, [d, m]);
-gemm8_test!(gemm8_q8_0, BlockQ8_0, BlockQ8_0, gemm8_q8_0, [d]);
-gemm8_test!(gemm8_iq4_nl, BlockIQ4NL, BlockQ8_0, gemm8_iq4_nl, [d]);
+gemm8_test!(gemm8_q4_0, BlockQ4_0, BlockQ8_0, gemm8_q4_0, q4_0, [d]);
+gemm8_test!(gemm8_q4_1, BlockQ4_1, BlockQ8_1, gemm8_q4_1, q4_1, [d, m]);
+gemm8_test!(gemm8_q5_0, BlockQ5_0, BlockQ8_0, gemm8_q5_0, q5_0, [d]);
+gemm8_test!(gemm8_q5_1, BlockQ5_1, BlockQ8_1, gemm8_q5_1, q5_1, [d, m]);
+gemm8_test!(gemm8_q8_0, BlockQ8_0, BlockQ8_0, gemm8_q8_0, q8_0, [d]);
+gemm8_test!(
+    gemm8_iq4_nl,
+    BlockIQ4NL,
+    BlockQ8_0,
+    gemm8_iq4_nl,
+    iq4_nl,
+    [d]
+);
+gemm8_test!(gemm8_q4_k, BlockQ4K, BlockQ8K, gemm8_q4_k, q4_k, [d, dmin]);
+gemm8_test!(gemm8_q6_k, BlockQ6K, BlockQ8K, gemm8_q6_k, q6_k, [d]);
 
 /// The matmul with tiles (19 tokens: two tiles and a tail of three) gives each token the
 /// bits it gets alone.
@@ -591,7 +602,7 @@ fn matmul_tiles_equal_single_tokens() {
     use ledge::gguf::GgmlType;
     use ledge::tensor::TensorView;
     let mut rng = Rng(0x7117);
-    let (k, m, n) = (96, 37, 19);
+    let (k, m, n) = (512, 37, 19);
     for ty in [
         GgmlType::Q4_0,
         GgmlType::Q4_1,

@@ -46,6 +46,8 @@ pub fn kernels() -> Option<KernelSet> {
         gemm8_q5_1: Some(gemm8_q5_1),
         gemm8_q8_0: Some(gemm8_q8_0),
         gemm8_iq4_nl: Some(gemm8_iq4_nl),
+        gemm8_q4_k: Some(super::avx2_kquants::gemm8_q4k),
+        gemm8_q6_k: Some(super::avx2_kquants::gemm8_q6k),
         quantize_q8_k: super::avx2_kquants::quantize_q8k,
         q2_k: super::avx2_kquants::vec_dot_q2k_q8k,
         q3_k: super::avx2_kquants::vec_dot_q3k_q8k,

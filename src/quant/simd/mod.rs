@@ -59,6 +59,8 @@ pub struct KernelSet {
     pub gemm8_q5_1: Option<Gemm8Fn<BlockQ5_1, BlockQ8_1>>,
     pub gemm8_q8_0: Option<Gemm8Fn<BlockQ8_0, BlockQ8_0>>,
     pub gemm8_iq4_nl: Option<Gemm8Fn<BlockIQ4NL, BlockQ8_0>>,
+    pub gemm8_q4_k: Option<Gemm8Fn<BlockQ4K, BlockQ8K>>,
+    pub gemm8_q6_k: Option<Gemm8Fn<BlockQ6K, BlockQ8K>>,
 }
 
 /// The scalar reference: correct everywhere, the baseline every other set is tested against.
@@ -89,6 +91,8 @@ pub const SCALAR: KernelSet = KernelSet {
     gemm8_q5_1: None,
     gemm8_q8_0: None,
     gemm8_iq4_nl: None,
+    gemm8_q4_k: None,
+    gemm8_q6_k: None,
 };
 
 /// The scalar reference of `axpy_f16`: out[i] += w · v[i], one f32 rounding per element.
@@ -223,9 +227,9 @@ fast! {
     BlockQ8_0 => q8_0, quantize_q8_0, gemm8_q8_0;
     BlockQ2K => q2_k, quantize_q8_k;
     BlockQ3K => q3_k, quantize_q8_k;
-    BlockQ4K => q4_k, quantize_q8_k;
+    BlockQ4K => q4_k, quantize_q8_k, gemm8_q4_k;
     BlockQ5K => q5_k, quantize_q8_k;
-    BlockQ6K => q6_k, quantize_q8_k;
+    BlockQ6K => q6_k, quantize_q8_k, gemm8_q6_k;
     BlockIQ4NL => iq4_nl, quantize_q8_0, gemm8_iq4_nl;
     BlockIQ4XS => iq4_xs, quantize_q8_k;
 }
