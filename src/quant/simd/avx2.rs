@@ -199,7 +199,7 @@ fn dot_i8_i8(x: __m256i, y: __m256i) -> __m256i {
 /// Lane k of the result is the sum of the eight lanes of `v[k]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum8_i32(v: &[__m256i; 8]) -> __m256i {
+pub(super) fn hsum8_i32(v: &[__m256i; 8]) -> __m256i {
     // Two rounds of pairwise adds leave, per 128-bit half, one partial sum per vector:
     // [v0 v1 v2 v3] from the low halves of the inputs and the same from the high halves.
     let ab = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
@@ -239,7 +239,7 @@ macro_rules! block_dot {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn load_q8(qs: [i8; 32]) -> __m256i {
+pub(super) fn load_q8(qs: [i8; 32]) -> __m256i {
     bytemuck::cast(qs)
 }
 
@@ -370,8 +370,11 @@ fn dot_iq4_nl(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
 /// `$decode(x)` gives the weight block as (unsigned bytes, sign source): for signed
 /// formats the magnitudes and the signed levels, for unsigned ones the levels twice.
 /// `$term(sumi, x, dy, sy)` is the reference's block term for eight tokens.
-macro_rules! block_gemm8 {
-    ($w:expr, $a:expr, $dy:expr, $sy:expr, $decode:ident, $signed:expr, $term:ident) => {{
+macro_rules! block_gemm8_impl {
+    ($w:expr, $a:expr, $dy:expr, $sy:expr, $decode:path, $signed:expr, $term:path) => {
+        block_gemm8_impl!($w, $a, $dy, $sy, $decode, $signed, $term, dot_u8_i8)
+    };
+    ($w:expr, $a:expr, $dy:expr, $sy:expr, $decode:path, $signed:expr, $term:path, $dot:path) => {{
         let (w, a, dy, sy) = ($w, $a, $dy, $sy);
         let nb = w.len();
         let mut sum = _mm256_setzero_ps();
@@ -380,7 +383,7 @@ macro_rules! block_gemm8 {
             let lanes: [__m256i; 8] = core::array::from_fn(|t| {
                 let y = load_q8(a[t * nb + k].qs);
                 let y = if $signed { _mm256_sign_epi8(y, sgn) } else { y };
-                dot_u8_i8(u, y)
+                $dot(u, y)
             });
             let sumi = _mm256_cvtepi32_ps(hsum8_i32(&lanes));
             let sy_k = if sy.is_empty() { [0.0; 8] } else { sy[k] };
@@ -392,6 +395,7 @@ macro_rules! block_gemm8 {
         bytemuck::cast(sum)
     }};
 }
+pub(super) use block_gemm8_impl;
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -407,24 +411,24 @@ fn bc(h: f16) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_q4_0(x: &BlockQ4_0) -> (__m256i, __m256i) {
+pub(super) fn dec_q4_0(x: &BlockQ4_0) -> (__m256i, __m256i) {
     signed(_mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q4_0(sumi: __m256, x: &BlockQ4_0, dy: __m256, _: __m256) -> __m256 {
+pub(super) fn term_q4_0(sumi: __m256, x: &BlockQ4_0, dy: __m256, _: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(sumi, bc(x.d)), dy)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm8_q4_0_avx2(w: &[BlockQ4_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_q4_0, true, term_q4_0)
+    block_gemm8_impl!(w, a, dy, sy, dec_q4_0, true, term_q4_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_q4_1(x: &BlockQ4_1) -> (__m256i, __m256i) {
+pub(super) fn dec_q4_1(x: &BlockQ4_1) -> (__m256i, __m256i) {
     let q = nibbles(x.qs);
     (q, q)
 }
@@ -441,36 +445,36 @@ fn term_min(sumi: __m256, d: f16, m: f16, dy: __m256, sy: __m256) -> __m256 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q4_1(sumi: __m256, x: &BlockQ4_1, dy: __m256, sy: __m256) -> __m256 {
+pub(super) fn term_q4_1(sumi: __m256, x: &BlockQ4_1, dy: __m256, sy: __m256) -> __m256 {
     term_min(sumi, x.d, x.m, dy, sy)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm8_q4_1_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_q4_1, false, term_q4_1)
+    block_gemm8_impl!(w, a, dy, sy, dec_q4_1, false, term_q4_1)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_q5_0(x: &BlockQ5_0) -> (__m256i, __m256i) {
+pub(super) fn dec_q5_0(x: &BlockQ5_0) -> (__m256i, __m256i) {
     let high = _mm256_andnot_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
     signed(_mm256_or_si256(nibbles(x.qs), high))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q5_0(sumi: __m256, x: &BlockQ5_0, dy: __m256, _: __m256) -> __m256 {
+pub(super) fn term_q5_0(sumi: __m256, x: &BlockQ5_0, dy: __m256, _: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(bc(x.d), dy), sumi)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm8_q5_0_avx2(w: &[BlockQ5_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_q5_0, true, term_q5_0)
+    block_gemm8_impl!(w, a, dy, sy, dec_q5_0, true, term_q5_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_q5_1(x: &BlockQ5_1) -> (__m256i, __m256i) {
+pub(super) fn dec_q5_1(x: &BlockQ5_1) -> (__m256i, __m256i) {
     let high = _mm256_and_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0x10));
     let q = _mm256_or_si256(nibbles(x.qs), high);
     (q, q)
@@ -478,35 +482,35 @@ fn dec_q5_1(x: &BlockQ5_1) -> (__m256i, __m256i) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q5_1(sumi: __m256, x: &BlockQ5_1, dy: __m256, sy: __m256) -> __m256 {
+pub(super) fn term_q5_1(sumi: __m256, x: &BlockQ5_1, dy: __m256, sy: __m256) -> __m256 {
     term_min(sumi, x.d, x.m, dy, sy)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm8_q5_1_avx2(w: &[BlockQ5_1], a: &[BlockQ8_1], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_q5_1, false, term_q5_1)
+    block_gemm8_impl!(w, a, dy, sy, dec_q5_1, false, term_q5_1)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_q8_0(x: &BlockQ8_0) -> (__m256i, __m256i) {
+pub(super) fn dec_q8_0(x: &BlockQ8_0) -> (__m256i, __m256i) {
     signed(load_q8(x.qs))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_q8_0(sumi: __m256, x: &BlockQ8_0, dy: __m256, _: __m256) -> __m256 {
+pub(super) fn term_q8_0(sumi: __m256, x: &BlockQ8_0, dy: __m256, _: __m256) -> __m256 {
     _mm256_mul_ps(sumi, _mm256_mul_ps(bc(x.d), dy))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn gemm8_q8_0_avx2(w: &[BlockQ8_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_q8_0, true, term_q8_0)
+    block_gemm8_impl!(w, a, dy, sy, dec_q8_0, true, term_q8_0)
 }
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dec_iq4_nl(x: &BlockIQ4NL) -> (__m256i, __m256i) {
+pub(super) fn dec_iq4_nl(x: &BlockIQ4NL) -> (__m256i, __m256i) {
     let table: __m128i = bytemuck::cast(KVALUES_IQ4NL);
     signed(_mm256_shuffle_epi8(
         _mm256_broadcastsi128_si256(table),
@@ -516,7 +520,7 @@ fn dec_iq4_nl(x: &BlockIQ4NL) -> (__m256i, __m256i) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn term_iq4_nl(sumi: __m256, x: &BlockIQ4NL, dy: __m256, _: __m256) -> __m256 {
+pub(super) fn term_iq4_nl(sumi: __m256, x: &BlockIQ4NL, dy: __m256, _: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(dy, bc(x.d)), sumi)
 }
 
@@ -527,7 +531,7 @@ fn gemm8_iq4_nl_avx2(
     dy: &[[f32; 8]],
     sy: &[[f32; 8]],
 ) -> [f32; 8] {
-    block_gemm8!(w, a, dy, sy, dec_iq4_nl, true, term_iq4_nl)
+    block_gemm8_impl!(w, a, dy, sy, dec_iq4_nl, true, term_iq4_nl)
 }
 
 // ---------------------------------------------------------------------------------------

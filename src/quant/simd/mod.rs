@@ -15,6 +15,8 @@ use super::*;
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2_kquants;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 pub type QuantFn<A> = fn(&[f32], &mut [A]);
@@ -117,6 +119,10 @@ pub fn available() -> Vec<KernelSet> {
     let mut v = vec![SCALAR];
     #[cfg(target_arch = "x86_64")]
     if let Some(k) = avx2::kernels() {
+        v.push(k);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = avx512::kernels() {
         v.push(k);
     }
     v
