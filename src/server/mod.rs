@@ -267,6 +267,7 @@ async fn model_by_id(
     let r = (|| {
         st.authorize(&headers)?;
         let e = st.engine()?;
+        e.metrics.requests_models.fetch_add(1, Ordering::Relaxed);
         if id != e.loaded.name {
             return Err(ApiError::not_found(format!(
                 "The model '{id}' does not exist: this server has '{}'",
