@@ -644,12 +644,7 @@ fn greedy_chat_matches_ledge_run_and_streaming_matches_the_whole_answer() {
     );
     // A stop string ends the text before it, with finish_reason "stop".
     let full = v["choices"][0]["text"].as_str().unwrap().to_string();
-    let cut = full
-        .trim_start()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .to_string();
+    let cut = full.split_whitespace().nth(1).unwrap().to_string();
     let r = s.post(
         "/v1/completions",
         &json!({"prompt": prompt, "temperature": 0, "max_tokens": 12, "stop": [cut]}),

@@ -283,7 +283,7 @@ impl Engine {
         };
         let mut stopped_early = false;
         let mut first = true;
-        while let Some(piece) = stream.next() {
+        for piece in stream.by_ref() {
             match piece {
                 Ok(text) => {
                     if first {
