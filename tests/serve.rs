@@ -794,3 +794,23 @@ fn sigterm_finishes_the_running_stream_then_exits() {
         "{log}"
     );
 }
+
+#[test]
+fn a_client_that_hangs_up_before_a_plain_answer_frees_its_slot() {
+    let s = Server::start(&["--parallel", "1"]);
+    let mut body: Value = serde_json::from_str(&long_stream_body()).unwrap();
+    body["stream"] = json!(false);
+    let body = body.to_string();
+    let conn = s
+        .send("POST", "/v1/chat/completions", &[], Some(body.as_bytes()))
+        .unwrap();
+    s.wait_for("the request to start", Duration::from_secs(10), |s| {
+        s.health()["slots_busy"] == 1
+    });
+    drop(conn);
+    s.wait_for("the slot to be freed", Duration::from_secs(10), |s| {
+        s.health()["slots_busy"] == 0
+    });
+    assert_eq!(s.metric("ledge_requests_cancelled_total"), 1.0);
+    assert!(s.metric("ledge_tokens_generated_total") < 400.0);
+}
