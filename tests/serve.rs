@@ -814,3 +814,23 @@ fn a_client_that_hangs_up_before_a_plain_answer_frees_its_slot() {
     assert_eq!(s.metric("ledge_requests_cancelled_total"), 1.0);
     assert!(s.metric("ledge_tokens_generated_total") < 400.0);
 }
+
+#[test]
+fn a_file_that_is_not_a_model_ends_the_server_with_an_error() {
+    let dir = std::env::temp_dir().join(format!("ledge-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.gguf");
+    std::fs::write(&bad, b"this is not a GGUF file").unwrap();
+    let out = ledge()
+        .args(["serve", "--port", "0", "-m"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not a GGUF file") && err.contains("bad.gguf"),
+        "{err}"
+    );
+}
