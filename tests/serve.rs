@@ -28,9 +28,13 @@ impl Server {
     /// Starts SmolLM2 with a 512-token context and one matmul thread (tests run side by
     /// side on few cores), plus `extra` flags; returns once /health says ready.
     fn start(extra: &[&str]) -> Server {
+        Server::start_model(SMOLLM2, extra)
+    }
+
+    fn start_model(name: &str, extra: &[&str]) -> Server {
         let mut child = ledge()
             .args(["serve", "-m"])
-            .arg(model(SMOLLM2))
+            .arg(model(name))
             .args(["--port", "0", "--ctx", "512", "--threads", "1"])
             .args(extra)
             .stdout(Stdio::null())
@@ -263,9 +267,13 @@ fn chatml(system: &str, user: &str) -> String {
 
 /// `ledge run`'s greedy continuation of `prompt` (its stdout echoes the prompt first).
 fn ledge_run(prompt: &str, n: usize) -> String {
+    ledge_run_on(SMOLLM2, prompt, n)
+}
+
+fn ledge_run_on(name: &str, prompt: &str, n: usize) -> String {
     let out = ledge()
         .args(["run", "-m"])
-        .arg(model(SMOLLM2))
+        .arg(model(name))
         .args([
             "-p",
             prompt,
@@ -833,4 +841,29 @@ fn a_file_that_is_not_a_model_ends_the_server_with_an_error() {
         err.contains("not a GGUF file") && err.contains("bad.gguf"),
         "{err}"
     );
+}
+
+/// Gemma 3's file has no chat template (the plain User:/Assistant: format is used) and its
+/// vocabulary asks for a BOS token: the server adds it as `ledge run` does.
+#[test]
+fn greedy_chat_on_gemma_matches_ledge_run_with_the_plain_format() {
+    let s = Server::start_model(GEMMA3, &[]);
+    let question = "Name three fruits.";
+    let r = s.post(
+        "/v1/chat/completions",
+        &json!({"messages": user(question), "temperature": 0, "max_tokens": 16}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let prompt = format!("User: {question}\nAssistant:");
+    assert_eq!(content, ledge_run_on(GEMMA3, &prompt, 16));
+    // BOS + the prompt's tokens.
+    let ids = ledge::tokenizer::Tokenizer::from_gguf(
+        &ledge::gguf::GgufFile::open(model(GEMMA3)).unwrap(),
+    )
+    .unwrap()
+    .encode(&prompt, true, true);
+    assert_eq!(ids[0], 2);
+    assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
 }
