@@ -138,6 +138,26 @@ enum Command {
         #[arg(long, default_value_t = 10.0)]
         shutdown_grace: f64,
     },
+    /// Write a model with random weights in a real model's shape (for benchmarks).
+    Synth {
+        /// Architecture (llama).
+        #[arg(long, default_value = "llama")]
+        arch: String,
+        /// Shape: 135m, 1b, 7b (Llama 2), 8b (Llama 3), 13b.
+        #[arg(long)]
+        shape: String,
+        /// Weight type (Q4_0, Q8_0, Q4_K, F16, …) or mix (Q4_K_M, Q5_K_M).
+        #[arg(long = "type")]
+        ty: String,
+        /// Output GGUF file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Fewer layers than the shape has (same width, smaller file).
+        #[arg(long)]
+        layers: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -283,6 +303,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             max_tokens,
             shutdown_grace,
         })?,
+        Command::Synth {
+            arch,
+            shape,
+            ty,
+            output,
+            layers,
+            seed,
+        } => ledge::app::synth(&arch, &shape, &ty, &output, layers, seed)?,
         Command::Inspect { file, json } => {
             let f = ledge::gguf::GgufFile::open(&file)?;
             if json {

@@ -156,28 +156,68 @@ const F32_TOL: f32 = 0.05;
 
 #[test]
 fn smollm2_f32_matches_llama_cpp_exactly() {
-    let stem = "SmolLM2-135M-Instruct.Q4_1.f32";
-    assert_eq!(check_model(&f32_copy(SMOLLM2), stem, F32_TOL), 5);
+    let (path, stem) = (f32_copy(SMOLLM2), "SmolLM2-135M-Instruct.Q4_1.f32");
+    assert_eq!(check_model(&path, stem, F32_TOL), 5);
+    assert_eq!(check_model(&path, &format!("{stem}.generic"), F32_TOL), 5);
 }
 
 #[test]
 fn gemma3_f32_matches_llama_cpp_exactly() {
-    let stem = "gemma-3-270m-q4_k_m.f32";
-    assert_eq!(check_model(&f32_copy(GEMMA3), stem, F32_TOL), 5);
+    let (path, stem) = (f32_copy(GEMMA3), "gemma-3-270m-q4_k_m.f32");
+    assert_eq!(check_model(&path, stem, F32_TOL), 5);
+    assert_eq!(check_model(&path, &format!("{stem}.generic"), F32_TOL), 5);
+}
+
+/// How many of two fixtures' greedy continuations are identical: how often two builds of
+/// llama.cpp (native AVX-512 and generic scalar) agree with each other on the same file.
+fn llama_cpp_self_agreement(stem: &str) -> usize {
+    let (a, b) = (fixture(stem), fixture(&format!("{stem}.generic")));
+    let (ca, cb) = (
+        a["cases"].as_array().unwrap(),
+        b["cases"].as_array().unwrap(),
+    );
+    assert_eq!(ca.len(), cb.len());
+    ca.iter()
+        .zip(cb)
+        .filter(|(x, y)| {
+            assert_eq!(
+                x["ids"], y["ids"],
+                "{stem}: the builds tokenized differently"
+            );
+            x["greedy"] == y["greedy"]
+        })
+        .count()
 }
 
 /// On the quantized files the logits stay within `LOGIT_TOL`, and the greedy continuations
 /// agree until llama.cpp's own top-two margin is inside that tolerance (`check_model` asserts
-/// both at every step): from there the two runs may take different, equally likely paths.
-/// How many continuations agree in full depends on which near-ties the summation order of the
-/// kernels breaks which way (measured: SmolLM2 3–4 of 5, Gemma 1–2 of 5, scalar vs AVX2
-/// kernels), so the count is reported, not asserted.
+/// both at every step, teacher-forced along llama.cpp's tokens): from there the two runs may
+/// take different, equally likely paths.
+///
+/// How many continuations agree in full is decided by which near-ties the summation order
+/// breaks which way, and llama.cpp is no more consistent with itself: its native build
+/// (AVX-512, repacked weights) and its generic build agree on 3 of 5 SmolLM2 and 1 of 5
+/// Gemma 3 continuations (the committed `.generic` fixtures). ledge's counts move between 1
+/// and 4 of 5 with any change of rounding anywhere in the model (e.g. rounding the attention
+/// probabilities to f16 as ggml does, which brings the F32 agreement closer, changed them),
+/// so they are reported beside llama.cpp's self-agreement, not asserted.
+fn check_quantized(name: &str, stem: &str) {
+    let path = model(name);
+    let native = check_model(&path, stem, LOGIT_TOL);
+    let generic = check_model(&path, &format!("{stem}.generic"), LOGIT_TOL);
+    let both = llama_cpp_self_agreement(stem);
+    eprintln!(
+        "{stem}: continuations equal to llama.cpp native {native}/5, generic {generic}/5; \
+         llama.cpp native vs generic {both}/5"
+    );
+}
+
 #[test]
 fn smollm2_quantized_matches_llama_cpp() {
-    check_model(&model(SMOLLM2), "SmolLM2-135M-Instruct.Q4_1", LOGIT_TOL);
+    check_quantized(SMOLLM2, "SmolLM2-135M-Instruct.Q4_1");
 }
 
 #[test]
 fn gemma3_quantized_matches_llama_cpp() {
-    check_model(&model(GEMMA3), "gemma-3-270m-q4_k_m", LOGIT_TOL);
+    check_quantized(GEMMA3, "gemma-3-270m-q4_k_m");
 }

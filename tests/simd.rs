@@ -248,6 +248,38 @@ fn dot_bf16() {
     float_dots::<half::bf16>("bf16", |k| k.bf16);
 }
 
+/// out += w·v (attention's value sum): every length 1..=70 and long rows, random w, v and
+/// starting out. Tolerance: FMA rounds once where the reference rounds twice, so each element
+/// may differ by one rounding of |w·v| plus one of the sum: 2⁻²³·(|out| + |w·v|).
+#[test]
+fn axpy_f16() {
+    let mut rng = Rng(0xa4b9);
+    let lens: Vec<usize> = (1..=70).chain([64, 128, 256, 4099]).collect();
+    for set in sets() {
+        for &n in &lens {
+            let v: Vec<f16> = data(&mut rng, n)
+                .iter()
+                .map(|&x| f16::from_f32(x))
+                .collect();
+            let start = data(&mut rng, n);
+            let w = unit(&mut rng) * 3.0;
+            let (mut got, mut want) = (start.clone(), start.clone());
+            (set.axpy_f16)(&mut got, w, &v);
+            (SCALAR.axpy_f16)(&mut want, w, &v);
+            for i in 0..n {
+                let bound = 2f32.powi(-23) * (start[i].abs() + (w * v[i].to_f32()).abs()) + 1e-30;
+                assert!(
+                    (got[i] - want[i]).abs() <= bound,
+                    "{} axpy_f16 n={n} i={i}: {} vs {}",
+                    set.name,
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Activation quantizers.
 
@@ -464,5 +496,134 @@ fn timing() {
         }
         let ns = start.elapsed().as_nanos() as f64 / (50.0 * x.len() as f64 / 4096.0);
         eprintln!("quantize_q8_1 {}: {ns:.0} ns per 4096 values", set.name);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Prompt tiles (one weight row × eight tokens).
+
+type Gemm8<W, A> = fn(&[W], &[A], &[[f32; 8]], &[[f32; 8]]) -> [f32; 8];
+
+/// Every tile kernel against its set's dot for each of its eight tokens, on quantized and
+/// random-byte rows of every block count: bit-identical (the tiles do the dot's operations
+/// per token in its order; for the legacy types that dot is itself the scalar reference's
+/// bits, asserted above).
+fn gemm8_for<W: QuantBlock, A: QuantBlock>(
+    what: &str,
+    seed: u64,
+    f16_fields: &[usize],
+    pick: fn(&KernelSet) -> Option<Gemm8<W, A>>,
+    pick_dot: fn(&KernelSet) -> Dot<W, A>,
+) {
+    let mut rng = Rng(seed);
+    let mut tested = 0;
+    for set in sets() {
+        let Some(gemm) = pick(&set) else { continue };
+        let reference = pick_dot(&set);
+        for nb in block_counts(W::BLOCK_SIZE) {
+            let n = nb * W::BLOCK_SIZE;
+            let act: Vec<A> = (0..8)
+                .flat_map(|_| blocks::<A>(&data(&mut rng, n)))
+                .collect();
+            let mut dy = vec![[0f32; 8]; nb];
+            let mut sy = vec![[0f32; 8]; nb];
+            for t in 0..8 {
+                for b in 0..nb {
+                    let (d, s) = ledge::quant::simd::act_scales(&act[t * nb + b]);
+                    dy[b][t] = d;
+                    sy[b][t] = s;
+                }
+            }
+            if A::TYPE != ledge::gguf::GgmlType::Q8_1 {
+                sy.clear();
+            }
+            for r in 0..6 {
+                let w: Vec<W> = if r % 2 == 0 {
+                    blocks(&data(&mut rng, n))
+                } else {
+                    random_blocks(&mut rng, nb, f16_fields)
+                };
+                let got = gemm(&w, &act, &dy, &sy);
+                for t in 0..8 {
+                    let want = reference(&w, &act[t * nb..(t + 1) * nb]);
+                    assert_eq!(
+                        got[t].to_bits(),
+                        want.to_bits(),
+                        "{} gemm8 {what} nb={nb} row {r} token {t}: {} vs {want}",
+                        set.name,
+                        got[t]
+                    );
+                }
+            }
+            tested += 1;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        assert!(tested > 0, "{what}: no set with tiles was tested");
+    }
+}
+
+macro_rules! gemm8_test {
+    ($name:ident, $w:ty, $a:ty, $field:ident, $dot:ident, [$($f16:ident),*]) => {
+        #[test]
+        fn $name() {
+            gemm8_for::<$w, $a>(
+                stringify!($field),
+                0x6e88 ^ stringify!($name).len() as u64,
+                &[$(std::mem::offset_of!($w, $f16)),*],
+                |k| k.$field,
+                |k| k.$dot,
+            );
+        }
+    };
+}
+
+gemm8_test!(gemm8_q4_0, BlockQ4_0, BlockQ8_0, gemm8_q4_0, q4_0, [d]);
+gemm8_test!(gemm8_q4_1, BlockQ4_1, BlockQ8_1, gemm8_q4_1, q4_1, [d, m]);
+gemm8_test!(gemm8_q5_0, BlockQ5_0, BlockQ8_0, gemm8_q5_0, q5_0, [d]);
+gemm8_test!(gemm8_q5_1, BlockQ5_1, BlockQ8_1, gemm8_q5_1, q5_1, [d, m]);
+gemm8_test!(gemm8_q8_0, BlockQ8_0, BlockQ8_0, gemm8_q8_0, q8_0, [d]);
+gemm8_test!(
+    gemm8_iq4_nl,
+    BlockIQ4NL,
+    BlockQ8_0,
+    gemm8_iq4_nl,
+    iq4_nl,
+    [d]
+);
+gemm8_test!(gemm8_q4_k, BlockQ4K, BlockQ8K, gemm8_q4_k, q4_k, [d, dmin]);
+gemm8_test!(gemm8_q6_k, BlockQ6K, BlockQ8K, gemm8_q6_k, q6_k, [d]);
+
+/// The matmul with tiles (19 tokens: two tiles and a tail of three) gives each token the
+/// bits it gets alone.
+#[test]
+fn matmul_tiles_equal_single_tokens() {
+    use ledge::gguf::GgmlType;
+    use ledge::tensor::TensorView;
+    let mut rng = Rng(0x7117);
+    let (k, m, n) = (512, 37, 19);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::Q5_1,
+    ] {
+        let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
+        let view = TensorView::borrowed("w", ty, vec![k, m], &w);
+        let x = data(&mut rng, n * k);
+        let mut all = vec![0f32; n * m];
+        ledge::ops::matmul(&view, &x, n, &mut all).unwrap();
+        for t in 0..n {
+            let mut one = vec![0f32; m];
+            ledge::ops::matmul(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
+            for r in 0..m {
+                assert_eq!(
+                    all[t * m + r].to_bits(),
+                    one[r].to_bits(),
+                    "{ty} token {t} row {r}"
+                );
+            }
+        }
     }
 }

@@ -38,6 +38,19 @@ echo "== building (this is the long part)"
 cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target \
   llama llama-tokenize llama-perplexity llama-bench llama-quantize llama-cli llama-simple
 
+# A second, generic build (no SIMD beyond x86-64's SSE2, no repacking, no llamafile sgemm):
+# its kernels sum in ggml's reference order, and its greedy continuations show how far two
+# correct llama.cpp builds of the same file diverge (tests/model_reference.rs).
+if [ -z "${SKIP_GENERIC:-}" ]; then
+  echo "== configuring and building the generic llama.cpp (build-generic)"
+  cmake -S "$SRC/vendor/llama.cpp" -B "$HOME_DIR/build-generic" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF \
+    -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_AVX512=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF \
+    -DGGML_SSE42=OFF -DGGML_BMI2=OFF -DGGML_CPU_REPACK=OFF -DGGML_LLAMAFILE=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
+  cmake --build "$HOME_DIR/build-generic" -j "${JOBS:-$(nproc)}" --target llama
+fi
+
 # The ctypes bindings, without building the package's own copy of llama.cpp.
 SITE=$("$HOME_DIR/venv/bin/python" -c 'import site; print(site.getsitepackages()[0])')
 ln -sfn "$SRC/llama_cpp" "$SITE/llama_cpp"

@@ -49,15 +49,16 @@ def main():
     out_dir = os.environ.get("FIXTURE_DIR", os.path.join(ROOT, "tests", "fixtures", "reference"))
     os.makedirs(out_dir, exist_ok=True)
     bin_dir = os.environ.get("LLAMA_QUANTIZE_DIR", os.environ["LLAMA_CPP_LIB_PATH"])
+    sfx = os.environ.get("FIXTURE_SUFFIX", "")
     for name, prompts in PROMPTS.items():
         stem = os.path.splitext(name)[0]
         path = os.path.join(ROOT, "models", name)
-        run(path, prompts, N_GEN, os.path.join(out_dir, f"{stem}.json"), name)
+        run(path, prompts, N_GEN, os.path.join(out_dir, f"{stem}{sfx}.json"), name)
         f32 = os.path.join(ROOT, "target", f"{stem}.f32.gguf")
         subprocess.run([os.path.join(bin_dir, "llama-quantize"), "--allow-requantize", path, f32,
                         "F32"], check=True, capture_output=True,
                        env={**os.environ, "LD_LIBRARY_PATH": bin_dir})
-        run(f32, prompts, N_GEN_F32, os.path.join(out_dir, f"{stem}.f32.json"), name + " (F32)")
+        run(f32, prompts, N_GEN_F32, os.path.join(out_dir, f"{stem}.f32{sfx}.json"), name + " (F32)")
         os.remove(f32)
 
 

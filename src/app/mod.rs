@@ -77,3 +77,37 @@ pub fn init_threads(threads: Option<usize>) -> usize {
         .build_global();
     rayon::current_num_threads()
 }
+
+/// `ledge synth`: writes a random-weight model of a known shape, with a progress line.
+pub fn synth(
+    arch: &str,
+    shape: &str,
+    ty: &str,
+    output: &std::path::Path,
+    layers: Option<usize>,
+    seed: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::model::synth;
+    if arch != "llama" {
+        return Err(format!("synth: unsupported architecture {arch:?} (llama)").into());
+    }
+    let shape = synth::shape(shape)
+        .ok_or_else(|| synth::SynthError::UnknownShape(shape.to_string()))?
+        .clone();
+    let opts = synth::SynthOptions {
+        shape,
+        plan: synth::TypePlan::parse(ty)?,
+        layers,
+        seed,
+    };
+    let t0 = std::time::Instant::now();
+    let path = synth::write(&opts, output, &mut |i, n, bytes| {
+        let mb = bytes as f64 / 1e6;
+        eprint!(
+            "\rsynth: {i}/{n} tensors, {mb:.0} MB, {:.0} MB/s   ",
+            mb / t0.elapsed().as_secs_f64().max(1e-3)
+        );
+    })?;
+    eprintln!("\nsynth: wrote {}", path.display());
+    Ok(())
+}

@@ -20,8 +20,16 @@ impl KvCache {
     pub fn new(ctx: usize, widths: &[(usize, usize)]) -> KvCache {
         KvCache {
             ctx,
-            k: widths.iter().map(|w| vec![f16::ZERO; ctx * w.0]).collect(),
-            v: widths.iter().map(|w| vec![f16::ZERO; ctx * w.1]).collect(),
+            // Zeroed allocations come from the OS untouched: a 4096-position cache costs no
+            // time until positions are used (vec![f16::ZERO; n] would write every page).
+            k: widths
+                .iter()
+                .map(|w| bytemuck::zeroed_vec(ctx * w.0))
+                .collect(),
+            v: widths
+                .iter()
+                .map(|w| bytemuck::zeroed_vec(ctx * w.1))
+                .collect(),
             k_width: widths.iter().map(|w| w.0).collect(),
             v_width: widths.iter().map(|w| w.1).collect(),
             len: 0,

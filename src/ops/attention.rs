@@ -1,64 +1,64 @@
-//! Scaled dot-product attention over the KV cache, for one query position.
+//! Scaled dot-product attention over the KV cache, one (query position, head) at a time so
+//! the caller can spread heads and positions over threads.
 
 use half::f16;
 
-/// Attention of one query position `pos` (all heads) against cached positions `first..=pos`.
+use crate::quant::simd;
+
+/// Shapes of one layer's attention.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub n_head: usize,
+    pub n_kv: usize,
+    pub hd_k: usize,
+    pub hd_v: usize,
+    pub scale: f32,
+}
+
+/// Attention of query head `h` at position `pos` against cached positions `first..=pos`.
 ///
-/// q (n_head, hd_k) · K (positions, n_kv, hd_k)ᵀ · scale → softmax → · V (positions, n_kv, hd_v)
-/// → out (n_head, hd_v). Head h reads KV head h / (n_head / n_kv) (grouped-query attention).
-/// As in ggml, q is rounded to f16 before the dot with the f16 keys, and the softmax sum is f64.
+/// q (hd_k) · K (positions, n_kv, hd_k)ᵀ[kv head] · scale → softmax → · V (positions, n_kv,
+/// hd_v)[kv head] → out (hd_v). Head h reads KV head h / (n_head / n_kv) (grouped-query
+/// attention). As in ggml, q is rounded to f16 before the dot with the f16 keys, the softmax
+/// sum is f64, and the probabilities are rounded to f16 before the product with the f16
+/// values. `q16` and `scores` are scratch space.
 #[allow(clippy::too_many_arguments)]
-pub fn attend(
+pub fn attend_head(
     q: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
-    n_head: usize,
-    n_kv: usize,
-    hd_k: usize,
-    hd_v: usize,
+    s: AttnShape,
+    h: usize,
     first: usize,
     pos: usize,
-    scale: f32,
+    q16: &mut Vec<f16>,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let group = n_head / n_kv;
-    let (kw, vw) = (n_kv * hd_k, n_kv * hd_v);
-    let n = pos + 1 - first;
-    for h in 0..n_head {
-        let g = h / group;
-        let qh: Vec<f32> = q[h * hd_k..(h + 1) * hd_k]
-            .iter()
-            .map(|&x| f16::from_f32(x).to_f32())
-            .collect();
-        scores.clear();
-        let mut max = f32::NEG_INFINITY;
-        for p in first..=pos {
-            let kr = &k_cache[p * kw + g * hd_k..p * kw + (g + 1) * hd_k];
-            let s: f32 = qh
-                .iter()
-                .zip(kr)
-                .map(|(&a, &b)| a * b.to_f32())
-                .sum::<f32>()
-                * scale;
-            max = max.max(s);
-            scores.push(s);
-        }
-        let mut sum = 0f64;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s as f64;
-        }
-        let inv = (1.0 / sum) as f32;
-        let oh = &mut out[h * hd_v..(h + 1) * hd_v];
-        oh.fill(0.0);
-        for (i, &s) in scores.iter().enumerate().take(n) {
-            let p = first + i;
-            let w = s * inv;
-            let vr = &v_cache[p * vw + g * hd_v..p * vw + (g + 1) * hd_v];
-            for (o, &vv) in oh.iter_mut().zip(vr) {
-                *o += w * vv.to_f32();
-            }
-        }
+    let ks = simd::kernels();
+    let g = h / (s.n_head / s.n_kv);
+    let (kw, vw) = (s.n_kv * s.hd_k, s.n_kv * s.hd_v);
+    q16.clear();
+    q16.extend(q.iter().map(|&x| f16::from_f32(x)));
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for p in first..=pos {
+        let kr = &k_cache[p * kw + g * s.hd_k..p * kw + (g + 1) * s.hd_k];
+        let v = (ks.f16)(kr, q16) * s.scale;
+        max = max.max(v);
+        scores.push(v);
+    }
+    let mut sum = 0f64;
+    for v in scores.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    out.fill(0.0);
+    for (i, &p_un) in scores.iter().enumerate() {
+        let p = first + i;
+        let w = f16::from_f32(p_un * inv).to_f32();
+        let vr = &v_cache[p * vw + g * s.hd_v..p * vw + (g + 1) * s.hd_v];
+        (ks.axpy_f16)(out, w, vr);
     }
 }

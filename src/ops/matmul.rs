@@ -20,8 +20,8 @@ const ROWS_PER_TASK: usize = 16;
 /// out (n, m) = x (n, k) · Wᵀ where `w` has rows of length k (ggml shape [k, m]).
 pub fn matmul(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
-    debug_assert_eq!(x.len(), n * k, "matmul {}: x is not n×k", w.name);
-    debug_assert_eq!(out.len(), n * m, "matmul {}: out is not n×m", w.name);
+    assert_eq!(x.len(), n * k, "matmul {}: x is not n×k", w.name);
+    assert_eq!(out.len(), n * m, "matmul {}: out is not n×m", w.name);
     match w.ty {
         GgmlType::F32 => typed::<f32>(w, x, n, out),
         GgmlType::F16 => typed::<f16>(w, x, n, out),
@@ -66,24 +66,94 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
     for (src, dst) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nba)) {
         quantize(src, dst);
     }
-    // Results land row-major per weight row ([m][n]) so each task owns a contiguous slice.
-    let mut out_t = vec![0f32; m * n];
-    out_t
-        .par_chunks_mut(ROWS_PER_TASK * n)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let r0 = task * ROWS_PER_TASK;
-            for (i, row_out) in chunk.chunks_exact_mut(n).enumerate() {
+    // Prompts go through eight-token tiles where the set has them: each weight block is
+    // decoded once per tile instead of once per token.
+    let gemm = B::gemm8(kernels).filter(|_| n >= 8 && nb == nba);
+    let tiles = if gemm.is_some() { n / 8 } else { 0 };
+    let (dy, sy) = tile_scales::<B>(&xq, tiles, nba);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..m.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each_init(Vec::new, |local: &mut Vec<f32>, task| {
+            let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(m));
+            let rows = r1 - r0;
+            // local (n, rows): this task's columns of the output, token-major.
+            local.clear();
+            local.resize(n * rows, 0.0);
+            for i in 0..rows {
                 let row = &blocks[(r0 + i) * nb..(r0 + i + 1) * nb];
-                for (t, o) in row_out.iter_mut().enumerate() {
-                    *o = dot(row, &xq[t * nba..(t + 1) * nba]);
+                if let Some(g) = gemm {
+                    for tile in 0..tiles {
+                        let a = &xq[tile * 8 * nba..(tile + 1) * 8 * nba];
+                        let d = &dy[tile * nba..(tile + 1) * nba];
+                        let s = if sy.is_empty() {
+                            &sy[..]
+                        } else {
+                            &sy[tile * nba..(tile + 1) * nba]
+                        };
+                        for (j, v) in g(row, a, d, s).into_iter().enumerate() {
+                            local[(tile * 8 + j) * rows + i] = v;
+                        }
+                    }
+                }
+                for t in tiles * 8..n {
+                    local[t * rows + i] = dot(row, &xq[t * nba..(t + 1) * nba]);
+                }
+            }
+            for t in 0..n {
+                let src = &local[t * rows..(t + 1) * rows];
+                // SAFETY: `out` has n·m elements (asserted at the top of `matmul`) and
+                // outlives this loop; task `task` writes only
+                // out[t·m + r0 .. t·m + r1] for each token t, and the row ranges [r0, r1)
+                // of different tasks are disjoint, so no two threads write the same element
+                // and nothing reads `out` during the loop.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.at(t * m + r0), rows);
                 }
             }
         });
-    for (r, row) in out_t.chunks_exact(n).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            out[t * m + r] = v;
+    Ok(())
+}
+
+/// The output pointer shared by the matmul's tasks, which write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used inside `typed`, whose tasks write disjoint ranges (see there).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` must be within the output slice the pointer came from.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps i in bounds.
+        unsafe { self.0.add(i) }
+    }
+}
+
+/// The activation block scales of each eight-token tile, as `[tile·nba + block][token]`:
+/// `d` always, `s` only for formats that have it (else empty).
+fn tile_scales<B: Fast>(xq: &[B::Act], tiles: usize, nba: usize) -> (Vec<[f32; 8]>, Vec<[f32; 8]>) {
+    let (mut dy, mut sy) = (Vec::new(), Vec::new());
+    if tiles == 0 {
+        return (dy, sy);
+    }
+    let with_s = B::Act::TYPE == GgmlType::Q8_1;
+    dy.resize(tiles * nba, [0f32; 8]);
+    if with_s {
+        sy.resize(tiles * nba, [0f32; 8]);
+    }
+    for tile in 0..tiles {
+        for t in 0..8 {
+            for b in 0..nba {
+                let (d, s) = simd::act_scales(&xq[(tile * 8 + t) * nba + b]);
+                dy[tile * nba + b][t] = d;
+                if with_s {
+                    sy[tile * nba + b][t] = s;
+                }
+            }
         }
     }
-    Ok(())
+    (dy, sy)
 }

@@ -39,6 +39,15 @@ pub fn kernels() -> Option<KernelSet> {
         iq4_nl,
         f32: dot_f32,
         f16: dot_f16,
+        axpy_f16,
+        gemm8_q4_0: Some(gemm8_q4_0),
+        gemm8_q4_1: Some(gemm8_q4_1),
+        gemm8_q5_0: Some(gemm8_q5_0),
+        gemm8_q5_1: Some(gemm8_q5_1),
+        gemm8_q8_0: Some(gemm8_q8_0),
+        gemm8_iq4_nl: Some(gemm8_iq4_nl),
+        gemm8_q4_k: Some(super::avx2_kquants::gemm8_q4k),
+        gemm8_q6_k: Some(super::avx2_kquants::gemm8_q6k),
         quantize_q8_k: super::avx2_kquants::quantize_q8k,
         q2_k: super::avx2_kquants::vec_dot_q2k_q8k,
         q3_k: super::avx2_kquants::vec_dot_q3k_q8k,
@@ -62,6 +71,15 @@ macro_rules! entry {
             unsafe { $kernel(w, a) }
         }
     };
+    (gemm $name:ident, $kernel:ident, $w:ty, $a:ty) => {
+        fn $name(w: &[$w], a: &[$a], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+            assert_eq!(a.len(), 8 * w.len(), "gemm8: not eight rows of activations");
+            assert_eq!(dy.len(), w.len(), "gemm8: scales for the wrong block count");
+            // SAFETY: reachable only through the set built by `kernels()`, after the
+            // feature check.
+            unsafe { $kernel(w, a, dy, sy) }
+        }
+    };
     (quant $name:ident, $kernel:ident, $a:ty) => {
         fn $name(src: &[f32], out: &mut [$a]) {
             assert_eq!(
@@ -75,6 +93,12 @@ macro_rules! entry {
     };
 }
 
+entry!(gemm gemm8_q4_0, gemm8_q4_0_avx2, BlockQ4_0, BlockQ8_0);
+entry!(gemm gemm8_q4_1, gemm8_q4_1_avx2, BlockQ4_1, BlockQ8_1);
+entry!(gemm gemm8_q5_0, gemm8_q5_0_avx2, BlockQ5_0, BlockQ8_0);
+entry!(gemm gemm8_q5_1, gemm8_q5_1_avx2, BlockQ5_1, BlockQ8_1);
+entry!(gemm gemm8_q8_0, gemm8_q8_0_avx2, BlockQ8_0, BlockQ8_0);
+entry!(gemm gemm8_iq4_nl, gemm8_iq4_nl_avx2, BlockIQ4NL, BlockQ8_0);
 entry!(quant quantize_q8_0, quantize_q8_0_avx2, BlockQ8_0);
 entry!(quant quantize_q8_1, quantize_q8_1_avx2, BlockQ8_1);
 entry!(dot q4_0, dot_q4_0, BlockQ4_0, BlockQ8_0);
@@ -85,6 +109,12 @@ entry!(dot q8_0, dot_q8_0, BlockQ8_0, BlockQ8_0);
 entry!(dot iq4_nl, dot_iq4_nl, BlockIQ4NL, BlockQ8_0);
 entry!(dot dot_f32, dot_f32_avx2, f32, f32);
 entry!(dot dot_f16, dot_f16_avx2, f16, f16);
+
+fn axpy_f16(out: &mut [f32], w: f32, v: &[f16]) {
+    assert_eq!(out.len(), v.len(), "axpy of rows of different lengths");
+    // SAFETY: reachable only through the set built by `kernels()`, after the feature check.
+    unsafe { axpy_f16_avx2(out, w, v) }
+}
 
 // ---------------------------------------------------------------------------------------
 // Small helpers. All carry the same features so that they inline into the kernels.
@@ -332,6 +362,175 @@ fn dot_iq4_nl(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------
+// Prompt tiles: one weight row against eight tokens. Each weight block is decoded once; the
+// eight tokens' integer block sums are reduced together into one vector (lane t = token t),
+// and the block terms are computed and added lane-wise with the reference's own operations
+// in its order (no FMA), so lane t equals the scalar dot for token t bit for bit.
+
+/// `$decode(x)` gives the weight block as (unsigned bytes, sign source): for signed
+/// formats the magnitudes and the signed levels, for unsigned ones the levels twice.
+/// `$term(sumi, x, dy, sy)` is the reference's block term for eight tokens.
+macro_rules! block_gemm8 {
+    ($w:expr, $a:expr, $dy:expr, $sy:expr, $decode:ident, $signed:expr, $term:ident) => {{
+        let (w, a, dy, sy) = ($w, $a, $dy, $sy);
+        let nb = w.len();
+        let mut sum = _mm256_setzero_ps();
+        for (k, x) in w.iter().enumerate() {
+            let (u, sgn) = $decode(x);
+            let lanes: [__m256i; 8] = core::array::from_fn(|t| {
+                let y = load_q8(a[t * nb + k].qs);
+                let y = if $signed { _mm256_sign_epi8(y, sgn) } else { y };
+                dot_u8_i8(u, y)
+            });
+            let sumi = _mm256_cvtepi32_ps(hsum8_i32(&lanes));
+            let sy_k = if sy.is_empty() { [0.0; 8] } else { sy[k] };
+            sum = _mm256_add_ps(
+                sum,
+                $term(sumi, x, bytemuck::cast(dy[k]), bytemuck::cast(sy_k)),
+            );
+        }
+        bytemuck::cast(sum)
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed(q: __m256i) -> (__m256i, __m256i) {
+    (_mm256_sign_epi8(q, q), q)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bc(h: f16) -> __m256 {
+    _mm256_set1_ps(h2f(h))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_q4_0(x: &BlockQ4_0) -> (__m256i, __m256i) {
+    signed(_mm256_sub_epi8(nibbles(x.qs), _mm256_set1_epi8(8)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q4_0(sumi: __m256, x: &BlockQ4_0, dy: __m256, _: __m256) -> __m256 {
+    _mm256_mul_ps(_mm256_mul_ps(sumi, bc(x.d)), dy)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_q4_0_avx2(w: &[BlockQ4_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_q4_0, true, term_q4_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_q4_1(x: &BlockQ4_1) -> (__m256i, __m256i) {
+    let q = nibbles(x.qs);
+    (q, q)
+}
+
+/// (dx·dy)·sumi + mx·sy, as `combine_q4_1` (and Q5_1's).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_min(sumi: __m256, d: f16, m: f16, dy: __m256, sy: __m256) -> __m256 {
+    _mm256_add_ps(
+        _mm256_mul_ps(_mm256_mul_ps(bc(d), dy), sumi),
+        _mm256_mul_ps(bc(m), sy),
+    )
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q4_1(sumi: __m256, x: &BlockQ4_1, dy: __m256, sy: __m256) -> __m256 {
+    term_min(sumi, x.d, x.m, dy, sy)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_q4_1_avx2(w: &[BlockQ4_1], a: &[BlockQ8_1], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_q4_1, false, term_q4_1)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_q5_0(x: &BlockQ5_0) -> (__m256i, __m256i) {
+    let high = _mm256_andnot_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0xF0u8 as i8));
+    signed(_mm256_or_si256(nibbles(x.qs), high))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q5_0(sumi: __m256, x: &BlockQ5_0, dy: __m256, _: __m256) -> __m256 {
+    _mm256_mul_ps(_mm256_mul_ps(bc(x.d), dy), sumi)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_q5_0_avx2(w: &[BlockQ5_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_q5_0, true, term_q5_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_q5_1(x: &BlockQ5_1) -> (__m256i, __m256i) {
+    let high = _mm256_and_si256(bits_to_bytes(x.qh), _mm256_set1_epi8(0x10));
+    let q = _mm256_or_si256(nibbles(x.qs), high);
+    (q, q)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q5_1(sumi: __m256, x: &BlockQ5_1, dy: __m256, sy: __m256) -> __m256 {
+    term_min(sumi, x.d, x.m, dy, sy)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_q5_1_avx2(w: &[BlockQ5_1], a: &[BlockQ8_1], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_q5_1, false, term_q5_1)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_q8_0(x: &BlockQ8_0) -> (__m256i, __m256i) {
+    signed(load_q8(x.qs))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_q8_0(sumi: __m256, x: &BlockQ8_0, dy: __m256, _: __m256) -> __m256 {
+    _mm256_mul_ps(sumi, _mm256_mul_ps(bc(x.d), dy))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_q8_0_avx2(w: &[BlockQ8_0], a: &[BlockQ8_0], dy: &[[f32; 8]], sy: &[[f32; 8]]) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_q8_0, true, term_q8_0)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dec_iq4_nl(x: &BlockIQ4NL) -> (__m256i, __m256i) {
+    let table: __m128i = bytemuck::cast(KVALUES_IQ4NL);
+    signed(_mm256_shuffle_epi8(
+        _mm256_broadcastsi128_si256(table),
+        nibbles(x.qs),
+    ))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn term_iq4_nl(sumi: __m256, x: &BlockIQ4NL, dy: __m256, _: __m256) -> __m256 {
+    _mm256_mul_ps(_mm256_mul_ps(dy, bc(x.d)), sumi)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gemm8_iq4_nl_avx2(
+    w: &[BlockIQ4NL],
+    a: &[BlockQ8_0],
+    dy: &[[f32; 8]],
+    sy: &[[f32; 8]],
+) -> [f32; 8] {
+    block_gemm8!(w, a, dy, sy, dec_iq4_nl, true, term_iq4_nl)
+}
+
+// ---------------------------------------------------------------------------------------
 // Float dots: four 8-lane FMA accumulators over 32 elements at a time, the tail in scalar.
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -366,6 +565,23 @@ fn dot_f16_avx2(w: &[f16], a: &[f16]) -> f32 {
     let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     let tail: f32 = wr.iter().zip(ar).map(|(&x, &y)| h2f(x) * h2f(y)).sum();
     hsum_f32(v) + tail
+}
+
+/// out += w · v with FMA: one rounding per element where the reference has two (the product,
+/// then the sum), so results differ from it by rounding only.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_f16_avx2(out: &mut [f32], w: f32, v: &[f16]) {
+    let wv = _mm256_set1_ps(w);
+    let (o8, or) = out.as_chunks_mut::<8>();
+    let (v8, vr) = v.as_chunks::<8>();
+    for (o, x) in o8.iter_mut().zip(v8) {
+        let x: __m128i = bytemuck::cast(*x);
+        let acc: __m256 = bytemuck::cast(*o);
+        *o = bytemuck::cast(_mm256_fmadd_ps(wv, _mm256_cvtph_ps(x), acc));
+    }
+    for (o, &x) in or.iter_mut().zip(vr) {
+        *o += w * h2f(x);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -536,3 +536,124 @@ unsafe fn quantize_q8k_impl(src: &[f32], out: &mut [BlockQ8K]) {
         y.d = 1.0 / iscale;
     }
 }
+
+// ---- prompt tiles (one weight row × eight tokens) ----------------------------------------
+// Each superblock is decoded once for the eight tokens; per token the operations are those
+// of the single-token kernels above, in their order, so each result equals that kernel's.
+
+/// Q4_K against eight tokens (`a`: eight rows of `w.len()` blocks); `vec_dot_q4k_q8k`'s
+/// bits for each token.
+pub fn gemm8_q4k(w: &[BlockQ4K], a: &[BlockQ8K], dy: &[[f32; 8]], _: &[[f32; 8]]) -> [f32; 8] {
+    assert!(
+        available(),
+        "AVX2 kernel called on a CPU without AVX2/FMA/F16C"
+    );
+    assert_eq!(a.len(), 8 * w.len(), "gemm8: not eight rows of activations");
+    assert_eq!(dy.len(), w.len(), "gemm8: scales for the wrong block count");
+    // SAFETY: `available()` confirmed the features; the slices were checked above.
+    unsafe { q4k_x8(w, a) }
+}
+
+/// Q6_K against eight tokens; `vec_dot_q6k_q8k`'s bits for each token.
+pub fn gemm8_q6k(w: &[BlockQ6K], a: &[BlockQ8K], dy: &[[f32; 8]], _: &[[f32; 8]]) -> [f32; 8] {
+    assert!(
+        available(),
+        "AVX2 kernel called on a CPU without AVX2/FMA/F16C"
+    );
+    assert_eq!(a.len(), 8 * w.len(), "gemm8: not eight rows of activations");
+    assert_eq!(dy.len(), w.len(), "gemm8: scales for the wrong block count");
+    // SAFETY: as for `gemm8_q4k`.
+    unsafe { q6k_x8(w, a) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4k_x8(w: &[BlockQ4K], a: &[BlockQ8K]) -> [f32; 8] {
+    let nb = w.len();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut acc_m = [_mm_setzero_ps(); 8];
+    for (k, x) in w.iter().enumerate() {
+        let (xd, xdmin) = (fp16(x.d), fp16(x.dmin));
+        let (sc, mn) = unpack_scale_min_k4(&x.scales);
+        let mins = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(mn as i64));
+        let scales = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
+        let mut lo = [_mm256_setzero_si256(); QK_K / 64];
+        let mut hi = [_mm256_setzero_si256(); QK_K / 64];
+        for j in 0..QK_K / 64 {
+            let bits = load_u8(&x.qs[32 * j..]);
+            lo[j] = _mm256_and_si256(bits, m4);
+            hi[j] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+        }
+        for t in 0..8 {
+            let y = &a[t * nb + k];
+            let d = y.d * xd;
+            let dmin = -y.d * xdmin;
+            let bsums = load_bsums(y);
+            let bsums32 = _mm_hadd_epi16(
+                _mm256_castsi256_si128(bsums),
+                _mm256_extracti128_si256::<1>(bsums),
+            );
+            let prod = _mm_cvtepi32_ps(_mm_madd_epi16(mins, bsums32));
+            acc_m[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), prod, acc_m[t]);
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..QK_K / 64 {
+                let p_lo = _mm256_maddubs_epi16(lo[j], load_i8(&y.qs[64 * j..]));
+                let p_hi = _mm256_maddubs_epi16(hi[j], load_i8(&y.qs[64 * j + 32..]));
+                let p_lo = _mm256_madd_epi16(p_lo, bcast_word(scales, 2 * j));
+                let p_hi = _mm256_madd_epi16(p_hi, bcast_word(scales, 2 * j + 1));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            }
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    core::array::from_fn(|t| hsum_ps(acc[t]) + hsum_ps128(acc_m[t]))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_x8(w: &[BlockQ6K], a: &[BlockQ8K]) -> [f32; 8] {
+    let nb = w.len();
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m_hi = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (k, x) in w.iter().enumerate() {
+        let xd = fp16(x.d);
+        let sc = _mm_loadu_si128(x.scales.as_ptr().cast());
+        let sc16 = _mm256_cvtepi8_epi16(sc);
+        let scales = pair_scales_i8(sc);
+        let mut q = [_mm256_setzero_si256(); QK_K / 32];
+        for h in 0..QK_K / 128 {
+            let ql1 = load_u8(&x.ql[64 * h..]);
+            let ql2 = load_u8(&x.ql[64 * h + 32..]);
+            let qh = load_u8(&x.qh[32 * h..]);
+            q[4 * h] = _mm256_or_si256(
+                _mm256_and_si256(ql1, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), m_hi),
+            );
+            q[4 * h + 1] = _mm256_or_si256(
+                _mm256_and_si256(ql2, m4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), m_hi),
+            );
+            q[4 * h + 2] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), m4),
+                _mm256_and_si256(qh, m_hi),
+            );
+            q[4 * h + 3] = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql2), m4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), m_hi),
+            );
+        }
+        for t in 0..8 {
+            let y = &a[t * nb + k];
+            let d = y.d * xd;
+            let offset = _mm256_madd_epi16(sc16, load_bsums(y));
+            let mut sumi = _mm256_setzero_si256();
+            for (kk, &qp) in q.iter().enumerate() {
+                let p16 = _mm256_maddubs_epi16(qp, load_i8(&y.qs[32 * kk..]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, bcast_word(scales, kk)));
+            }
+            sumi = _mm256_sub_epi32(sumi, _mm256_slli_epi32::<5>(offset));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[t]);
+        }
+    }
+    core::array::from_fn(|t| hsum_ps(acc[t]))
+}

@@ -18,6 +18,15 @@ pub mod avx2_kquants;
 
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 pub type QuantFn<A> = fn(&[f32], &mut [A]);
+/// One weight row against eight tokens' activations (`a`: 8 rows of the row's block count,
+/// one after another), with the activations' block scales laid out per block as
+/// `dy[block][token]` (and Q8_1's `s` likewise in `sy`; empty for Q8_0). Decodes each
+/// weight block once for the eight tokens. Returns the eight dots, each equal to what the
+/// set's `DotFn` gives for that token.
+pub type Gemm8Fn<W, A> = fn(&[W], &[A], &[[f32; 8]], &[[f32; 8]]) -> [f32; 8];
+
+/// out += w · v, v in f16: the attention's weighted sum of cached values.
+pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
 /// The functions the matmul calls, for one ISA.
 #[derive(Clone, Copy)]
@@ -41,6 +50,17 @@ pub struct KernelSet {
     pub f32: DotFn<f32, f32>,
     pub f16: DotFn<f16, f16>,
     pub bf16: DotFn<bf16, bf16>,
+    pub axpy_f16: AxpyF16Fn,
+    /// Prompt-processing tiles; `None` where the set has none (the matmul then calls the
+    /// dot once per token).
+    pub gemm8_q4_0: Option<Gemm8Fn<BlockQ4_0, BlockQ8_0>>,
+    pub gemm8_q4_1: Option<Gemm8Fn<BlockQ4_1, BlockQ8_1>>,
+    pub gemm8_q5_0: Option<Gemm8Fn<BlockQ5_0, BlockQ8_0>>,
+    pub gemm8_q5_1: Option<Gemm8Fn<BlockQ5_1, BlockQ8_1>>,
+    pub gemm8_q8_0: Option<Gemm8Fn<BlockQ8_0, BlockQ8_0>>,
+    pub gemm8_iq4_nl: Option<Gemm8Fn<BlockIQ4NL, BlockQ8_0>>,
+    pub gemm8_q4_k: Option<Gemm8Fn<BlockQ4K, BlockQ8K>>,
+    pub gemm8_q6_k: Option<Gemm8Fn<BlockQ6K, BlockQ8K>>,
 }
 
 /// The scalar reference: correct everywhere, the baseline every other set is tested against.
@@ -64,7 +84,24 @@ pub const SCALAR: KernelSet = KernelSet {
     f32: <f32 as VecDot>::vec_dot,
     f16: <f16 as VecDot>::vec_dot,
     bf16: <bf16 as VecDot>::vec_dot,
+    axpy_f16: axpy_f16_scalar,
+    gemm8_q4_0: None,
+    gemm8_q4_1: None,
+    gemm8_q5_0: None,
+    gemm8_q5_1: None,
+    gemm8_q8_0: None,
+    gemm8_iq4_nl: None,
+    gemm8_q4_k: None,
+    gemm8_q6_k: None,
 };
+
+/// The scalar reference of `axpy_f16`: out[i] += w · v[i], one f32 rounding per element.
+pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
+    assert_eq!(out.len(), v.len(), "axpy of rows of different lengths");
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o += w * x.to_f32();
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimdError {
@@ -134,10 +171,40 @@ pub fn kernels() -> &'static KernelSet {
 pub trait Fast: VecDot {
     fn dot(k: &KernelSet) -> DotFn<Self, Self::Act>;
     fn quantize_act(k: &KernelSet) -> QuantFn<Self::Act>;
+    fn gemm8(_: &KernelSet) -> Option<Gemm8Fn<Self, Self::Act>> {
+        None
+    }
+}
+
+/// `d` and `s` of an activation block for the tiles (zeros for formats without tiles).
+pub fn act_scales<A: QuantBlock>(a: &A) -> (f32, f32) {
+    match A::TYPE {
+        GgmlType::Q8_0 => bytemuck::cast_ref::<A, BlockQ8_0>(a).scales(),
+        GgmlType::Q8_1 => bytemuck::cast_ref::<A, BlockQ8_1>(a).scales(),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// The block scales a `Gemm8Fn` takes from each activation block.
+pub trait TileScales {
+    /// `d`, and `s` where the format has it.
+    fn scales(&self) -> (f32, f32);
+}
+
+impl TileScales for BlockQ8_0 {
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), 0.0)
+    }
+}
+
+impl TileScales for BlockQ8_1 {
+    fn scales(&self) -> (f32, f32) {
+        (self.d.to_f32(), self.s.to_f32())
+    }
 }
 
 macro_rules! fast {
-    ($($t:ty => $dot:ident, $q:ident;)*) => {$(
+    ($($t:ty => $dot:ident, $q:ident $(, $g:ident)?;)*) => {$(
         impl Fast for $t {
             fn dot(k: &KernelSet) -> DotFn<Self, Self::Act> {
                 k.$dot
@@ -145,22 +212,25 @@ macro_rules! fast {
             fn quantize_act(k: &KernelSet) -> QuantFn<Self::Act> {
                 k.$q
             }
+            $(fn gemm8(k: &KernelSet) -> Option<Gemm8Fn<Self, Self::Act>> {
+                k.$g
+            })?
         }
     )*};
 }
 
 fast! {
-    BlockQ4_0 => q4_0, quantize_q8_0;
-    BlockQ4_1 => q4_1, quantize_q8_1;
-    BlockQ5_0 => q5_0, quantize_q8_0;
-    BlockQ5_1 => q5_1, quantize_q8_1;
-    BlockQ8_0 => q8_0, quantize_q8_0;
+    BlockQ4_0 => q4_0, quantize_q8_0, gemm8_q4_0;
+    BlockQ4_1 => q4_1, quantize_q8_1, gemm8_q4_1;
+    BlockQ5_0 => q5_0, quantize_q8_0, gemm8_q5_0;
+    BlockQ5_1 => q5_1, quantize_q8_1, gemm8_q5_1;
+    BlockQ8_0 => q8_0, quantize_q8_0, gemm8_q8_0;
     BlockQ2K => q2_k, quantize_q8_k;
     BlockQ3K => q3_k, quantize_q8_k;
-    BlockQ4K => q4_k, quantize_q8_k;
+    BlockQ4K => q4_k, quantize_q8_k, gemm8_q4_k;
     BlockQ5K => q5_k, quantize_q8_k;
-    BlockQ6K => q6_k, quantize_q8_k;
-    BlockIQ4NL => iq4_nl, quantize_q8_0;
+    BlockQ6K => q6_k, quantize_q8_k, gemm8_q6_k;
+    BlockIQ4NL => iq4_nl, quantize_q8_0, gemm8_iq4_nl;
     BlockIQ4XS => iq4_xs, quantize_q8_k;
 }
 

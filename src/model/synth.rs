@@ -1,0 +1,406 @@
+//! Synthetic models: random weights in the shapes of models we cannot download (Llama 2 7B,
+//! Llama 3 8B, …), written as standard GGUF files that ledge and llama.cpp both load. For
+//! benchmarks: the speed of a matmul depends on shapes and types, not on what the weights say.
+//!
+//! Weights are uniform with standard deviation 0.02 (the usual initialisation scale, so
+//! activations stay in a realistic range) and quantized with ledge's reference quantizers.
+//! Quantizing 7 billion weights would take minutes, so each tensor is made of a block of
+//! `CHUNK_ROWS` random rows repeated down the matrix (a fresh block per tensor): the bytes a
+//! matmul streams, and their layout, are those of a real file of the same shape and type.
+//! The vocabulary is a SentencePiece one (`<unk>`, `<s>`, `</s>`, the 256 byte tokens, then
+//! filler pieces) so that both tokenizers load it.
+
+use rayon::prelude::*;
+
+use crate::gguf::{GgmlType, GgufBuilder, GgufError, MetaArray, MetaValue, ValueType};
+use crate::quant;
+
+/// Rows of random data per tensor; the rest of the tensor repeats them.
+const CHUNK_ROWS: usize = 256;
+
+/// Hyperparameters of a llama-architecture model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shape {
+    pub name: &'static str,
+    pub n_vocab: usize,
+    pub n_embd: usize,
+    pub n_ff: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub ctx: usize,
+    pub rope_base: f32,
+}
+
+/// The shapes `ledge synth --shape` knows, from the models' published configs.
+pub const SHAPES: &[Shape] = &[
+    Shape {
+        name: "135m", // SmolLM2-135M
+        n_vocab: 49152,
+        n_embd: 576,
+        n_ff: 1536,
+        n_layer: 30,
+        n_head: 9,
+        n_head_kv: 3,
+        ctx: 8192,
+        rope_base: 100_000.0,
+    },
+    Shape {
+        name: "1b", // Llama 3.2 1B
+        n_vocab: 128_256,
+        n_embd: 2048,
+        n_ff: 8192,
+        n_layer: 16,
+        n_head: 32,
+        n_head_kv: 8,
+        ctx: 131_072,
+        rope_base: 500_000.0,
+    },
+    Shape {
+        name: "7b", // Llama 2 7B
+        n_vocab: 32000,
+        n_embd: 4096,
+        n_ff: 11008,
+        n_layer: 32,
+        n_head: 32,
+        n_head_kv: 32,
+        ctx: 4096,
+        rope_base: 10_000.0,
+    },
+    Shape {
+        name: "8b", // Llama 3 8B
+        n_vocab: 128_256,
+        n_embd: 4096,
+        n_ff: 14336,
+        n_layer: 32,
+        n_head: 32,
+        n_head_kv: 8,
+        ctx: 8192,
+        rope_base: 500_000.0,
+    },
+    Shape {
+        name: "13b", // Llama 2 13B
+        n_vocab: 32000,
+        n_embd: 5120,
+        n_ff: 13824,
+        n_layer: 40,
+        n_head: 40,
+        n_head_kv: 40,
+        ctx: 4096,
+        rope_base: 10_000.0,
+    },
+];
+
+pub fn shape(name: &str) -> Option<&'static Shape> {
+    SHAPES.iter().find(|s| s.name.eq_ignore_ascii_case(name))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error(
+        "unknown shape {0:?} (known: {list})",
+        list = SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownShape(String),
+    #[error("unknown type {0:?}: use a GGML type name (Q4_0, Q8_0, Q4_K, …) or Q4_K_M / Q5_K_M")]
+    UnknownType(String),
+    #[error("type {ty} cannot hold rows of {n} weights (its blocks are {block} wide)")]
+    RowLength {
+        ty: GgmlType,
+        n: usize,
+        block: usize,
+    },
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Quant(#[from] quant::QuantError),
+}
+
+/// Which type each tensor gets: one type for every matrix, or a llama.cpp-style mix.
+#[derive(Clone, Copy, Debug)]
+pub struct TypePlan {
+    base: GgmlType,
+    /// Q4_K_M / Q5_K_M: attn_v and ffn_down at Q6_K in the layers llama.cpp gives more bits.
+    mixed: bool,
+}
+
+impl TypePlan {
+    pub fn parse(name: &str) -> Result<TypePlan, SynthError> {
+        let up = name.to_ascii_uppercase();
+        let (base, mixed) = match up.as_str() {
+            "Q4_K_M" => (GgmlType::Q4_K, true),
+            "Q5_K_M" => (GgmlType::Q5_K, true),
+            "Q4_K_S" => (GgmlType::Q4_K, false),
+            "Q5_K_S" => (GgmlType::Q5_K, false),
+            _ => (
+                GgmlType::from_name(&up)
+                    .filter(|&t| quant::is_supported(t))
+                    .ok_or_else(|| SynthError::UnknownType(name.to_string()))?,
+                false,
+            ),
+        };
+        Ok(TypePlan { base, mixed })
+    }
+
+    /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
+    /// one between.
+    fn more_bits(layer: usize, n_layer: usize) -> bool {
+        layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2
+    }
+
+    fn matrix(&self, what: &str, layer: usize, n_layer: usize) -> GgmlType {
+        if self.mixed && (what == "attn_v" || what == "ffn_down") && Self::more_bits(layer, n_layer)
+        {
+            GgmlType::Q6_K
+        } else {
+            self.base
+        }
+    }
+
+    /// The output matrix: Q6_K for quantized files, as llama-quantize does.
+    fn output(&self) -> GgmlType {
+        if self.base.is_quantized() {
+            GgmlType::Q6_K
+        } else {
+            self.base
+        }
+    }
+
+    /// The GGUF `general.file_type` (llama_ftype) value.
+    fn file_type(&self) -> u32 {
+        match (self.base, self.mixed) {
+            (GgmlType::Q4_K, true) => 15,
+            (GgmlType::Q5_K, true) => 17,
+            (GgmlType::Q4_K, false) => 14,
+            (GgmlType::Q5_K, false) => 16,
+            (GgmlType::F32, _) => 0,
+            (GgmlType::F16, _) => 1,
+            (GgmlType::Q4_0, _) => 2,
+            (GgmlType::Q4_1, _) => 3,
+            (GgmlType::Q8_0, _) => 7,
+            (GgmlType::Q5_0, _) => 8,
+            (GgmlType::Q5_1, _) => 9,
+            (GgmlType::Q2_K, _) => 10,
+            (GgmlType::Q3_K, _) => 12,
+            (GgmlType::Q6_K, _) => 18,
+            (GgmlType::IQ4_NL, _) => 25,
+            (GgmlType::IQ4_XS, _) => 30,
+            (GgmlType::BF16, _) => 32,
+            _ => 0,
+        }
+    }
+}
+
+/// The type llama.cpp uses when a K-quant's 256-blocks do not divide the rows (e.g. the
+/// 576-wide rows of SmolLM2): a 32-block type of similar size.
+pub fn fallback(ty: GgmlType, row: usize) -> GgmlType {
+    if row.is_multiple_of(ty.block_size()) {
+        return ty;
+    }
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        other => other,
+    }
+}
+
+/// Options of one synthetic model.
+#[derive(Clone, Debug)]
+pub struct SynthOptions {
+    pub shape: Shape,
+    pub plan: TypePlan,
+    /// Override the number of layers (a quick, smaller file of the same width).
+    pub layers: Option<usize>,
+    pub seed: u64,
+}
+
+/// A splitmix64 stream: fast, seedable, and good enough for benchmark weights.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-a, a).
+    fn uniform(&mut self, a: f32) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
+    }
+}
+
+struct Planned {
+    name: String,
+    ty: GgmlType,
+    dims: Vec<u64>,
+}
+
+fn vocab(n: usize) -> (Vec<String>, Vec<MetaValue>, Vec<MetaValue>) {
+    let mut tokens = vec!["<unk>".to_string(), "<s>".to_string(), "</s>".to_string()];
+    let mut types = vec![MetaValue::I32(2), MetaValue::I32(3), MetaValue::I32(3)];
+    for b in 0..256 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(MetaValue::I32(6));
+    }
+    let mut i = 0;
+    while tokens.len() < n {
+        tokens.push(format!("\u{2581}t{i}"));
+        types.push(MetaValue::I32(1));
+        i += 1;
+    }
+    tokens.truncate(n);
+    types.truncate(n);
+    let scores = (0..n).map(|i| MetaValue::F32(-(i as f32))).collect();
+    (tokens, scores, types)
+}
+
+/// Writes a synthetic llama model to `path` (temp file + rename). `progress` gets
+/// (tensors written, total, bytes written).
+pub fn write(
+    opts: &SynthOptions,
+    path: &std::path::Path,
+    progress: &mut dyn FnMut(usize, usize, u64),
+) -> Result<std::path::PathBuf, SynthError> {
+    let s = &opts.shape;
+    let n_layer = opts.layers.unwrap_or(s.n_layer);
+    let head_dim = s.n_embd / s.n_head;
+    let mut b = GgufBuilder::new();
+    let u32m = |v: usize| MetaValue::U32(v as u32);
+    b.set("general.architecture", "llama")?;
+    b.set(
+        "general.name",
+        format!("synthetic llama {} ({})", s.name, opts.plan.base.name()),
+    )?;
+    b.set("general.file_type", MetaValue::U32(opts.plan.file_type()))?;
+    b.set("llama.block_count", u32m(n_layer))?;
+    b.set("llama.context_length", u32m(s.ctx))?;
+    b.set("llama.embedding_length", u32m(s.n_embd))?;
+    b.set("llama.feed_forward_length", u32m(s.n_ff))?;
+    b.set("llama.attention.head_count", u32m(s.n_head))?;
+    b.set("llama.attention.head_count_kv", u32m(s.n_head_kv))?;
+    b.set("llama.rope.dimension_count", u32m(head_dim))?;
+    b.set("llama.rope.freq_base", MetaValue::F32(s.rope_base))?;
+    b.set(
+        "llama.attention.layer_norm_rms_epsilon",
+        MetaValue::F32(1e-5),
+    )?;
+    b.set("llama.vocab_size", u32m(s.n_vocab))?;
+    let (tokens, scores, types) = vocab(s.n_vocab);
+    b.set("tokenizer.ggml.model", "llama")?;
+    b.set(
+        "tokenizer.ggml.tokens",
+        MetaValue::Array(MetaArray::strings(tokens)),
+    )?;
+    b.set(
+        "tokenizer.ggml.scores",
+        MetaValue::Array(MetaArray::new(ValueType::F32, scores)),
+    )?;
+    b.set(
+        "tokenizer.ggml.token_type",
+        MetaValue::Array(MetaArray::new(ValueType::I32, types)),
+    )?;
+    b.set("tokenizer.ggml.unknown_token_id", MetaValue::U32(0))?;
+    b.set("tokenizer.ggml.bos_token_id", MetaValue::U32(1))?;
+    b.set("tokenizer.ggml.eos_token_id", MetaValue::U32(2))?;
+    b.set("tokenizer.ggml.add_bos_token", MetaValue::Bool(true))?;
+    b.set("tokenizer.ggml.add_eos_token", MetaValue::Bool(false))?;
+    b.set("ledge.synthetic", MetaValue::Bool(true))?;
+
+    let (d, ff, kv) = (
+        s.n_embd as u64,
+        s.n_ff as u64,
+        (s.n_head_kv * head_dim) as u64,
+    );
+    let p = opts.plan;
+    let mut plan = vec![
+        Planned {
+            name: "token_embd.weight".into(),
+            ty: p.base,
+            dims: vec![d, s.n_vocab as u64],
+        },
+        Planned {
+            name: "output_norm.weight".into(),
+            ty: GgmlType::F32,
+            dims: vec![d],
+        },
+        Planned {
+            name: "output.weight".into(),
+            ty: p.output(),
+            dims: vec![d, s.n_vocab as u64],
+        },
+    ];
+    for l in 0..n_layer {
+        let m = |what: &str, dims: Vec<u64>| Planned {
+            name: format!("blk.{l}.{what}.weight"),
+            ty: if dims.len() == 1 {
+                GgmlType::F32
+            } else {
+                p.matrix(what, l, n_layer)
+            },
+            dims,
+        };
+        plan.extend([
+            m("attn_norm", vec![d]),
+            m("attn_q", vec![d, d]),
+            m("attn_k", vec![d, kv]),
+            m("attn_v", vec![d, kv]),
+            m("attn_output", vec![d, d]),
+            m("ffn_norm", vec![d]),
+            m("ffn_gate", vec![d, ff]),
+            m("ffn_up", vec![d, ff]),
+            m("ffn_down", vec![ff, d]),
+        ]);
+    }
+    for t in &mut plan {
+        t.ty = fallback(t.ty, t.dims[0] as usize);
+        let block = t.ty.block_size();
+        if !(t.dims[0] as usize).is_multiple_of(block) {
+            return Err(SynthError::RowLength {
+                ty: t.ty,
+                n: t.dims[0] as usize,
+                block,
+            });
+        }
+        b.add_tensor(&t.name, t.ty, &t.dims)?;
+    }
+    let mut w = b.create(path)?;
+    let total = plan.len();
+    let mut written = 0u64;
+    let std_dev = 0.02f32;
+    let a = std_dev * 3f32.sqrt();
+    for (i, t) in plan.iter().enumerate() {
+        let row = t.dims[0] as usize;
+        let rows: usize = t.dims[1..].iter().product::<u64>() as usize;
+        if t.dims.len() == 1 {
+            let ones = vec![1f32; row];
+            w.write_tensor(bytemuck::cast_slice(&ones))?;
+        } else {
+            let chunk_rows = rows.min(CHUNK_ROWS);
+            let seed = opts.seed ^ (i as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
+            // Rows are generated and quantized in parallel, each from its own stream.
+            let chunk: Vec<Vec<u8>> = (0..chunk_rows)
+                .into_par_iter()
+                .map(|r| {
+                    let mut rng = Rng(seed ^ (r as u64 + 1).wrapping_mul(0x9e37_79b9));
+                    let x: Vec<f32> = (0..row).map(|_| rng.uniform(a)).collect();
+                    quant::quantize_to_vec(t.ty, &x)
+                })
+                .collect::<Result<_, _>>()?;
+            let chunk: Vec<u8> = chunk.concat();
+            let row_bytes = chunk.len() / chunk_rows;
+            let mut parts: Vec<&[u8]> = vec![&chunk; rows / chunk_rows];
+            let rest = rows % chunk_rows;
+            if rest > 0 {
+                parts.push(&chunk[..rest * row_bytes]);
+            }
+            w.write_tensor_parts(&parts)?;
+        }
+        written += t.ty.bytes_for(t.dims.iter().product()).unwrap_or(0);
+        progress(i + 1, total, written);
+    }
+    Ok(w.finish()?)
+}
