@@ -21,6 +21,12 @@ if ! "$VENV/bin/python" -c "import gguf, numpy, importlib.metadata as m; assert 
 fi
 export LEDGE_PYTHON=$VENV/bin/python
 
+step "python: openai client for the ledge serve test"
+OPENAI_PY=3.54.0
+if ! "$VENV/bin/python" -c "import openai, importlib.metadata as m; assert m.version('openai') == '$OPENAI_PY'" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q "openai==$OPENAI_PY"
+fi
+
 step "cargo fmt --check"
 cargo fmt --check
 
@@ -29,3 +35,11 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --release"
 cargo test --release
+
+step "ledge serve with the official openai client (scripts/test_serve.py)"
+"$VENV/bin/python" scripts/test_serve.py
+
+step "ledge serve under a small fixed load (scripts/load_test.py: 8 requests, 4 streams)"
+"$VENV/bin/python" scripts/load_test.py --serve target/release/ledge \
+  --serve-args "-m models/SmolLM2-135M-Instruct.Q4_1.gguf --parallel 4 --ctx 512" \
+  -n 8 -c 4 --max-tokens 16 --max-seconds 60

@@ -8,5 +8,6 @@ pub mod inspect;
 pub mod model;
 pub mod ops;
 pub mod quant;
+pub mod server;
 pub mod tensor;
 pub mod tokenizer;

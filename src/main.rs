@@ -101,6 +101,43 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
+    /// /v1/models, /health, /metrics).
+    Serve {
+        /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Port to listen on (0 picks a free one; the address is printed).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+        /// Requests generating at once, each with its own KV cache.
+        #[arg(long, default_value_t = 1)]
+        parallel: usize,
+        /// Requests that may wait for a free slot; more are refused with 503.
+        #[arg(long, default_value_t = 16)]
+        queue: usize,
+        /// Context size per slot in tokens (default: the model's, at most 4096).
+        #[arg(short, long)]
+        ctx: Option<usize>,
+        /// Require `Authorization: Bearer KEY` (or set LEDGE_API_KEY).
+        #[arg(long)]
+        api_key: Option<String>,
+        /// Worker threads for the matrix products (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Largest request body in bytes.
+        #[arg(long, default_value_t = 1 << 20)]
+        max_body: usize,
+        /// Largest max_tokens a request may ask for (default: the context size).
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        /// Seconds running requests may go on after SIGTERM before they are cancelled.
+        #[arg(long, default_value_t = 10.0)]
+        shutdown_grace: f64,
+    },
     /// Write a model with random weights in a real model's shape (for benchmarks).
     Synth {
         /// Architecture (llama).
@@ -241,6 +278,31 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 json,
             })?
         ),
+        Command::Serve {
+            model,
+            host,
+            port,
+            parallel,
+            queue,
+            ctx,
+            api_key,
+            threads,
+            max_body,
+            max_tokens,
+            shutdown_grace,
+        } => ledge::app::serve::serve(ledge::app::serve::ServeArgs {
+            model,
+            host,
+            port,
+            parallel,
+            queue,
+            ctx,
+            api_key,
+            threads,
+            max_body,
+            max_tokens,
+            shutdown_grace,
+        })?,
         Command::Synth {
             arch,
             shape,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod run;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 
