@@ -2,7 +2,7 @@
 # The test command (README): everything the tests need is installed here, so it passes on
 # a fresh machine. Steps: fetch the real models if absent, a Python venv with the `gguf`
 # package (an independent GGUF reader the tests compare against), format and lint checks,
-# then the whole test suite in release mode.
+# then the whole test suite in release mode; last, the aarch64 build under qemu (cross/).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,3 +29,7 @@ cargo clippy --all-targets -- -D warnings
 
 step "cargo test --release"
 cargo test --release
+
+step "aarch64 under qemu: NEON kernel tests and SmolLM2 generation, with and without dotprod"
+bash cross/setup.sh
+bash cross/test-aarch64.sh
