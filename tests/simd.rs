@@ -28,7 +28,7 @@ mod common;
 use bytemuck::Zeroable;
 use common::Rng;
 use half::f16;
-use ledge::quant::simd::{available, KernelSet, SCALAR};
+use ledge::quant::simd::{available, select, KernelSet, SimdError, SCALAR};
 use ledge::quant::*;
 
 /// The sets under test. Asserts that every set this CPU's features call for is offered (so
@@ -59,6 +59,41 @@ fn sets() -> Vec<KernelSet> {
         );
     }
     sets
+}
+
+/// `LEDGE_SIMD`'s names: empty or unset is the best set, a family name (`neon`) its best
+/// variant, a specific name (`neon-dotprod`) only that set, and a set the CPU lacks or an
+/// unknown name is an error.
+#[test]
+fn ledge_simd_selects() {
+    let names: Vec<_> = sets().iter().map(|k| k.name).collect();
+    let best = *names.last().unwrap();
+    assert_eq!(select(None).unwrap().name, best);
+    assert_eq!(select(Some("")).unwrap().name, best);
+    assert_eq!(select(Some("scalar")).unwrap().name, "scalar");
+    assert!(matches!(select(Some("sse9")), Err(SimdError::Unknown(_))));
+    assert!(matches!(select(Some("neon-")), Err(SimdError::Unknown(_))));
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let neon = select(Some("neon")).unwrap().name;
+        assert_eq!(neon, if dotprod { "neon-dotprod" } else { "neon" });
+        match select(Some("neon-dotprod")) {
+            Ok(k) => assert!(dotprod && k.name == "neon-dotprod"),
+            Err(e) => assert!(!dotprod && matches!(e, SimdError::Unsupported(..)), "{e}"),
+        }
+        assert!(matches!(
+            select(Some("avx2")),
+            Err(SimdError::Unsupported(..))
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    for name in ["neon", "neon-dotprod"] {
+        assert!(matches!(
+            select(Some(name)),
+            Err(SimdError::Unsupported(..))
+        ));
+    }
 }
 
 /// Uniform in (-1, 1), never zero.

@@ -4,24 +4,31 @@
 //! Both are tested against the scalar reference in tests/simd.rs and tests/simd_kquants.rs,
 //! under qemu with and without dotprod (scripts/test.sh, cross/README.md).
 //!
-//! One generic body per kernel: the only difference between the flavours is how 16 byte
-//! products are summed into four i32 lanes (`Dot`). The dotprod entries are
-//! `#[target_feature(enable = "neon,dotprod")]` functions into which the generic bodies are
-//! inlined, so that the `sdot` in `asm!` is assembled where the feature is enabled (the
-//! `vdotq_s32` intrinsic is still unstable on Rust 1.95). An `Sdot` value is the proof that
-//! the CPU has the instruction: it is only made after the run-time check.
+//! One body per kernel, compiled twice by `flavour!`: the only difference between the
+//! flavours is how 16 byte products are summed into four i32 lanes (`dot_plain`, `dot_sdot`).
+//! The dotprod kernels are `#[target_feature(enable = "neon,dotprod")]` functions and
+//! `dot_sdot` issues `sdot` through `asm!` (the `vdotq_s32` intrinsic is still unstable on
+//! Rust 1.95); their table entries check `is_aarch64_feature_detected!("dotprod")` before
+//! calling them. NEON itself is the aarch64 baseline, but Rust still wants the intrinsics'
+//! callers marked `#[target_feature(enable = "neon")]`, hence the attribute on every helper
+//! and the one-line `unsafe` in each plain entry.
 //!
-//! Exactness (the approach of ggml's ARM code, ggml-cpu/arch/arm/quants.c, rewritten here):
-//! every kernel sums the integer products of a block exactly. Where the scalar reference
-//! then adds per-block f32 terms one by one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K,
-//! IQ4_XS), the kernels use the reference's own f32 expression in its order, so they return
-//! its bits; the tests assert that. Q3_K, Q4_K, Q5_K and Q6_K's reference keeps eight f32
-//! lane sums across super-blocks; the kernels add one f32 term per super-block instead, so
-//! they differ by f32 rounding (tests: within 1e-5 of Σ max|w|·Σ|a|). The float dots sum in
-//! f32 lanes with FMA against the reference's f64 sum (same tolerance). The activation
-//! quantizers return the scalar reference's bytes exactly; blocks holding NaN or ±∞, or so
-//! tiny that the inverse scale overflows, are handed to the reference itself, whose C-cast
-//! behaviour on those values the vector conversions do not reproduce.
+//! The approach is ggml's ARM one (ggml-cpu/arch/arm/quants.c: `vmull_s8`/`vpadalq_s16` or
+//! `sdot` per 16 bytes, nibbles unpacked with masks and shifts, IQ4 levels by `tbl`, the
+//! K-quant minimums through the activations' `bsums`), rewritten here.
+//!
+//! Exactness: every kernel sums the integer products of a block exactly. Where the scalar
+//! reference then adds per-block f32 terms one by one (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+//! IQ4_NL, Q2_K, IQ4_XS), the kernels use the reference's own f32 expression in its order,
+//! so they return its bits; the tests assert that. Q3_K, Q4_K, Q5_K and Q6_K's reference
+//! keeps eight f32 lane sums across super-blocks; the kernels add one f32 term per
+//! super-block instead, so they differ by f32 rounding: the tests allow 1e-5 of Σ|w·a|
+//! (simd_kquants.rs) and of Σ max|w|·Σ|a| (simd.rs); measured under qemu, the worst is
+//! 1.1e-7 of Σ|w·a|. The float dots sum in f32 lanes with FMA against the reference's f64
+//! sum (the latter tolerance). The activation quantizers return the scalar reference's
+//! bytes exactly; blocks holding NaN or ±∞, or so tiny that the inverse scale overflows, are
+//! handed to the reference itself, whose C-cast behaviour on those values the vector
+//! conversions do not reproduce.
 
 use core::arch::aarch64::*;
 use core::arch::asm;
@@ -254,11 +261,12 @@ fn iq4_levels(qs: &[u8; 16]) -> (int8x16_t, int8x16_t) {
 #[inline]
 #[target_feature(enable = "neon")]
 fn bsum_pairs_dot(y: &BlockQ8K, mins: &[u8; 8]) -> i32 {
-    // SAFETY (both loads): exactly the 16 (8) elements of the arrays.
-    let b0 = unsafe { vld1q_s16(y.bsums.as_ptr()) };
-    let b1 = unsafe { vld1q_s16(y.bsums.as_ptr().add(8)) };
+    let (b0, b1) = y.bsums.split_at(8);
+    // SAFETY: each load reads 8 i16 from a slice of exactly 8.
+    let (b0, b1) = unsafe { (vld1q_s16(b0.as_ptr()), vld1q_s16(b1.as_ptr())) };
     // Each pair sums 32 activations: ≤ 32·128, no i16 overflow.
     let pairs = vpaddq_s16(b0, b1);
+    // SAFETY: reads the 8 bytes of the array.
     let m = vreinterpretq_s16_u16(vmovl_u8(unsafe { vld1_u8(mins.as_ptr()) }));
     let p = vmull_s16(vget_low_s16(pairs), vget_low_s16(m));
     vaddvq_s32(vmlal_high_s16(p, pairs, m))
