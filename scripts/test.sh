@@ -30,6 +30,6 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test --release"
 cargo test --release
 
-step "aarch64 under qemu: NEON kernel tests and SmolLM2 generation, with and without dotprod"
+step "aarch64 under qemu: NEON kernel tests and SmolLM2/Gemma generation, with and without dotprod"
 bash cross/setup.sh
 bash cross/test-aarch64.sh
