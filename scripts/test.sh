@@ -2,7 +2,7 @@
 # The test command (README): everything the tests need is installed here, so it passes on
 # a fresh machine. Steps: fetch the real models if absent, a Python venv with the `gguf`
 # package (an independent GGUF reader the tests compare against), format and lint checks,
-# then the whole test suite in release mode.
+# then the whole test suite in release mode; last, the aarch64 build under qemu (cross/).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,3 +43,7 @@ step "ledge serve under a small fixed load (scripts/load_test.py: 8 requests, 4 
 "$VENV/bin/python" scripts/load_test.py --serve target/release/ledge \
   --serve-args "-m models/SmolLM2-135M-Instruct.Q4_1.gguf --parallel 4 --ctx 512" \
   -n 8 -c 4 --max-tokens 16 --max-seconds 60
+
+step "aarch64 under qemu: NEON kernel tests and SmolLM2/Gemma generation, with and without dotprod"
+bash cross/setup.sh
+bash cross/test-aarch64.sh

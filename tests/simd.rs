@@ -2,9 +2,10 @@
 //! (`quant::simd::SCALAR`, itself tested against ggml in quant_legacy.rs / quant_k.rs).
 //!
 //! Tolerances:
-//! - The AVX2 set's legacy block dots (Q4_0 … Q8_0, IQ4_NL) are bit-identical to the scalar
-//!   reference by construction (integer block sums, then the reference's own f32 ops in its
-//!   order), and asserted so. Every other entry gets the tolerance below.
+//! - The AVX2 and NEON sets' legacy block dots (Q4_0 … Q8_0, IQ4_NL), and the NEON sets'
+//!   Q2_K and IQ4_XS dots, are bit-identical to the scalar reference by construction
+//!   (integer block sums, then the reference's own f32 ops in its order), and asserted so
+//!   (`EXACT_*` below). Every other entry gets the tolerance below.
 //! - Dots: |fast − scalar| ≤ 1e-5 · M (+1e-30 absolute), M = Σ over blocks of
 //!   max|w| · Σ|a| (for the floats, blocks of one element: M = Σ|w·a|). Inside a block both
 //!   sum the integer products exactly; they differ only in how the per-block (or, for
@@ -27,13 +28,26 @@ mod common;
 use bytemuck::Zeroable;
 use common::Rng;
 use half::f16;
-use ledge::quant::simd::{available, KernelSet, SCALAR};
+use ledge::quant::simd::{available, select, KernelSet, SimdError, SCALAR};
 use ledge::quant::*;
 
+/// The sets under test. Asserts that every set this CPU's features call for is offered (so
+/// the tests cannot pass by skipping a set that should run), and logs which ones run.
 fn sets() -> Vec<KernelSet> {
     let sets = available();
     let names: Vec<_> = sets.iter().map(|k| k.name).collect();
     assert_eq!(names[0], "scalar");
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let want: &[&str] = if dotprod {
+            &["scalar", "neon", "neon-dotprod"]
+        } else {
+            &["scalar", "neon"]
+        };
+        assert_eq!(names, want, "dotprod detected: {dotprod}");
+    }
+    eprintln!("kernel sets under test: {names:?}");
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2")
         && is_x86_feature_detected!("fma")
@@ -55,6 +69,41 @@ fn sets() -> Vec<KernelSet> {
         );
     }
     sets
+}
+
+/// `LEDGE_SIMD`'s names: empty or unset is the best set, a family name (`neon`) its best
+/// variant, a specific name (`neon-dotprod`) only that set, and a set the CPU lacks or an
+/// unknown name is an error.
+#[test]
+fn ledge_simd_selects() {
+    let names: Vec<_> = sets().iter().map(|k| k.name).collect();
+    let best = *names.last().unwrap();
+    assert_eq!(select(None).unwrap().name, best);
+    assert_eq!(select(Some("")).unwrap().name, best);
+    assert_eq!(select(Some("scalar")).unwrap().name, "scalar");
+    assert!(matches!(select(Some("sse9")), Err(SimdError::Unknown(_))));
+    assert!(matches!(select(Some("neon-")), Err(SimdError::Unknown(_))));
+    #[cfg(target_arch = "aarch64")]
+    {
+        let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let neon = select(Some("neon")).unwrap().name;
+        assert_eq!(neon, if dotprod { "neon-dotprod" } else { "neon" });
+        match select(Some("neon-dotprod")) {
+            Ok(k) => assert!(dotprod && k.name == "neon-dotprod"),
+            Err(e) => assert!(!dotprod && matches!(e, SimdError::Unsupported(..)), "{e}"),
+        }
+        assert!(matches!(
+            select(Some("avx2")),
+            Err(SimdError::Unsupported(..))
+        ));
+    }
+    #[cfg(target_arch = "x86_64")]
+    for name in ["neon", "neon-dotprod"] {
+        assert!(matches!(
+            select(Some(name)),
+            Err(SimdError::Unsupported(..))
+        ));
+    }
 }
 
 /// Uniform in (-1, 1), never zero.
@@ -170,7 +219,7 @@ fn block_counts(block: usize) -> Vec<usize> {
 /// Runs `check_dot` for a weight type on quantized rows and on random-byte rows.
 fn dots_for<W: QuantBlock, A: QuantBlock>(
     what: &str,
-    exact_in_avx2: bool,
+    exact_in: &[&str],
     seed: u64,
     f16_fields: &[usize],
     pick: fn(&KernelSet) -> Dot<W, A>,
@@ -178,8 +227,7 @@ fn dots_for<W: QuantBlock, A: QuantBlock>(
     assert_eq!(W::BLOCK_SIZE, A::BLOCK_SIZE);
     let mut rng = Rng(seed);
     for set in sets() {
-        // The avx512 set's block dots are the avx2 ones.
-        let exact = exact_in_avx2 && (set.name == "avx2" || set.name == "avx512");
+        let exact = exact_in.contains(&set.name);
         for nb in block_counts(W::BLOCK_SIZE) {
             let n = nb * W::BLOCK_SIZE;
             let n_rows = if nb > 10 { 8 } else { 24 };
@@ -217,18 +265,37 @@ macro_rules! dot_test {
     };
 }
 
-dot_test!(dot_q4_0, BlockQ4_0, BlockQ8_0, q4_0, [d], true);
-dot_test!(dot_q4_1, BlockQ4_1, BlockQ8_1, q4_1, [d, m], true);
-dot_test!(dot_q5_0, BlockQ5_0, BlockQ8_0, q5_0, [d], true);
-dot_test!(dot_q5_1, BlockQ5_1, BlockQ8_1, q5_1, [d, m], true);
-dot_test!(dot_q8_0, BlockQ8_0, BlockQ8_0, q8_0, [d], true);
-dot_test!(dot_iq4_nl, BlockIQ4NL, BlockQ8_0, iq4_nl, [d], true);
-dot_test!(dot_q2_k, BlockQ2K, BlockQ8K, q2_k, [d, dmin], false);
-dot_test!(dot_q3_k, BlockQ3K, BlockQ8K, q3_k, [d], false);
-dot_test!(dot_q4_k, BlockQ4K, BlockQ8K, q4_k, [d, dmin], false);
-dot_test!(dot_q5_k, BlockQ5K, BlockQ8K, q5_k, [d, dmin], false);
-dot_test!(dot_q6_k, BlockQ6K, BlockQ8K, q6_k, [d], false);
-dot_test!(dot_iq4_xs, BlockIQ4XS, BlockQ8K, iq4_xs, [d], false);
+/// Sets whose legacy block dots return the scalar reference's bits.
+const EXACT_LEGACY: &[&str] = &["avx2", "avx512", "neon", "neon-dotprod"];
+/// Sets whose Q2_K and IQ4_XS dots do (the reference sums those per (sub-)block too).
+const EXACT_Q2K_IQ4XS: &[&str] = &["neon", "neon-dotprod"];
+
+dot_test!(dot_q4_0, BlockQ4_0, BlockQ8_0, q4_0, [d], EXACT_LEGACY);
+dot_test!(dot_q4_1, BlockQ4_1, BlockQ8_1, q4_1, [d, m], EXACT_LEGACY);
+dot_test!(dot_q5_0, BlockQ5_0, BlockQ8_0, q5_0, [d], EXACT_LEGACY);
+dot_test!(dot_q5_1, BlockQ5_1, BlockQ8_1, q5_1, [d, m], EXACT_LEGACY);
+dot_test!(dot_q8_0, BlockQ8_0, BlockQ8_0, q8_0, [d], EXACT_LEGACY);
+dot_test!(dot_iq4_nl, BlockIQ4NL, BlockQ8_0, iq4_nl, [d], EXACT_LEGACY);
+dot_test!(
+    dot_q2_k,
+    BlockQ2K,
+    BlockQ8K,
+    q2_k,
+    [d, dmin],
+    EXACT_Q2K_IQ4XS
+);
+dot_test!(dot_q3_k, BlockQ3K, BlockQ8K, q3_k, [d], &[]);
+dot_test!(dot_q4_k, BlockQ4K, BlockQ8K, q4_k, [d, dmin], &[]);
+dot_test!(dot_q5_k, BlockQ5K, BlockQ8K, q5_k, [d, dmin], &[]);
+dot_test!(dot_q6_k, BlockQ6K, BlockQ8K, q6_k, [d], &[]);
+dot_test!(
+    dot_iq4_xs,
+    BlockIQ4XS,
+    BlockQ8K,
+    iq4_xs,
+    [d],
+    EXACT_Q2K_IQ4XS
+);
 
 /// Float rows: every length from 1 to 70 (all tail sizes around the 32-wide main loop),
 /// then long ones.
@@ -412,11 +479,11 @@ fn quantize_q8_k_matches_scalar() {
     }
 }
 
-/// The AVX2 Q8_0/Q8_1 quantizers promise more than the tolerance above: the scalar bytes,
-/// also for the blocks where a careless SIMD port differs (ties, an all-zero block, a block
-/// so small that 1/d overflows to inf, huge values).
+/// The AVX2 and NEON Q8_0/Q8_1 quantizers promise more than the tolerance above: the scalar
+/// bytes, also for the blocks where a careless SIMD port differs (ties, an all-zero block, a
+/// block so small that 1/d overflows to inf, huge values, NaN and infinities).
 #[test]
-fn avx2_q8_quantizers_are_exact() {
+fn q8_quantizers_are_exact() {
     let mut rng = Rng(0x8e);
     let mut x = quant_inputs(&mut rng, 4096);
     x[32..64].fill(0.0);
@@ -426,35 +493,48 @@ fn avx2_q8_quantizers_are_exact() {
     for (j, v) in x[96..128].iter_mut().enumerate() {
         *v = (j as f32 - 16.0) * 1e37;
     }
+    // The AVX2 quantizers are not asked to reproduce the reference on non-finite input.
+    let mut x_nan = x.clone();
+    x_nan[130] = f32::NAN;
+    x_nan[170] = f32::INFINITY;
+    x_nan[200] = f32::NEG_INFINITY;
+    x_nan[224..256].fill(f32::NAN);
     let mut checked = 0;
     for set in sets() {
-        if set.name != "avx2" {
-            continue;
-        }
+        let inputs = match set.name {
+            "avx2" | "avx512" => vec![&x],
+            "neon" | "neon-dotprod" => vec![&x, &x_nan],
+            _ => continue,
+        };
         checked += 1;
-        let mut got = vec![BlockQ8_0::zeroed(); x.len() / 32];
-        let mut want = got.clone();
-        (set.quantize_q8_0)(&x, &mut got);
-        (SCALAR.quantize_q8_0)(&x, &mut want);
-        assert_eq!(
-            bytemuck::cast_slice::<_, u8>(&got),
-            bytemuck::cast_slice::<_, u8>(&want),
-            "q8_0"
-        );
-        let mut got = vec![BlockQ8_1::zeroed(); x.len() / 32];
-        let mut want = got.clone();
-        (set.quantize_q8_1)(&x, &mut got);
-        (SCALAR.quantize_q8_1)(&x, &mut want);
-        assert_eq!(
-            bytemuck::cast_slice::<_, u8>(&got),
-            bytemuck::cast_slice::<_, u8>(&want),
-            "q8_1"
-        );
+        for x in inputs {
+            let mut got = vec![BlockQ8_0::zeroed(); x.len() / 32];
+            let mut want = got.clone();
+            (set.quantize_q8_0)(x, &mut got);
+            (SCALAR.quantize_q8_0)(x, &mut want);
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(&got),
+                bytemuck::cast_slice::<_, u8>(&want),
+                "q8_0"
+            );
+            let mut got = vec![BlockQ8_1::zeroed(); x.len() / 32];
+            let mut want = got.clone();
+            (set.quantize_q8_1)(x, &mut got);
+            (SCALAR.quantize_q8_1)(x, &mut want);
+            assert_eq!(
+                bytemuck::cast_slice::<_, u8>(&got),
+                bytemuck::cast_slice::<_, u8>(&want),
+                "q8_1"
+            );
+        }
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
-        assert_eq!(checked, 1);
+        // avx2, and avx512 (whose quantizers are the avx2 ones) where the CPU has it.
+        assert!(checked >= 1);
     }
+    #[cfg(target_arch = "aarch64")]
+    assert!(checked >= 1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -573,6 +653,9 @@ fn gemm8_for<W: QuantBlock, A: QuantBlock>(
     if is_x86_feature_detected!("avx2") {
         assert!(tested > 0, "{what}: no set with tiles was tested");
     }
+    // No NEON set has tiles yet.
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = tested;
 }
 
 macro_rules! gemm8_test {

@@ -1,12 +1,12 @@
-//! The AVX2 K-quant kernels (`quant::simd::avx2_kquants`) against the scalar reference.
+//! The K-quant and IQ4_XS kernels of every SIMD kernel set this CPU offers (AVX2 on x86,
+//! NEON with and without dotprod on aarch64) against the scalar reference.
 //!
 //! Dot products: the kernels sum the same integer products exactly and differ from the
 //! reference only in the order of f32 operations, so they must agree within 1e-5 of
 //! Σ|w·a| (computed in f64 from the dequantized blocks); real reordering error is ~1e-7.
-//! The Q8_K quantizer must be byte-identical to the reference.
+//! The Q8_K quantizers must be byte-identical to the reference.
 //!
 //! Run `cargo test --release --test simd_kquants -- --ignored --nocapture` for timings.
-#![cfg(target_arch = "x86_64")]
 
 mod common;
 
@@ -15,24 +15,52 @@ use std::time::Instant;
 use bytemuck::Zeroable;
 use common::Rng;
 use half::f16;
-use ledge::quant::simd::avx2_kquants as avx2;
+use ledge::quant::simd::{available, DotFn, KernelSet};
 use ledge::quant::{
     BlockIQ4XS, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, QuantBlock, VecDot,
     QK_K,
 };
 
-/// Whether the kernels can run here; on an AVX2 machine they must (so the tests cannot
-/// pass by skipping where they should run).
-fn runnable() -> bool {
-    if avx2::available() {
-        return true;
-    }
-    assert!(
-        !is_x86_feature_detected!("avx2"),
-        "AVX2 detected but avx2_kquants::available() is false"
+/// The SIMD sets to test (all but the scalar reference). Where the CPU's features call for
+/// a set it must be offered, so that the tests cannot pass by skipping where they should run.
+fn simd_sets() -> Vec<KernelSet> {
+    let sets: Vec<KernelSet> = available()
+        .into_iter()
+        .filter(|k| k.name != "scalar")
+        .collect();
+    let names: Vec<_> = sets.iter().map(|k| k.name).collect();
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(
+        names.contains(&"avx2"),
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"),
+        "avx2 offered iff AVX2+FMA+F16C: {names:?}"
     );
-    eprintln!("skipped: this CPU has no AVX2");
-    false
+    #[cfg(target_arch = "aarch64")]
+    assert_eq!(
+        names.contains(&"neon-dotprod"),
+        std::arch::is_aarch64_feature_detected!("dotprod"),
+        "neon-dotprod offered iff dotprod: {names:?}"
+    );
+    #[cfg(target_arch = "aarch64")]
+    assert!(names.contains(&"neon"), "{names:?}");
+    if names.is_empty() {
+        eprintln!("skipped: no SIMD kernel set on this CPU");
+    } else {
+        eprintln!("kernel sets under test: {names:?}");
+    }
+    sets
+}
+
+/// Row lengths in super-blocks and rows per length: smaller under emulation (qemu runs the
+/// aarch64 tests about an order of magnitude slower).
+fn sizes() -> (&'static [usize], usize) {
+    if cfg!(target_arch = "x86_64") {
+        (&[1, 3, 7, 16, 40], 60)
+    } else {
+        (&[1, 3, 7, 16], 24)
+    }
 }
 
 fn uniform(rng: &mut Rng) -> f32 {
@@ -133,20 +161,27 @@ fn dequant<B: QuantBlock>(b: &[B]) -> Vec<f32> {
     out
 }
 
-/// Compares `fast` with the reference over many rows of 1, 3, 7, 16 and 40 super-blocks,
-/// with weights and activations each either reference-quantized from random rows or
-/// random well-formed blocks.
-fn check_dot<W>(fast: fn(&[W], &[BlockQ8K]) -> f32, seed: u64)
+/// Compares each set's kernel with the reference over many rows of 1, 3, 7, 16 and 40
+/// super-blocks, with weights and activations each either reference-quantized from random
+/// rows or random well-formed blocks.
+fn check_dot<W>(pick: fn(&KernelSet) -> DotFn<W, BlockQ8K>, seed: u64)
 where
     W: VecDot<Act = BlockQ8K> + RawBlock,
 {
-    if !runnable() {
-        return;
+    for set in simd_sets() {
+        check_dot_set(set.name, pick(&set), seed);
     }
+}
+
+fn check_dot_set<W>(name: &str, fast: DotFn<W, BlockQ8K>, seed: u64)
+where
+    W: VecDot<Act = BlockQ8K> + RawBlock,
+{
     let mut rng = Rng(seed);
     let mut worst = 0.0f64;
-    for nb in [1, 3, 7, 16, 40] {
-        for row in 0..60 {
+    let (lengths, rows) = sizes();
+    for &nb in lengths {
+        for row in 0..rows {
             let n = nb * QK_K;
             let w: Vec<W> = if row % 2 == 0 {
                 let mut w = vec![W::zeroed(); nb];
@@ -171,67 +206,77 @@ where
             let rel = (got - reference).abs() / mag;
             assert!(
                 rel <= 1e-5,
-                "{nb} blocks, row {row}: avx2 {got} vs scalar {reference} (Σ|w·a| = {mag})"
+                "{nb} blocks, row {row}: {name} {got} vs scalar {reference} (Σ|w·a| = {mag})"
             );
             worst = worst.max(rel);
         }
     }
-    eprintln!("worst |avx2 - scalar| / Σ|w·a| = {worst:.2e}");
+    eprintln!("worst |{name} - scalar| / Σ|w·a| = {worst:.2e}");
 }
 
 #[test]
 fn q4_k_matches_scalar() {
-    check_dot::<BlockQ4K>(avx2::vec_dot_q4k_q8k, 1);
+    check_dot::<BlockQ4K>(|k| k.q4_k, 1);
 }
 
 #[test]
 fn q6_k_matches_scalar() {
-    check_dot::<BlockQ6K>(avx2::vec_dot_q6k_q8k, 2);
+    check_dot::<BlockQ6K>(|k| k.q6_k, 2);
 }
 
 #[test]
 fn q5_k_matches_scalar() {
-    check_dot::<BlockQ5K>(avx2::vec_dot_q5k_q8k, 3);
+    check_dot::<BlockQ5K>(|k| k.q5_k, 3);
 }
 
 #[test]
 fn q3_k_matches_scalar() {
-    check_dot::<BlockQ3K>(avx2::vec_dot_q3k_q8k, 4);
+    check_dot::<BlockQ3K>(|k| k.q3_k, 4);
 }
 
 #[test]
 fn q2_k_matches_scalar() {
-    check_dot::<BlockQ2K>(avx2::vec_dot_q2k_q8k, 5);
+    check_dot::<BlockQ2K>(|k| k.q2_k, 5);
 }
 
 #[test]
 fn iq4_xs_matches_scalar() {
-    check_dot::<BlockIQ4XS>(avx2::vec_dot_iq4xs_q8k, 6);
+    check_dot::<BlockIQ4XS>(|k| k.iq4_xs, 6);
 }
 
-fn assert_q8k_identical(x: &[f32], what: &str) {
+fn assert_q8k_identical(set: &KernelSet, x: &[f32], what: &str) {
     let nb = x.len() / QK_K;
     let mut want = vec![BlockQ8K::zeroed(); nb];
     let mut got = vec![BlockQ8K::zeroed(); nb];
     BlockQ8K::quantize(x, &mut want);
-    avx2::quantize_q8k(x, &mut got);
+    (set.quantize_q8_k)(x, &mut got);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             bytemuck::bytes_of(g),
             bytemuck::bytes_of(w),
-            "{what}: block {i} differs\navx2:   {g:?}\nscalar: {w:?}"
+            "{what}: block {i} differs\n{}: {g:?}\nscalar: {w:?}",
+            set.name
         );
     }
 }
 
 #[test]
 fn quantize_q8_k_is_byte_identical() {
-    if !runnable() {
-        return;
+    for set in simd_sets() {
+        q8k_identical_for(&set);
     }
+}
+
+fn q8k_identical_for(set: &KernelSet) {
+    let assert_q8k_identical = |x: &[f32], what: &str| assert_q8k_identical(set, x, what);
     let mut rng = Rng(7);
+    let reps = if cfg!(target_arch = "x86_64") {
+        100
+    } else {
+        25
+    };
     for nb in [1, 3, 7, 16] {
-        for _ in 0..100 {
+        for _ in 0..reps {
             assert_q8k_identical(&random_row(&mut rng, nb * QK_K), "random row");
         }
     }
@@ -288,9 +333,12 @@ fn quantize_q8_k_is_byte_identical() {
 #[test]
 #[ignore]
 fn timings() {
-    if !runnable() {
-        return;
+    for set in simd_sets() {
+        timings_for(&set);
     }
+}
+
+fn timings_for(set: &KernelSet) {
     const NB: usize = 16;
     const ROWS: usize = 256;
     const REPS: usize = 10;
@@ -298,6 +346,7 @@ fn timings() {
     const TRIES: usize = 5;
 
     fn time_dot<W: VecDot<Act = BlockQ8K> + RawBlock>(
+        set: &str,
         name: &str,
         fast: fn(&[W], &[BlockQ8K]) -> f32,
     ) {
@@ -321,16 +370,16 @@ fn timings() {
         };
         let (scalar, fast) = (run(W::vec_dot), run(fast));
         eprintln!(
-            "{name:8} scalar {scalar:7.1} ns/block  avx2 {fast:6.1} ns/block  x{:.1}",
+            "{name:8} scalar {scalar:7.1} ns/block  {set} {fast:6.1} ns/block  x{:.1}",
             scalar / fast
         );
     }
-    time_dot::<BlockQ2K>("q2_k", avx2::vec_dot_q2k_q8k);
-    time_dot::<BlockQ3K>("q3_k", avx2::vec_dot_q3k_q8k);
-    time_dot::<BlockQ4K>("q4_k", avx2::vec_dot_q4k_q8k);
-    time_dot::<BlockQ5K>("q5_k", avx2::vec_dot_q5k_q8k);
-    time_dot::<BlockQ6K>("q6_k", avx2::vec_dot_q6k_q8k);
-    time_dot::<BlockIQ4XS>("iq4_xs", avx2::vec_dot_iq4xs_q8k);
+    time_dot::<BlockQ2K>(set.name, "q2_k", set.q2_k);
+    time_dot::<BlockQ3K>(set.name, "q3_k", set.q3_k);
+    time_dot::<BlockQ4K>(set.name, "q4_k", set.q4_k);
+    time_dot::<BlockQ5K>(set.name, "q5_k", set.q5_k);
+    time_dot::<BlockQ6K>(set.name, "q6_k", set.q6_k);
+    time_dot::<BlockIQ4XS>(set.name, "iq4_xs", set.iq4_xs);
 
     let mut rng = Rng(98);
     let x = random_row(&mut rng, NB * ROWS * QK_K);
@@ -347,9 +396,10 @@ fn timings() {
         best / (REPS * NB * ROWS) as f64 * 1e9
     };
     let scalar = run(BlockQ8K::quantize, &mut out);
-    let fast = run(avx2::quantize_q8k, &mut out);
+    let fast = run(set.quantize_q8_k, &mut out);
     eprintln!(
-        "q8_k quantize scalar {scalar:7.1} ns/block  avx2 {fast:6.1} ns/block  x{:.1}",
+        "q8_k quantize scalar {scalar:7.1} ns/block  {} {fast:6.1} ns/block  x{:.1}",
+        set.name,
         scalar / fast
     );
 }

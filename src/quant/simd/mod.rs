@@ -17,6 +17,8 @@ pub mod avx2;
 pub mod avx2_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 pub type QuantFn<A> = fn(&[f32], &mut [A]);
@@ -109,7 +111,7 @@ pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
 pub enum SimdError {
     #[error("LEDGE_SIMD={0}: this CPU lacks the instructions it needs (available: {1})")]
     Unsupported(String, String),
-    #[error("LEDGE_SIMD={0}: unknown kernel set (scalar, avx2, avx512, neon)")]
+    #[error("LEDGE_SIMD={0}: unknown kernel set (scalar, avx2, avx512, neon, neon-dotprod)")]
     Unknown(String),
 }
 
@@ -125,7 +127,23 @@ pub fn available() -> Vec<KernelSet> {
     if let Some(k) = avx512::kernels() {
         v.push(k);
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        v.push(neon::plain_kernels());
+        v.extend(neon::dotprod_kernels());
+    }
     v
+}
+
+/// The names `LEDGE_SIMD` accepts. A family name picks the best set of that family the CPU
+/// has: `neon` is `neon-dotprod` where `sdot` exists, else the plain `neon` set;
+/// `neon-dotprod` asks for that one only.
+const NAMES: [&str; 5] = ["scalar", "avx2", "avx512", "neon", "neon-dotprod"];
+
+/// Whether set `set` answers `LEDGE_SIMD=forced`: its own name, or a variant `forced-…`.
+fn family_matches(set: &str, forced: &str) -> bool {
+    set.strip_prefix(forced)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
 /// The set named by `LEDGE_SIMD`, or the best available.
@@ -134,12 +152,13 @@ pub fn select(forced: Option<&str>) -> Result<KernelSet, SimdError> {
     match forced {
         None | Some("") => Ok(*avail.last().unwrap_or(&SCALAR)),
         Some(name) => {
-            if !["scalar", "avx2", "avx512", "neon"].contains(&name) {
+            if !NAMES.contains(&name) {
                 return Err(SimdError::Unknown(name.to_string()));
             }
             avail
                 .iter()
-                .find(|k| k.name == name)
+                .rev()
+                .find(|k| family_matches(k.name, name))
                 .copied()
                 .ok_or_else(|| {
                     SimdError::Unsupported(
