@@ -257,7 +257,7 @@ impl Plan {
             ty = o.ty;
         }
         let row = dims[0];
-        if row % ty.block_size() as u64 == 0 {
+        if row.is_multiple_of(ty.block_size() as u64) {
             return Choice { ty, fallback: None };
         }
         let mut to = match ty {
@@ -268,7 +268,7 @@ impl Plan {
             GgmlType::IQ4_XS => GgmlType::IQ4_NL,
             other => other,
         };
-        if row % to.block_size() as u64 != 0 {
+        if !row.is_multiple_of(to.block_size() as u64) {
             to = GgmlType::F16;
         }
         Choice {
@@ -290,7 +290,7 @@ impl Plan {
         }
         let (role, layer) = role(name);
         if role == Role::Output || (role == Role::TokenEmbd && self.tied) {
-            return if t.base() == GgmlType::Q8_0 || dims[0] % 256 != 0 {
+            return if t.base() == GgmlType::Q8_0 || !dims[0].is_multiple_of(256) {
                 GgmlType::Q8_0
             } else {
                 GgmlType::Q6_K
@@ -300,7 +300,7 @@ impl Plan {
             return t.base();
         };
         let (i, n) = (layer.unwrap_or(0), self.n_layer.max(1));
-        let more = i < n / 8 || i >= 7 * n / 8 || (i >= n / 8 && (i - n / 8) % 3 == 2);
+        let more = i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
         use GgmlType::*;
         match (recipe, role) {
             (Recipe::Q2_K, Role::AttnV) if self.n_gqa >= 4 => Q4_K,

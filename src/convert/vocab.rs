@@ -172,10 +172,7 @@ impl Vocab {
                 .map(str::to_string),
             _ => {
                 let jinja = dir.join("chat_template.jinja");
-                match std::fs::read_to_string(&jinja) {
-                    Ok(s) => Some(s),
-                    Err(_) => None,
-                }
+                std::fs::read_to_string(&jinja).ok()
             }
         };
         Ok(Vocab {
