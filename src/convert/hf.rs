@@ -332,6 +332,7 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
             SourceTensor {
                 name: m.gguf,
                 dims,
+                pages: Some((ck.map(t), t.range.clone())),
                 data: SourceData::St {
                     dtype: t.dtype,
                     data: ck.data(t),

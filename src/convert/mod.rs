@@ -174,6 +174,7 @@ pub fn quantize_gguf(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<
             name: f.tensor_name(info).to_string(),
             dims: info.dims.clone(),
             data: SourceData::Gguf(f.view(info)),
+            pages: None,
         })
         .collect();
     let (n_layer, n_gqa) = match crate::model::ModelConfig::from_gguf(&f) {

@@ -44,6 +44,9 @@ pub struct SourceTensor<'a> {
     pub name: String,
     pub dims: Vec<u64>,
     pub data: SourceData<'a>,
+    /// The mapped file pages holding the data, dropped from this process's memory once the
+    /// tensor is converted (they are read again from the file if needed).
+    pub pages: Option<(&'a memmap2::Mmap, std::ops::Range<usize>)>,
 }
 
 impl SourceTensor<'_> {
@@ -188,6 +191,9 @@ pub fn write_gguf(
         let mut last_pct = 0;
         for (i, (t, &ty)) in tensors.iter().zip(&types).enumerate() {
             let bytes = convert_tensor(t, ty)?;
+            if let Some((map, range)) = &t.pages {
+                super::safetensors::release_pages(map, range.clone());
+            }
             written_in += t.source_bytes();
             if tx.send(bytes).is_err() {
                 break; // the writer failed; its error is reported below

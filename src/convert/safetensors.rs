@@ -196,7 +196,35 @@ impl Checkpoint {
         &self.maps[t.file][t.range.clone()]
     }
 
+    /// The map holding `t`, for `release_pages`.
+    pub fn map(&self, t: &StTensor) -> &Mmap {
+        &self.maps[t.file]
+    }
+
     pub fn path(&self, t: &StTensor) -> &Path {
         &self.paths[t.file]
     }
 }
+
+/// Drops the resident pages of `range` of a read-only file map: a converter reads each tensor
+/// once, and without this every page read stays counted in the process's memory until the end.
+#[cfg(unix)]
+pub fn release_pages(map: &Mmap, range: std::ops::Range<usize>) {
+    const PAGE: usize = 4096;
+    let start = range.start / PAGE * PAGE;
+    let end = range.end.min(map.len());
+    if end <= start {
+        return;
+    }
+    // SAFETY: the map is read-only and file-backed, so MADV_DONTNEED only discards clean pages;
+    // any later access (a neighbouring tensor sharing the first page, say) reads the same bytes
+    // back from the file. No memory is freed that Rust references could observe as changed.
+    let r = unsafe {
+        map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+    };
+    // Only a memory-use optimisation: a platform without it just keeps the pages.
+    let _ = r;
+}
+
+#[cfg(not(unix))]
+pub fn release_pages(_map: &Mmap, _range: std::ops::Range<usize>) {}
