@@ -125,6 +125,25 @@ enum Command {
         #[command(flatten)]
         q: QuantFlags,
     },
+    /// Collect per-weight input statistics (an imatrix) by running a model over a text.
+    Calibrate {
+        #[arg(short, long)]
+        model: PathBuf,
+        /// The calibration text (plain UTF-8).
+        #[arg(long)]
+        text: PathBuf,
+        /// The imatrix file to write (llama.cpp's GGUF imatrix format).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Tokens per chunk.
+        #[arg(short, long, default_value_t = 512)]
+        ctx: usize,
+        /// Most chunks to run (default: the whole text).
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
     /// Write a GGUF (llama, BPE vocabulary) as a Hugging Face model folder.
     ExportHf {
         model: PathBuf,
@@ -156,6 +175,10 @@ struct QuantFlags {
     /// Allow re-quantizing tensors that are already quantized.
     #[arg(long)]
     allow_requantize: bool,
+    /// Calibration statistics (from `ledge calibrate` or llama-imatrix) for
+    /// importance-weighted quantization.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -289,6 +312,17 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             "{}",
             ledge::app::convert::quantize(convert_args(input, output, ty, q))?
         ),
+        Command::Calibrate {
+            model,
+            text,
+            output,
+            ctx,
+            chunks,
+            threads,
+        } => print!(
+            "{}",
+            ledge::app::convert::calibrate(model, text, output, ctx, chunks, threads)?
+        ),
         Command::ExportHf {
             model,
             output,
@@ -326,6 +360,7 @@ fn convert_args(
         tensor_types: q.tensor_type,
         allow_requantize: q.allow_requantize,
         threads: q.threads,
+        imatrix: q.imatrix,
     }
 }
 

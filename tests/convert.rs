@@ -21,6 +21,7 @@ fn opts(t: &str) -> ConvertOptions {
         overrides: vec![],
         allow_requantize: false,
         progress: false,
+        imatrix: None,
     }
 }
 
@@ -518,4 +519,75 @@ fn cli_convert_quantize_and_export() {
         hf.as_os_str(),
     ]);
     assert!(!ok && log.contains("not empty"), "{log}");
+}
+
+// ---- calibration ----
+
+#[test]
+fn calibration_statistics_round_trip_and_weight_quantization() {
+    use ledge::convert::imatrix::{calibrate, Imatrix};
+    let dir = common::scratch("convert-calibrate");
+    let src = dir.join("tiny.gguf");
+    tiny_llama(&src, false, 6);
+    let f = GgufFile::open(&src).unwrap();
+    let text = "the other hear the rather there ".repeat(40);
+    let im = calibrate(&f, &text, 32, Some(3), false).unwrap();
+    assert_eq!(im.chunks, 3);
+    // Every matrix has statistics of its input width, from 3 chunks × 32 positions.
+    for (name, width) in [
+        ("blk.0.attn_q.weight", N_EMBD),
+        ("blk.1.attn_output.weight", N_EMBD),
+        ("blk.0.ffn_up.weight", N_EMBD),
+        ("blk.1.ffn_down.weight", N_FF),
+        ("output.weight", N_EMBD),
+    ] {
+        let e = &im.entries[name];
+        assert_eq!((e.sum2.len() as u64, e.count), (width, 96), "{name}");
+        assert!(e.sum2.iter().all(|&v| v > 0.0), "{name}");
+    }
+    // attn_q/k/v see the same input.
+    assert_eq!(
+        im.entries["blk.0.attn_q.weight"].sum2,
+        im.entries["blk.0.attn_v.weight"].sum2
+    );
+    let path = dir.join("tiny.imatrix");
+    im.save(&path).unwrap();
+    let back = Imatrix::load(&path).unwrap();
+    assert_eq!(back.entries.len(), im.entries.len());
+    let (a, b) = (
+        im.importance("blk.1.ffn_down.weight").unwrap(),
+        back.importance("blk.1.ffn_down.weight").unwrap(),
+    );
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() <= 1e-6 * x.abs().max(1.0), "{x} vs {y}");
+    }
+
+    // With the imatrix, Q4_0 tensors differ from plain quantization and are closer, in the
+    // importance-weighted sense, to the original weights.
+    let plain = dir.join("q4_0.gguf");
+    let weighted = dir.join("q4_0-imatrix.gguf");
+    quantize_gguf(&src, &plain, &opts("q4_0")).unwrap();
+    let mut o = opts("q4_0");
+    o.imatrix = Some(std::sync::Arc::new(back.clone()));
+    let s = quantize_gguf(&src, &weighted, &o).unwrap();
+    assert_eq!(s.weighted, (N_LAYER * 7) as usize, "{:?}", s.unweighted);
+    let (fp, fw) = (
+        GgufFile::open(&plain).unwrap(),
+        GgufFile::open(&weighted).unwrap(),
+    );
+    let name = "blk.1.ffn_down.weight";
+    let orig = f.tensor(name).unwrap().to_f32().unwrap();
+    let imp = back.importance(name).unwrap();
+    let err = |g: &GgufFile| -> f64 {
+        let v = g.tensor(name).unwrap().to_f32().unwrap();
+        v.iter()
+            .zip(&orig)
+            .enumerate()
+            .map(|(i, (a, b))| imp[i % imp.len()] as f64 * ((a - b) as f64).powi(2))
+            .sum()
+    };
+    let (ep, ew) = (err(&fp), err(&fw));
+    assert!(ew < 0.95 * ep, "weighted {ew} vs plain {ep}");
+    // The weighted file still runs.
+    assert_eq!(greedy(&weighted, "the", 4).len(), 4);
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::convert::export::{export_hf, ExportOptions};
+use crate::convert::imatrix::{calibrate as run_calibration, Imatrix};
 use crate::convert::pipeline::Summary;
 use crate::convert::recipe::Override;
 use crate::convert::safetensors::StDtype;
@@ -16,6 +17,7 @@ pub struct ConvertArgs {
     pub tensor_types: Vec<String>,
     pub allow_requantize: bool,
     pub threads: Option<usize>,
+    pub imatrix: Option<PathBuf>,
 }
 
 fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
@@ -31,6 +33,10 @@ fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
         overrides,
         allow_requantize: a.allow_requantize,
         progress: true,
+        imatrix: match &a.imatrix {
+            Some(p) => Some(std::sync::Arc::new(Imatrix::load(p)?)),
+            None => None,
+        },
     })
 }
 
@@ -48,7 +54,45 @@ fn report(s: &Summary) -> String {
         } else {
             format!("; {} tensors fell back to another type", s.fallbacks.len())
         }
-    )
+    ) + &if s.weighted + s.unweighted.len() > 0 {
+        let mut m = format!("imatrix: {} tensors importance-weighted", s.weighted);
+        if !s.unweighted.is_empty() {
+            m += &format!(
+                "; not weighted ({} tensors: no statistics, or a type without a weighted quantizer yet — only Q4_0, Q5_0 have one): {}",
+                s.unweighted.len(),
+                s.unweighted.join(", ")
+            );
+        }
+        m + "\n"
+    } else {
+        String::new()
+    }
+}
+
+/// `ledge calibrate -m MODEL --text FILE -o OUT.imatrix`.
+pub fn calibrate(
+    model: PathBuf,
+    text: PathBuf,
+    out: PathBuf,
+    ctx: usize,
+    chunks: Option<usize>,
+    threads: Option<usize>,
+) -> Result<String, ConvertError> {
+    super::init_threads(threads);
+    let f = GgufFile::open(&model)?;
+    let t = std::fs::read_to_string(&text).map_err(|source| ConvertError::Io {
+        path: text.clone(),
+        source,
+    })?;
+    let mut im = run_calibration(&f, &t, ctx, chunks, true)?;
+    im.datasets = vec![text.display().to_string()];
+    im.save(&out)?;
+    Ok(format!(
+        "wrote {} ({} weights, {} chunks of {ctx} tokens)\n",
+        out.display(),
+        im.entries.len(),
+        im.chunks
+    ))
 }
 
 /// `ledge convert HF_DIR|MODEL.gguf -o OUT.gguf --type T`.

@@ -12,6 +12,7 @@
 
 pub mod export;
 pub mod hf;
+pub mod imatrix;
 pub mod pipeline;
 pub mod pre_hashes;
 pub mod recipe;
@@ -92,6 +93,8 @@ pub struct ConvertOptions {
     pub overrides: Vec<Override>,
     pub allow_requantize: bool,
     pub progress: bool,
+    /// Calibration statistics for importance-weighted quantization.
+    pub imatrix: Option<std::sync::Arc<imatrix::Imatrix>>,
 }
 
 impl ConvertOptions {
@@ -99,6 +102,7 @@ impl ConvertOptions {
         WriteOptions {
             allow_requantize: self.allow_requantize,
             progress: self.progress,
+            imatrix: self.imatrix.clone(),
         }
     }
 }

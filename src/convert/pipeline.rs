@@ -121,6 +121,10 @@ pub struct Summary {
     pub types: BTreeMap<String, usize>,
     /// One line per tensor whose type fell back.
     pub fallbacks: Vec<String>,
+    /// Tensors quantized with importance weights from the imatrix.
+    pub weighted: usize,
+    /// Quantized tensors the imatrix had no statistics or no weighted quantizer for.
+    pub unweighted: Vec<String>,
 }
 
 /// What to do besides choosing types.
@@ -129,6 +133,7 @@ pub struct WriteOptions {
     pub allow_requantize: bool,
     /// Print progress to stderr.
     pub progress: bool,
+    pub imatrix: Option<std::sync::Arc<super::imatrix::Imatrix>>,
 }
 
 /// Declares `tensors` (typed by `plan`) in `builder`, then converts and streams them to `out`.
@@ -188,9 +193,25 @@ pub fn write_gguf(
             Ok(stream.finish()?)
         });
         let mut written_in = 0usize;
+        let (mut weighted, mut unweighted) = (0usize, Vec::new());
         let mut last_pct = 0;
         for (i, (t, &ty)) in tensors.iter().zip(&types).enumerate() {
-            let bytes = convert_tensor(t, ty)?;
+            let imp = opts.imatrix.as_ref().and_then(|im| {
+                if is_float(ty) {
+                    return None;
+                }
+                let v = im.importance(&t.name).filter(|v| v.len() == t.row_len());
+                if v.is_some() && super::imatrix::supports(ty) {
+                    v
+                } else {
+                    unweighted.push(format!("{} ({ty})", t.name));
+                    None
+                }
+            });
+            if imp.is_some() {
+                weighted += 1;
+            }
+            let bytes = convert_tensor(t, ty, imp.as_deref())?;
             if let Some((map, range)) = &t.pages {
                 super::safetensors::release_pages(map, range.clone());
             }
@@ -218,6 +239,8 @@ pub fn write_gguf(
             }
         }
         drop(tx);
+        summary.weighted = weighted;
+        summary.unweighted = unweighted;
         writer
             .join()
             .unwrap_or_else(|_| Err(ConvertError::Usage("the writer thread panicked".into())))
@@ -239,7 +262,7 @@ fn rows_per_chunk(row_len: usize) -> usize {
 }
 
 /// The tensor's bytes in type `ty`.
-fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType) -> Result<Vec<u8>> {
+fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType, imp: Option<&[f32]>) -> Result<Vec<u8>> {
     let qerr = |source| ConvertError::Quant {
         name: t.name.clone(),
         source,
@@ -263,7 +286,10 @@ fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType) -> Result<Vec<u8>> {
             let n_rows = chunk.len() / row_bytes;
             let mut f = vec![0f32; n_rows * row_len];
             t.rows_f32(ci * per, &mut f)?;
-            let q = quant::quantize_to_vec(ty, &f)?;
+            let q = match imp.and_then(|w| super::imatrix::quantize_weighted(ty, &f, w)) {
+                Some(q) => q,
+                None => quant::quantize_to_vec(ty, &f)?,
+            };
             chunk.copy_from_slice(&q);
             Ok(())
         })

@@ -74,6 +74,21 @@ pub struct Model<'a> {
     pub layers: Vec<LayerWeights<'a>>,
 }
 
+/// The activations entering a group of matmuls, as a calibration observer sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulInput {
+    /// Normed input of attn_q, attn_k, attn_v.
+    Attn,
+    /// Input of attn_output.
+    AttnOutput,
+    /// Normed input of ffn_gate, ffn_up.
+    Ffn,
+    /// Input of ffn_down.
+    FfnDown,
+    /// Normed input of the output matrix (layer is None).
+    Output,
+}
+
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -207,6 +222,18 @@ impl<'a> Model<'a> {
         tokens: &[u32],
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        self.forward_observed(cache, tokens, logits, &mut |_, _, _| {})
+    }
+
+    /// `forward`, showing `observe(layer, which, x)` every matmul input `x` (rows of the
+    /// matrix's input length, one per position): how calibration collects statistics.
+    pub fn forward_observed(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        observe: &mut dyn FnMut(Option<usize>, MatmulInput, &[f32]),
+    ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let q = c.quirks;
         let (n, d) = (tokens.len(), c.n_embd);
@@ -244,6 +271,7 @@ impl<'a> Model<'a> {
             // --- attention ---
             xn.copy_from_slice(&x);
             norm::rms_norm(&mut xn, &lw.attn_norm, c.rms_eps);
+            observe(Some(il), MatmulInput::Attn, &xn);
             let mut qs = vec![0f32; n * nh * hk]; // (n, n_head·hd_k)
             let mut ks = vec![0f32; n * nkv * hk]; // (n, n_kv·hd_k)
             let mut vs = vec![0f32; n * nkv * hv]; // (n, n_kv·hd_v)
@@ -309,6 +337,7 @@ impl<'a> Model<'a> {
                     );
                 });
             let mut o = vec![0f32; n * d];
+            observe(Some(il), MatmulInput::AttnOutput, &att);
             ops::matmul(&lw.wo, &att, n, &mut o)?;
             if let Some(w) = &lw.post_attn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
@@ -318,11 +347,13 @@ impl<'a> Model<'a> {
             // --- feed-forward ---
             xn.copy_from_slice(&x);
             norm::rms_norm(&mut xn, &lw.ffn_norm, c.rms_eps);
+            observe(Some(il), MatmulInput::Ffn, &xn);
             let mut gate = vec![0f32; n * lc.n_ff]; // (n, n_ff)
             let mut up = vec![0f32; n * lc.n_ff];
             ops::matmul(&lw.w_gate, &xn, n, &mut gate)?;
             ops::matmul(&lw.w_up, &xn, n, &mut up)?;
             activation::gated(&mut gate, &up, q.gelu_ffn);
+            observe(Some(il), MatmulInput::FfnDown, &gate);
             ops::matmul(&lw.w_down, &gate, n, &mut o)?;
             if let Some(w) = &lw.post_ffn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
@@ -337,6 +368,7 @@ impl<'a> Model<'a> {
         };
         let m = rows.len() / d;
         norm::rms_norm(rows, &self.output_norm, c.rms_eps);
+        observe(None, MatmulInput::Output, rows);
         let mut out = vec![0f32; m * c.n_vocab];
         ops::matmul(&self.output, rows, m, &mut out)?;
         Ok(out)
