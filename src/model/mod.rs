@@ -89,6 +89,9 @@ pub enum MatmulInput {
     Output,
 }
 
+/// Sees each matmul input: (layer, or None for the output matrix; which; rows of the input).
+pub type Observer<'o> = dyn FnMut(Option<usize>, MatmulInput, &[f32]) + 'o;
+
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -232,7 +235,7 @@ impl<'a> Model<'a> {
         cache: &mut KvCache,
         tokens: &[u32],
         logits: Logits,
-        observe: &mut dyn FnMut(Option<usize>, MatmulInput, &[f32]),
+        observe: &mut Observer<'_>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let q = c.quirks;
