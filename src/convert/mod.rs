@@ -5,6 +5,7 @@
 //! - `vocab.rs` turns tokenizer.json + tokenizer_config.json into llama.cpp's tokenizer keys;
 //! - `recipe.rs` decides each tensor's output type (plain types and the mixed recipes);
 //! - `pipeline.rs` quantizes tensor after tensor (rows in parallel) into the streaming writer;
+//! - `imatrix.rs` collects calibration statistics and quantizes with importance weights;
 //! - `export.rs` goes the other way: a GGUF to an HF directory (test checkpoints).
 //!
 //! Nothing here holds the whole model: a tensor is read from the mmap, converted and written
