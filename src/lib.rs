@@ -1,6 +1,7 @@
 //! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
 
 pub mod app;
+pub mod convert;
 pub mod eval;
 pub mod generate;
 pub mod gguf;

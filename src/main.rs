@@ -158,6 +158,62 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Convert a Hugging Face model folder (or a GGUF) to a GGUF of the given type.
+    Convert {
+        /// The HF folder (config.json, *.safetensors, tokenizer.json) or a GGUF file.
+        input: PathBuf,
+        /// The GGUF to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, IQ4_NL, or
+        /// a recipe: Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q2_K.
+        #[arg(short = 't', long = "type", default_value = "F16")]
+        ty: String,
+        #[command(flatten)]
+        q: QuantFlags,
+    },
+    /// Re-quantize a GGUF (from F32/F16/BF16; a quantized one with --allow-requantize).
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        /// The type or recipe (see `ledge convert --help`).
+        #[arg(value_name = "TYPE")]
+        ty: String,
+        #[command(flatten)]
+        q: QuantFlags,
+    },
+    /// Collect per-weight input statistics (an imatrix) by running a model over a text.
+    Calibrate {
+        #[arg(short, long)]
+        model: PathBuf,
+        /// The calibration text (plain UTF-8).
+        #[arg(long)]
+        text: PathBuf,
+        /// The imatrix file to write (llama.cpp's GGUF imatrix format).
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Tokens per chunk.
+        #[arg(short, long, default_value_t = 512)]
+        ctx: usize,
+        /// Most chunks to run (default: the whole text).
+        #[arg(long)]
+        chunks: Option<usize>,
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
+    /// Write a GGUF (llama, BPE vocabulary) as a Hugging Face model folder.
+    ExportHf {
+        model: PathBuf,
+        /// The folder to create.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// f32, f16 or bf16.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// Split the weights into shards of about this many MiB.
+        #[arg(long)]
+        shard_mb: Option<u64>,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -166,6 +222,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct QuantFlags {
+    /// Give tensors whose name matches REGEX this type (repeatable; first match wins).
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
+    tensor_type: Vec<String>,
+    /// Allow re-quantizing tensors that are already quantized.
+    #[arg(long)]
+    allow_requantize: bool,
+    /// Calibration statistics (from `ledge calibrate` or llama-imatrix) for
+    /// importance-weighted quantization.
+    #[arg(long)]
+    imatrix: Option<PathBuf>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -311,6 +384,44 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             layers,
             seed,
         } => ledge::app::synth(&arch, &shape, &ty, &output, layers, seed)?,
+        Command::Convert {
+            input,
+            output,
+            ty,
+            q,
+        } => print!(
+            "{}",
+            ledge::app::convert::convert(convert_args(input, output, ty, q))?
+        ),
+        Command::Quantize {
+            input,
+            output,
+            ty,
+            q,
+        } => print!(
+            "{}",
+            ledge::app::convert::quantize(convert_args(input, output, ty, q))?
+        ),
+        Command::Calibrate {
+            model,
+            text,
+            output,
+            ctx,
+            chunks,
+            threads,
+        } => print!(
+            "{}",
+            ledge::app::convert::calibrate(model, text, output, ctx, chunks, threads)?
+        ),
+        Command::ExportHf {
+            model,
+            output,
+            dtype,
+            shard_mb,
+        } => print!(
+            "{}",
+            ledge::app::convert::export(model, output, &dtype, shard_mb)?
+        ),
         Command::Inspect { file, json } => {
             let f = ledge::gguf::GgufFile::open(&file)?;
             if json {
@@ -324,6 +435,23 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+fn convert_args(
+    input: PathBuf,
+    output: PathBuf,
+    target: String,
+    q: QuantFlags,
+) -> ledge::app::convert::ConvertArgs {
+    ledge::app::convert::ConvertArgs {
+        input,
+        output,
+        target,
+        tensor_types: q.tensor_type,
+        allow_requantize: q.allow_requantize,
+        threads: q.threads,
+        imatrix: q.imatrix,
+    }
 }
 
 fn main() -> ExitCode {

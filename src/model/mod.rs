@@ -75,6 +75,24 @@ pub struct Model<'a> {
     pub layers: Vec<LayerWeights<'a>>,
 }
 
+/// The activations entering a group of matmuls, as a calibration observer sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulInput {
+    /// Normed input of attn_q, attn_k, attn_v.
+    Attn,
+    /// Input of attn_output.
+    AttnOutput,
+    /// Normed input of ffn_gate, ffn_up.
+    Ffn,
+    /// Input of ffn_down.
+    FfnDown,
+    /// Normed input of the output matrix (layer is None).
+    Output,
+}
+
+/// Sees each matmul input: (layer, or None for the output matrix; which; rows of the input).
+pub type Observer<'o> = dyn FnMut(Option<usize>, MatmulInput, &[f32]) + Send + 'o;
+
 /// Which positions' logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -208,14 +226,26 @@ impl<'a> Model<'a> {
         tokens: &[u32],
         logits: Logits,
     ) -> Result<Vec<f32>, ModelError> {
+        self.forward_observed(cache, tokens, logits, &mut |_, _, _| {})
+    }
+
+    /// `forward`, showing `observe(layer, which, x)` every matmul input `x` (rows of the
+    /// matrix's input length, one per position): how calibration collects statistics.
+    pub fn forward_observed(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+        observe: &mut Observer<'_>,
+    ) -> Result<Vec<f32>, ModelError> {
         if rayon::current_thread_index().is_none() {
             // Run the whole pass on a pool thread: its many parallel loops then start on a
             // worker that takes part in them, instead of each one waking the pool from the
             // outside and putting the caller to sleep (two context switches per loop,
             // ~15% of decode time with one thread).
-            return rayon::scope(|_| self.forward_in_pool(cache, tokens, logits));
+            return rayon::scope(|_| self.forward_in_pool(cache, tokens, logits, observe));
         }
-        self.forward_in_pool(cache, tokens, logits)
+        self.forward_in_pool(cache, tokens, logits, observe)
     }
 
     fn forward_in_pool(
@@ -223,6 +253,7 @@ impl<'a> Model<'a> {
         cache: &mut KvCache,
         tokens: &[u32],
         logits: Logits,
+        observe: &mut Observer<'_>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
         let q = c.quirks;
@@ -261,6 +292,7 @@ impl<'a> Model<'a> {
             // --- attention ---
             xn.copy_from_slice(&x);
             norm::rms_norm(&mut xn, &lw.attn_norm, c.rms_eps);
+            observe(Some(il), MatmulInput::Attn, &xn);
             let mut qs = vec![0f32; n * nh * hk]; // (n, n_head·hd_k)
             let mut ks = vec![0f32; n * nkv * hk]; // (n, n_kv·hd_k)
             let mut vs = vec![0f32; n * nkv * hv]; // (n, n_kv·hd_v)
@@ -324,6 +356,7 @@ impl<'a> Model<'a> {
                 },
             );
             let mut o = vec![0f32; n * d];
+            observe(Some(il), MatmulInput::AttnOutput, &att);
             ops::matmul(&lw.wo, &att, n, &mut o)?;
             if let Some(w) = &lw.post_attn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
@@ -333,11 +366,13 @@ impl<'a> Model<'a> {
             // --- feed-forward ---
             xn.copy_from_slice(&x);
             norm::rms_norm(&mut xn, &lw.ffn_norm, c.rms_eps);
+            observe(Some(il), MatmulInput::Ffn, &xn);
             let mut gate = vec![0f32; n * lc.n_ff]; // (n, n_ff)
             let mut up = vec![0f32; n * lc.n_ff];
             ops::matmul(&lw.w_gate, &xn, n, &mut gate)?;
             ops::matmul(&lw.w_up, &xn, n, &mut up)?;
             activation::gated(&mut gate, &up, q.gelu_ffn);
+            observe(Some(il), MatmulInput::FfnDown, &gate);
             ops::matmul(&lw.w_down, &gate, n, &mut o)?;
             if let Some(w) = &lw.post_ffn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
@@ -352,6 +387,7 @@ impl<'a> Model<'a> {
         };
         let m = rows.len() / d;
         norm::rms_norm(rows, &self.output_norm, c.rms_eps);
+        observe(None, MatmulInput::Output, rows);
         let mut out = vec![0f32; m * c.n_vocab];
         ops::matmul(&self.output, rows, m, &mut out)?;
         Ok(out)

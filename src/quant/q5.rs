@@ -32,7 +32,7 @@ pub struct BlockQ5_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
 /// Packs 32 five-bit levels (in 0..32 after masking) into (qh, qs).
-fn pack5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
+pub(crate) fn pack5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
     let mut qh = 0u32;
     let mut qs = [0u8; QK / 2];
     for j in 0..QK / 2 {

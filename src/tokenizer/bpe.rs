@@ -20,7 +20,8 @@ use super::{Tokenizer, TokenizerError};
 /// GPT-2's pattern. llama.cpp's string omits the final `|\s+`, but its hand-written matcher
 /// for this pattern (unicode.cpp) has it, and without it a lone `\s` before a non-space
 /// would be left unmatched, which `Isolated` keeps as its own piece anyway.
-const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub(crate) const GPT2: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 /// Llama 3's pattern (contractions spelled case-insensitively as llama.cpp adapts them).
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's: Llama 3's with single digits.
@@ -112,6 +113,20 @@ const PRE_TOKENIZERS: &[PreConfig] = &[
 impl PreConfig {
     pub(crate) fn by_name(name: &str) -> Option<PreConfig> {
         PRE_TOKENIZERS.iter().find(|p| p.name == name).copied()
+    }
+
+    /// Every name ledge knows, in table order.
+    pub(crate) fn all() -> &'static [PreConfig] {
+        PRE_TOKENIZERS
+    }
+
+    /// The regexes llama.cpp applies for this name, one after another.
+    pub(crate) fn regexes(&self) -> &'static [&'static str] {
+        self.regexes
+    }
+
+    pub(crate) fn ignore_merges(&self) -> bool {
+        self.ignore_merges
     }
 }
 

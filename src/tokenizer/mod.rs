@@ -12,7 +12,7 @@
 //! llama.cpp (src/llama-vocab.cpp) is the reference throughout: where it has a quirk, ledge
 //! keeps it, because a model's prompts were tokenized that way when it was evaluated there.
 
-mod bpe;
+pub(crate) mod bpe;
 mod detok;
 mod partition;
 mod spm;

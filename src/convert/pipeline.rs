@@ -1,0 +1,298 @@
+//! Tensors in, GGUF out: each tensor's type from the plan, its rows converted and quantized in
+//! parallel (rayon), the finished tensor handed to a writer thread that streams it into the
+//! GGUF (temp file, renamed on success), while the next tensor is quantized.
+//!
+//! At most three tensors' output bytes exist at once (one being quantized, one queued, one
+//! being written), plus one chunk of f32 rows per worker: peak memory is a small multiple of
+//! the largest tensor, whatever the model's size.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::gguf::{GgmlType, GgufBuilder};
+use crate::quant::{self, QuantError};
+use crate::tensor::TensorView;
+
+use super::hf::hf_row_of_gguf_row;
+use super::recipe::Plan;
+use super::safetensors::StDtype;
+use super::{ConvertError, Result};
+
+/// Where a tensor's values come from.
+pub enum SourceData<'a> {
+    /// A tensor of a GGUF file (any type ledge can dequantize).
+    Gguf(TensorView<'a>),
+    /// Row-major little-endian floats of a safetensors file.
+    St {
+        dtype: StDtype,
+        data: &'a [u8],
+        row_len: usize,
+        /// Q/K rows are reordered per head into llama.cpp's layout.
+        permute_heads: Option<usize>,
+    },
+    /// Values already in memory (tests, transformed tensors).
+    F32(Vec<f32>),
+}
+
+/// One output tensor: GGUF name, ggml dims (row length first), and its values.
+pub struct SourceTensor<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub data: SourceData<'a>,
+    /// The mapped file pages holding the data, dropped from this process's memory once the
+    /// tensor is converted (they are read again from the file if needed).
+    pub pages: Option<(&'a memmap2::Mmap, std::ops::Range<usize>)>,
+}
+
+impl SourceTensor<'_> {
+    fn row_len(&self) -> usize {
+        self.dims[0] as usize
+    }
+
+    fn n_rows(&self) -> usize {
+        self.dims[1..].iter().product::<u64>() as usize
+    }
+
+    /// The GGUF type of the source, if it is a GGUF tensor.
+    pub fn gguf_type(&self) -> Option<GgmlType> {
+        match &self.data {
+            SourceData::Gguf(v) => Some(v.ty),
+            _ => None,
+        }
+    }
+
+    fn source_bytes(&self) -> usize {
+        match &self.data {
+            SourceData::Gguf(v) => v.data.len(),
+            SourceData::St { data, .. } => data.len(),
+            SourceData::F32(v) => v.len() * 4,
+        }
+    }
+
+    /// Rows `first..first + out.len() / row_len` as f32, in GGUF layout.
+    fn rows_f32(&self, first: usize, out: &mut [f32]) -> std::result::Result<(), QuantError> {
+        let row_len = self.row_len();
+        match &self.data {
+            SourceData::Gguf(v) => v.dequantize_into(first, out),
+            SourceData::F32(v) => {
+                out.copy_from_slice(&v[first * row_len..first * row_len + out.len()]);
+                Ok(())
+            }
+            SourceData::St {
+                dtype,
+                data,
+                row_len,
+                permute_heads,
+            } => {
+                let rb = row_len * dtype.size();
+                let rows = self.n_rows();
+                for (k, o) in out.chunks_exact_mut(*row_len).enumerate() {
+                    let r = first + k;
+                    let src = match permute_heads {
+                        Some(h) => hf_row_of_gguf_row(r, rows, *h),
+                        None => r,
+                    };
+                    dtype.to_f32(&data[src * rb..(src + 1) * rb], o);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Source types that are not quantized: converting them loses nothing beyond the target's
+/// own rounding.
+fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub path: PathBuf,
+    pub n_tensors: usize,
+    pub file_bytes: u64,
+    pub seconds: f64,
+    /// Tensors per output type.
+    pub types: BTreeMap<String, usize>,
+    /// One line per tensor whose type fell back.
+    pub fallbacks: Vec<String>,
+    /// Tensors quantized with importance weights from the imatrix.
+    pub weighted: usize,
+    /// Quantized tensors the imatrix had no statistics or no weighted quantizer for.
+    pub unweighted: Vec<String>,
+}
+
+/// What to do besides choosing types.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub allow_requantize: bool,
+    /// Print progress to stderr.
+    pub progress: bool,
+    pub imatrix: Option<std::sync::Arc<super::imatrix::Imatrix>>,
+}
+
+/// Declares `tensors` (typed by `plan`) in `builder`, then converts and streams them to `out`.
+pub fn write_gguf(
+    mut builder: GgufBuilder,
+    tensors: Vec<SourceTensor<'_>>,
+    plan: &Plan,
+    opts: &WriteOptions,
+    out: &Path,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let mut summary = Summary::default();
+    let mut types = Vec::with_capacity(tensors.len());
+    for t in &tensors {
+        if t.dims.is_empty() {
+            return Err(ConvertError::Usage(format!(
+                "tensor {:?} has no dimensions",
+                t.name
+            )));
+        }
+        let choice = plan.choose(&t.name, &t.dims);
+        let ty = match t.gguf_type() {
+            // Same type: the bytes are copied, never re-rounded.
+            Some(src) if src == choice.ty => src,
+            Some(src) if !is_float(src) && !opts.allow_requantize => {
+                return Err(ConvertError::Requantize {
+                    name: t.name.clone(),
+                    ty: src,
+                })
+            }
+            _ => choice.ty,
+        };
+        if let Some(msg) = choice.fallback {
+            summary.fallbacks.push(msg);
+        }
+        builder.add_tensor(&t.name, ty, &t.dims)?;
+        *summary.types.entry(ty.to_string()).or_default() += 1;
+        types.push(ty);
+    }
+    if opts.progress {
+        for f in &summary.fallbacks {
+            eprintln!("fallback: {f}");
+        }
+    }
+    let total_bytes = builder.file_size();
+    let mut stream = builder.create(out)?;
+    let n = tensors.len();
+    let tty = std::io::stderr().is_terminal();
+
+    let result: Result<PathBuf> = std::thread::scope(|s| {
+        // One finished tensor may wait while another is written and a third is quantized.
+        let (tx, rx) = sync_channel::<Vec<u8>>(1);
+        let writer = s.spawn(move || -> Result<PathBuf> {
+            for bytes in rx {
+                stream.write_tensor(&bytes)?;
+            }
+            Ok(stream.finish()?)
+        });
+        let mut written_in = 0usize;
+        let (mut weighted, mut unweighted) = (0usize, Vec::new());
+        let mut last_pct = 0;
+        for (i, (t, &ty)) in tensors.iter().zip(&types).enumerate() {
+            let imp = opts.imatrix.as_ref().and_then(|im| {
+                if is_float(ty) {
+                    return None;
+                }
+                let v = im.importance(&t.name).filter(|v| v.len() == t.row_len());
+                if v.is_some() && super::imatrix::supports(ty) {
+                    v
+                } else {
+                    unweighted.push(format!("{} ({ty})", t.name));
+                    None
+                }
+            });
+            if imp.is_some() {
+                weighted += 1;
+            }
+            let bytes = convert_tensor(t, ty, imp.as_deref())?;
+            if let Some((map, range)) = &t.pages {
+                super::safetensors::release_pages(map, range.clone());
+            }
+            written_in += t.source_bytes();
+            if tx.send(bytes).is_err() {
+                break; // the writer failed; its error is reported below
+            }
+            if opts.progress {
+                let secs = start.elapsed().as_secs_f64().max(1e-9);
+                let line = format!(
+                    "[{}/{n}] {:<32} {:<6} {:>8.1} MB read, {:>7.1} MB/s",
+                    i + 1,
+                    t.name,
+                    ty.to_string(),
+                    written_in as f64 / 1e6,
+                    written_in as f64 / 1e6 / secs
+                );
+                let pct = (i + 1) * 10 / n.max(1);
+                if tty {
+                    eprint!("\r{line}\x1b[K");
+                } else if pct != last_pct || i + 1 == n {
+                    eprintln!("{line}");
+                }
+                last_pct = pct;
+            }
+        }
+        drop(tx);
+        summary.weighted = weighted;
+        summary.unweighted = unweighted;
+        writer
+            .join()
+            .unwrap_or_else(|_| Err(ConvertError::Usage("the writer thread panicked".into())))
+    });
+    if opts.progress && tty {
+        eprintln!();
+    }
+    summary.path = result?;
+    summary.n_tensors = n;
+    summary.file_bytes = total_bytes;
+    summary.seconds = start.elapsed().as_secs_f64();
+    let _ = std::io::stderr().flush();
+    Ok(summary)
+}
+
+/// Rows per parallel work item: about 64 Ki values.
+fn rows_per_chunk(row_len: usize) -> usize {
+    (65_536 / row_len.max(1)).max(1)
+}
+
+/// The tensor's bytes in type `ty`.
+fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType, imp: Option<&[f32]>) -> Result<Vec<u8>> {
+    let qerr = |source| ConvertError::Quant {
+        name: t.name.clone(),
+        source,
+    };
+    if let SourceData::Gguf(v) = &t.data {
+        if v.ty == ty {
+            return Ok(v.data.to_vec());
+        }
+    }
+    let row_len = t.row_len();
+    let rows = t.n_rows();
+    let row_bytes = ty
+        .bytes_for(row_len as u64)
+        .ok_or_else(|| ConvertError::Usage(format!("tensor {:?}: row too long", t.name)))?
+        as usize;
+    let mut out = vec![0u8; row_bytes * rows];
+    let per = rows_per_chunk(row_len);
+    out.par_chunks_mut(per * row_bytes)
+        .enumerate()
+        .try_for_each(|(ci, chunk)| {
+            let n_rows = chunk.len() / row_bytes;
+            let mut f = vec![0f32; n_rows * row_len];
+            t.rows_f32(ci * per, &mut f)?;
+            let q = match imp.and_then(|w| super::imatrix::quantize_weighted(ty, &f, w)) {
+                Some(q) => q,
+                None => quant::quantize_to_vec(ty, &f)?,
+            };
+            chunk.copy_from_slice(&q);
+            Ok(())
+        })
+        .map_err(qerr)?;
+    Ok(out)
+}

@@ -1,0 +1,391 @@
+//! tokenizer.json + tokenizer_config.json → llama.cpp's `tokenizer.ggml.*` keys, for
+//! byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`).
+//!
+//! `tokenizer.ggml.pre` is found as llama.cpp's converter finds it: tokenize a fixed check
+//! text, hash the ids, look the hash up (pre_hashes.rs). A vocabulary the table does not know
+//! (a new model, a test vocabulary) is recognised by its pre-tokenizer's regexes instead, when
+//! they are exactly one of the regex sets ledge's tokenizer implements.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value as Json;
+use sha2::{Digest, Sha256};
+
+use super::hf::read_json;
+use super::pre_hashes::{CHECK_TEXT, PRE_HASHES};
+use super::{ConvertError, Result};
+use crate::gguf::{MetaArray, MetaValue, ValueType};
+use crate::tokenizer::bpe::{PreConfig, GPT2};
+
+/// llama.cpp's token types.
+pub const TOKEN_NORMAL: i32 = 1;
+pub const TOKEN_CONTROL: i32 = 3;
+pub const TOKEN_USER_DEFINED: i32 = 4;
+pub const TOKEN_UNUSED: i32 = 5;
+
+fn tok_err(msg: impl Into<String>) -> ConvertError {
+    ConvertError::Tokenizer(msg.into())
+}
+
+/// The tokenizer keys of a GGUF, ready to set.
+#[derive(Clone, Debug)]
+pub struct Vocab {
+    pub tokens: Vec<String>,
+    pub types: Vec<i32>,
+    pub merges: Vec<String>,
+    pub pre: String,
+    /// How `pre` was found, for the log.
+    pub pre_source: String,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+    pub pad: Option<u32>,
+    pub add_bos: bool,
+    pub add_eos: bool,
+    pub chat_template: Option<String>,
+}
+
+impl Vocab {
+    /// Reads `dir`'s tokenizer files; `n_vocab` is config.json's vocab_size (ids past the
+    /// tokenizer's own become `[PAD{id}]` unused tokens, as in llama.cpp).
+    pub fn from_dir(
+        dir: &Path,
+        n_vocab: usize,
+        config_ids: (Option<u32>, Option<u32>),
+    ) -> Result<Vocab> {
+        let tj_path = dir.join("tokenizer.json");
+        let tj = read_json(&tj_path)?;
+        let model = tj
+            .get("model")
+            .ok_or_else(|| tok_err("tokenizer.json has no \"model\""))?;
+        let kind = model.get("type").and_then(|t| t.as_str()).unwrap_or("");
+        if kind != "BPE" {
+            return Err(tok_err(format!(
+                "tokenizer.json model type {kind:?}: only byte-level BPE is supported"
+            )));
+        }
+        let vocab = model
+            .get("vocab")
+            .and_then(|v| v.as_object())
+            .ok_or_else(|| tok_err("tokenizer.json: model.vocab is not an object"))?;
+        let mut by_id: Vec<Option<String>> = vec![None; n_vocab];
+        let mut place = |text: &str, id: u64| -> Result<()> {
+            let slot = by_id.get_mut(id as usize).ok_or_else(|| {
+                tok_err(format!(
+                    "token {text:?} has id {id}, past config.json's vocab_size {n_vocab}"
+                ))
+            })?;
+            *slot = Some(text.to_string());
+            Ok(())
+        };
+        for (text, id) in vocab {
+            let id = id
+                .as_u64()
+                .ok_or_else(|| tok_err(format!("vocab entry {text:?} has no integer id")))?;
+            place(text, id)?;
+        }
+        // Added tokens: (id → special?)
+        let mut added: HashMap<u64, bool> = HashMap::new();
+        for a in tj
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let (Some(id), Some(text)) = (
+                a.get("id").and_then(|i| i.as_u64()),
+                a.get("content").and_then(|c| c.as_str()),
+            ) else {
+                return Err(tok_err(
+                    "tokenizer.json: an added token lacks id or content",
+                ));
+            };
+            place(text, id)?;
+            added.insert(
+                id,
+                a.get("special").and_then(|s| s.as_bool()).unwrap_or(false),
+            );
+        }
+        let mut tokens = Vec::with_capacity(n_vocab);
+        let mut types = Vec::with_capacity(n_vocab);
+        for (id, t) in by_id.into_iter().enumerate() {
+            match t {
+                None => {
+                    tokens.push(format!("[PAD{id}]"));
+                    types.push(TOKEN_UNUSED);
+                }
+                Some(text) => {
+                    types.push(match added.get(&(id as u64)) {
+                        Some(true) => TOKEN_CONTROL,
+                        Some(false) => TOKEN_USER_DEFINED,
+                        None => TOKEN_NORMAL,
+                    });
+                    tokens.push(text);
+                }
+            }
+        }
+        let merges = read_merges(model)?;
+        let (pre, pre_source) = detect_pre(&tj_path, &tj)?;
+
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = if cfg_path.exists() {
+            read_json(&cfg_path)?
+        } else {
+            Json::Null
+        };
+        let lookup: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        let special = |key: &str| -> Result<Option<u32>> {
+            let text = match cfg.get(key) {
+                Some(Json::String(s)) => Some(s.as_str()),
+                Some(Json::Object(o)) => o.get("content").and_then(|c| c.as_str()),
+                _ => None,
+            };
+            match text {
+                None => Ok(None),
+                Some(t) => lookup.get(t).copied().map(Some).ok_or_else(|| {
+                    tok_err(format!(
+                        "tokenizer_config.json: {key} {t:?} is not in the vocabulary"
+                    ))
+                }),
+            }
+        };
+        let (tpl_bos, tpl_eos) = template_adds(&tj, &lookup);
+        let flag = |k: &str| cfg.get(k).and_then(|b| b.as_bool());
+        let bos = special("bos_token")?.or(config_ids.0);
+        let eos = special("eos_token")?.or(config_ids.1);
+        let unk = special("unk_token")?;
+        let pad = special("pad_token")?;
+        drop(lookup);
+        let chat_template = match cfg.get("chat_template") {
+            Some(Json::String(s)) => Some(s.clone()),
+            // A list of named templates: the default one.
+            Some(Json::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template"))
+                .and_then(|t| t.as_str())
+                .map(str::to_string),
+            _ => {
+                let jinja = dir.join("chat_template.jinja");
+                std::fs::read_to_string(&jinja).ok()
+            }
+        };
+        Ok(Vocab {
+            tokens,
+            types,
+            merges,
+            pre,
+            pre_source,
+            bos,
+            eos,
+            unk,
+            pad,
+            add_bos: flag("add_bos_token").unwrap_or(tpl_bos),
+            add_eos: flag("add_eos_token").unwrap_or(tpl_eos),
+            chat_template,
+        })
+    }
+
+    /// The `tokenizer.ggml.*` keys, in llama.cpp's order.
+    pub fn gguf_metadata(&self) -> Vec<(String, MetaValue)> {
+        let k = |s: &str| format!("tokenizer.ggml.{s}");
+        let mut v = vec![
+            (k("model"), MetaValue::String("gpt2".into())),
+            (k("pre"), MetaValue::String(self.pre.clone())),
+            (
+                k("tokens"),
+                MetaValue::Array(MetaArray::strings(self.tokens.iter().cloned())),
+            ),
+            (
+                k("token_type"),
+                MetaValue::Array(MetaArray::new(
+                    ValueType::I32,
+                    self.types.iter().map(|&t| MetaValue::I32(t)).collect(),
+                )),
+            ),
+            (
+                k("merges"),
+                MetaValue::Array(MetaArray::strings(self.merges.iter().cloned())),
+            ),
+        ];
+        for (name, id) in [
+            ("bos_token_id", self.bos),
+            ("eos_token_id", self.eos),
+            ("unknown_token_id", self.unk),
+            ("padding_token_id", self.pad),
+        ] {
+            if let Some(id) = id {
+                v.push((k(name), MetaValue::U32(id)));
+            }
+        }
+        v.push((k("add_bos_token"), MetaValue::Bool(self.add_bos)));
+        v.push((k("add_eos_token"), MetaValue::Bool(self.add_eos)));
+        if let Some(t) = &self.chat_template {
+            v.push((
+                "tokenizer.chat_template".into(),
+                MetaValue::String(t.clone()),
+            ));
+        }
+        v
+    }
+}
+
+/// Merges as "left right" strings: tokenizer.json stores them so, or as [left, right] pairs.
+fn read_merges(model: &Json) -> Result<Vec<String>> {
+    let list = model
+        .get("merges")
+        .and_then(|m| m.as_array())
+        .ok_or_else(|| tok_err("tokenizer.json: model.merges is not a list"))?;
+    list.iter()
+        .map(|m| match m {
+            Json::String(s) => Ok(s.clone()),
+            Json::Array(p) if p.len() == 2 => match (p[0].as_str(), p[1].as_str()) {
+                (Some(a), Some(b)) => Ok(format!("{a} {b}")),
+                _ => Err(tok_err(format!("tokenizer.json: bad merge {m}"))),
+            },
+            _ => Err(tok_err(format!("tokenizer.json: bad merge {m}"))),
+        })
+        .collect()
+}
+
+/// Whether the post-processor's single-sequence template adds BOS / EOS.
+fn template_adds(tj: &Json, lookup: &HashMap<&str, u32>) -> (bool, bool) {
+    let Some(single) = tj
+        .get("post_processor")
+        .filter(|p| p.get("type").and_then(|t| t.as_str()) == Some("TemplateProcessing"))
+        .and_then(|p| p.get("single"))
+        .and_then(|s| s.as_array())
+    else {
+        return (false, false);
+    };
+    let is_special = |v: &Json| {
+        v.get("SpecialToken")
+            .and_then(|s| s.get("id"))
+            .and_then(|i| i.as_str())
+            .is_some_and(|t| lookup.contains_key(t))
+    };
+    (
+        single.first().is_some_and(is_special),
+        single.len() > 1 && single.last().is_some_and(is_special),
+    )
+}
+
+/// llama.cpp's `chkhsh`: sha256 of Python's `str(list_of_ids)`.
+pub fn check_hash(ids: &[u32]) -> String {
+    let repr = format!(
+        "[{}]",
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Sha256::digest(repr.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `tokenizer.ggml.pre` for this tokenizer.json, and how it was found.
+fn detect_pre(path: &Path, tj: &Json) -> Result<(String, String)> {
+    let tk = tokenizers::Tokenizer::from_file(path)
+        .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+    let enc = tk
+        .encode(CHECK_TEXT, true)
+        .map_err(|e| tok_err(format!("tokenizing the check text: {e}")))?;
+    let hash = check_hash(enc.get_ids());
+    if let Some((_, name)) = PRE_HASHES.iter().find(|(h, _)| *h == hash) {
+        if PreConfig::by_name(name).is_some() {
+            return Ok((name.to_string(), format!("check-text hash {hash}")));
+        }
+    }
+    let regexes = pre_regexes(tj.get("pre_tokenizer").unwrap_or(&Json::Null));
+    if let Some(regexes) = regexes {
+        if let Some(p) = PreConfig::all()
+            .iter()
+            .find(|p| p.regexes() == regexes.as_slice())
+        {
+            return Ok((
+                p.name.to_string(),
+                format!(
+                    "pre-tokenizer regexes (check-text hash {hash} is not in llama.cpp's table)"
+                ),
+            ));
+        }
+    }
+    Err(tok_err(format!(
+        "the pre-tokenizer is not one ledge knows (check-text hash {hash}, not in llama.cpp's table, and its regexes match no known set)"
+    )))
+}
+
+/// The regexes a `pre_tokenizer` applies, in llama.cpp's terms, or None if it does something
+/// else (normalizes, uses Metaspace…).
+fn pre_regexes(p: &Json) -> Option<Vec<&'static str>> {
+    let mut out: Vec<&'static str> = Vec::new();
+    let steps: Vec<&Json> = match p.get("type").and_then(|t| t.as_str())? {
+        "Sequence" => p.get("pretokenizers")?.as_array()?.iter().collect(),
+        _ => vec![p],
+    };
+    for s in steps {
+        match s.get("type").and_then(|t| t.as_str())? {
+            "Digits" if s.get("individual_digits").and_then(|b| b.as_bool()) == Some(true) => {
+                out.push(r"\p{N}")
+            }
+            "ByteLevel" => {
+                if s.get("add_prefix_space").and_then(|b| b.as_bool()) == Some(true) {
+                    return None;
+                }
+                if s.get("use_regex").and_then(|b| b.as_bool()).unwrap_or(true) {
+                    out.push(GPT2);
+                }
+            }
+            "Split" => {
+                let re = s.get("pattern")?.get("Regex")?.as_str()?;
+                let behavior = s.get("behavior").and_then(|b| b.as_str())?;
+                if behavior != "Isolated" || s.get("invert").and_then(|b| b.as_bool()) == Some(true)
+                {
+                    return None;
+                }
+                // Only regexes ledge knows can be named; compare against its own strings.
+                let known = PreConfig::all()
+                    .iter()
+                    .flat_map(|c| c.regexes().iter().copied())
+                    .find(|k| *k == re)?;
+                out.push(known);
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_text_is_llama_cpps() {
+        // sha256 of the chktxt string in llama.cpp's conversion/base.py.
+        let h: String = Sha256::digest(CHECK_TEXT.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            h,
+            "a36179c1e2b1cfcfbfad1dc779addad2ffc778201e4cf0d538bddeafa2c526da"
+        );
+    }
+
+    #[test]
+    fn hash_uses_python_list_repr() {
+        // hashlib.sha256(str([1, 22, 333]).encode()).hexdigest()
+        assert_eq!(
+            check_hash(&[1, 22, 333]),
+            "276d8737d9d5a80805e0731e8d5ae18972a8e3ba721f4988f67151c6e9159068"
+        );
+    }
+}
