@@ -198,7 +198,8 @@ pub fn fallback(ty: GgmlType, row: usize) -> GgmlType {
         return ty;
     }
     match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
