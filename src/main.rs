@@ -101,6 +101,40 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Perplexity over a text (llama-perplexity's protocol), and KL divergence, top-token
+    /// agreement and RMS Δp against a baseline model or its saved logits.
+    Eval {
+        /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+        #[arg(short, long)]
+        model: Option<PathBuf>,
+        /// The evaluation text (UTF-8); optional with --baseline-logits, which holds its tokens.
+        #[arg(short = 'f', long)]
+        text: Option<PathBuf>,
+        /// Tokens per chunk; the second half of each chunk is scored.
+        #[arg(short, long, default_value_t = 512)]
+        ctx: usize,
+        /// Evaluate at most this many chunks (default: all the text holds).
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// A baseline model to compare with (same tokenizer): exact KL divergence.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Baseline logits saved by --save-logits (KL divergence over their top-k).
+        #[arg(long)]
+        baseline_logits: Option<PathBuf>,
+        /// Save this model's top-k logits per scored position, to serve as a baseline.
+        #[arg(long)]
+        save_logits: Option<PathBuf>,
+        /// Tokens kept per position by --save-logits.
+        #[arg(long, default_value_t = 32)]
+        top_k: usize,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
         /// The GGUF file.
@@ -217,6 +251,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 pp,
                 tg,
                 reps: repetitions,
+                threads,
+                json,
+            })?
+        ),
+        Command::Eval {
+            model,
+            text,
+            ctx,
+            chunks,
+            baseline,
+            baseline_logits,
+            save_logits,
+            top_k,
+            threads,
+            json,
+        } => print!(
+            "{}",
+            ledge::app::eval::eval(ledge::app::eval::EvalArgs {
+                model,
+                text,
+                ctx,
+                chunks,
+                baseline,
+                baseline_logits,
+                save_logits,
+                top_k,
                 threads,
                 json,
             })?

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod eval;
 pub mod run;
 
 use std::path::{Path, PathBuf};
