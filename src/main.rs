@@ -97,9 +97,12 @@ enum Command {
         /// Worker threads (default: one per core).
         #[arg(short, long)]
         threads: Option<usize>,
-        /// Print JSON instead of the table.
+        /// Print JSON instead of the markdown tables.
         #[arg(long)]
         json: bool,
+        /// Prompt tokens for the time-to-first-token and load timings (0 skips them).
+        #[arg(long, default_value_t = 64)]
+        ttft_prompt: usize,
     },
     /// Perplexity over a text (llama-perplexity's protocol), and KL divergence, top-token
     /// agreement and RMS Δp against a baseline model or its saved logits.
@@ -134,6 +137,40 @@ enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Compare variants of a model with its baseline on one text: writes report.md (table),
+    /// report.svg (size against KL divergence and speed) and report.json into a folder.
+    Report {
+        /// The variant GGUF files.
+        #[arg(required = true)]
+        variants: Vec<PathBuf>,
+        /// The reference model the variants are compared with.
+        #[arg(long)]
+        baseline: PathBuf,
+        /// The evaluation text (UTF-8).
+        #[arg(short = 'f', long)]
+        text: PathBuf,
+        /// Output folder.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Tokens per chunk; the second half of each chunk is scored.
+        #[arg(short, long, default_value_t = 512)]
+        ctx: usize,
+        /// Evaluate at most this many chunks.
+        #[arg(long)]
+        chunks: Option<usize>,
+        /// Baseline tokens kept per position for the KL divergence.
+        #[arg(long, default_value_t = 64)]
+        top_k: usize,
+        /// Prompt length for the pp speed column (0 skips).
+        #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
+        pp: usize,
+        /// Generation length for the tg speed column (0 skips).
+        #[arg(short = 'n', long = "n-gen", default_value_t = 32)]
+        tg: usize,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
     },
     /// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
     Inspect {
@@ -244,6 +281,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             repetitions,
             threads,
             json,
+            ttft_prompt,
         } => print!(
             "{}",
             ledge::app::bench::bench(ledge::app::bench::BenchArgs {
@@ -253,6 +291,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 reps: repetitions,
                 threads,
                 json,
+                ttft_prompt,
             })?
         ),
         Command::Eval {
@@ -279,6 +318,32 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 top_k,
                 threads,
                 json,
+            })?
+        ),
+        Command::Report {
+            variants,
+            baseline,
+            text,
+            out,
+            ctx,
+            chunks,
+            top_k,
+            pp,
+            tg,
+            threads,
+        } => print!(
+            "{}",
+            ledge::app::report::report(ledge::app::report::ReportArgs {
+                variants,
+                baseline,
+                text,
+                out,
+                ctx,
+                chunks,
+                top_k,
+                pp,
+                tg,
+                threads,
             })?
         ),
         Command::Inspect { file, json } => {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod chat;
 pub mod eval;
+pub mod report;
 pub mod run;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@ pub mod kld;
 pub mod logits_file;
 pub mod perplexity;
 pub mod progress;
+pub mod report;
 
 pub mod sys;
 
