@@ -159,9 +159,6 @@ enum Command {
         /// Evaluate at most this many chunks.
         #[arg(long)]
         chunks: Option<usize>,
-        /// Baseline tokens kept per position for the KL divergence.
-        #[arg(long, default_value_t = 64)]
-        top_k: usize,
         /// Prompt length for the pp speed column (0 skips).
         #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
         pp: usize,
@@ -327,7 +324,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             out,
             ctx,
             chunks,
-            top_k,
             pp,
             tg,
             threads,
@@ -340,7 +336,6 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 out,
                 ctx,
                 chunks,
-                top_k,
                 pp,
                 tg,
                 threads,

@@ -64,13 +64,13 @@ fn opt(v: Option<f64>, prec: usize) -> String {
 }
 
 /// The report's markdown: a header saying what was measured, then one row per file.
-pub fn markdown(rows: &[Row], text: &str, ctx: usize, chunks: usize, kld_note: &str) -> String {
+pub fn markdown(rows: &[Row], text: &str, ctx: usize, chunks: usize) -> String {
     let mut s = format!(
         "# ledge report\n\nText: `{text}`, {chunks} chunks of {ctx} tokens (second half of each \
          scored, llama-perplexity's protocol). KLD: mean KL divergence from the baseline's \
-         next-token distribution ({kld_note}); top-1: share of positions where both pick the \
+         next-token distribution (exact, over the whole vocabulary); top-1: share of positions where both pick the \
          same most likely token. Speed: pp = prompt processing, tg = generation, tokens/s. \
-         Peak memory: resident set while that file was loaded, benchmarked and evaluated.\n\n\
+         Peak memory: peak resident set while that file alone was loaded and benchmarked.\n\n\
          ![size against KL divergence and speed](report.svg)\n\n\
          | file | type / recipe | size | bits/weight | PPL | KLD | top-1 | pp t/s | tg t/s | peak memory |\n\
          |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
@@ -203,9 +203,19 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
                     8,
                     c.filled(),
                 )))
-                .map_err(|e| err(&e))?;
+                .map_err(|e| err(&e))?
+                .label(short_name(&rows[i].file))
+                .legend(move |(x, y)| TriangleMarker::new((x, y), 6, c.filled()));
         }
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(label_style)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -255,7 +265,7 @@ mod tests {
             row("base.gguf", 200, None, true),
             row("q4.gguf", 90, Some(0.0421), false),
         ];
-        let md = markdown(&rows, "text.txt", 512, 10, "exact");
+        let md = markdown(&rows, "text.txt", 512, 10);
         let table: Vec<&str> = md.lines().filter(|l| l.starts_with("| ")).collect();
         assert_eq!(table.len(), 3, "{md}");
         assert!(table[1].contains("base.gguf (baseline)") && table[1].contains("200.0 MiB"));
