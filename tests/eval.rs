@@ -494,3 +494,117 @@ fn saved_logits_from_another_vocabulary_are_refused() {
     assert!(!ok);
     assert!(err.contains("different vocabulary"), "{err}");
 }
+
+#[test]
+fn bench_reports_startup_latency_and_peak_memory() {
+    let smol = model(SMOLLM2);
+    let out = ledge()
+        .args([
+            "bench",
+            "-m",
+            smol.to_str().unwrap(),
+            "-p",
+            "16",
+            "-n",
+            "4",
+            "-r",
+            "1",
+        ])
+        .args(["--ttft-prompt", "8", "-t", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let s = &v["startup"];
+    let warm = s["load_warm_ms"].as_f64().unwrap();
+    let ttft = s["ttft_ms"].as_f64().unwrap();
+    assert!(warm > 0.0 && ttft > 0.0, "{s}");
+    assert_eq!(s["prompt_tokens"], 8);
+    // Linux: the cold path ran, and the first cold token includes the cold load.
+    let cold = s["load_cold_ms"].as_f64().unwrap();
+    assert!(s["first_token_cold_ms"].as_f64().unwrap() >= cold, "{s}");
+    // Every weight was touched by pp/tg, and the file is mapped: the peak covers most of it.
+    let peak = v["peak_rss_bytes"].as_u64().unwrap();
+    let size = std::fs::metadata(&smol).unwrap().len();
+    assert!(peak > size / 2, "peak RSS {peak} for a {size}-byte model");
+    // The markdown form has both tables.
+    let out = ledge()
+        .args([
+            "bench",
+            "-m",
+            smol.to_str().unwrap(),
+            "-p",
+            "8",
+            "-n",
+            "2",
+            "-r",
+            "1",
+        ])
+        .args(["--ttft-prompt", "4", "-t", "2"])
+        .output()
+        .unwrap();
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.contains("| pp8 |") && md.contains("| tg2 |"), "{md}");
+    assert!(
+        md.contains("TTFT p4 (warm)") && md.contains("peak RSS") && md.contains(" MiB |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn report_writes_a_table_a_chart_and_json() {
+    let dir = scratch("eval_report");
+    let variant = q4_0_variant();
+    let out = dir.join("report");
+    let smol = model(SMOLLM2);
+    let res = ledge()
+        .args([
+            "report",
+            variant.to_str().unwrap(),
+            "--baseline",
+            smol.to_str().unwrap(),
+        ])
+        .args([
+            "-f",
+            excerpt().to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(["-c", "64", "--chunks", "2", "-p", "8", "-n", "2", "-t", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let rows: Vec<&str> = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.contains(".gguf"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{md}");
+    assert!(
+        rows[0].contains("(baseline)") && rows[0].contains("Q4_1"),
+        "{md}"
+    );
+    assert!(
+        rows[1].contains("smollm2-q4_0.gguf") && rows[1].contains("Q4_0"),
+        "{md}"
+    );
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let kld = json[1]["kld"]["kld_mean"]["value"].as_f64().unwrap();
+    assert!(
+        kld > 0.05,
+        "requantizing Q4_1 to Q4_0 moves the distribution: {kld}"
+    );
+    assert!(json[0]["kld"].is_null());
+    let svg = std::fs::read_to_string(out.join("report.svg")).unwrap();
+    assert!(svg.contains("smollm2-q4_0") && svg.contains("mean KLD"));
+    assert!(!out.join("report.svg.tmp").exists());
+}
