@@ -128,8 +128,10 @@ enum Command {
         /// Save this model's top-k logits per scored position, to serve as a baseline.
         #[arg(long)]
         save_logits: Option<PathBuf>,
-        /// Tokens kept per position by --save-logits.
-        #[arg(long, default_value_t = 32)]
+        /// Tokens kept per position by --save-logits (8·k+16 bytes a position). KLD from
+        /// saved logits is a lower bound; measured gap on SmolLM2 Q4_0 vs Q4_1: 22% at k=64,
+        /// 11% at 256, 4.4% at 1024.
+        #[arg(long, default_value_t = 1024)]
         top_k: usize,
         /// Worker threads (default: one per core).
         #[arg(short, long)]

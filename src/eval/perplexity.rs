@@ -54,6 +54,8 @@ pub struct EvalResult {
     /// Mean negative log-likelihood (nats per token).
     pub nll: f64,
     pub kld: Option<KldStats>,
+    /// Set when the KLD came from saved top-k logits: it is then a lower bound (kld.rs).
+    pub kld_top_k: Option<usize>,
     pub seconds: f64,
     /// Evaluated tokens per second (all ctx tokens of each chunk, baseline included).
     pub tokens_per_second: f64,
@@ -278,6 +280,10 @@ pub fn evaluate(
         ppl: Estimate { value: ppl, stderr },
         nll,
         kld: acc.map(|a| a.stats()),
+        kld_top_k: match &baseline {
+            Some(Baseline::Saved(s)) => Some(s.top_k),
+            _ => None,
+        },
         seconds,
         tokens_per_second: (n_chunks * ctx * passes) as f64 / seconds.max(1e-9),
         saved: opts.save_top_k.map(|k| SavedLogits {
@@ -299,6 +305,12 @@ pub fn summary(r: &EvalResult) -> String {
         r.n_chunks, r.ctx, r.n_scored, r.n_tokens, r.ppl.value, r.ppl.stderr
     );
     if let Some(k) = &r.kld {
+        if let Some(top) = r.kld_top_k {
+            s += &format!(
+                "KLD from saved logits: over the baseline's top {top} tokens plus one bucket for \
+                 the rest, a lower bound on the exact value (rerun with --baseline MODEL for it)\n"
+            );
+        }
         s += &format!(
             "PPL(base)              : {:.4} +/- {:.5}\n\
              ln(PPL(Q)/PPL(base))   : {:.6} +/- {:.6}\n\

@@ -151,21 +151,13 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
         .y_label_formatter(&|v| format!("{v:.3}"))
         .draw()
         .map_err(|e| err(&e))?;
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by(|&a, &b| sizes[a].total_cmp(&sizes[b]));
-    chart
-        .draw_series(LineSeries::new(
-            order.iter().map(|&i| (sizes[i], kld_of(&rows[i]))),
-            RGBColor(170, 170, 170).stroke_width(1),
-        ))
-        .map_err(|e| err(&e))?;
     for (i, r) in rows.iter().enumerate() {
         let c = colors[i % colors.len()];
         let p = (sizes[i], kld_of(r));
         chart
             .draw_series(std::iter::once(Circle::new(p, 6, c.filled())))
             .map_err(|e| err(&e))?
-            .label(short_name(&r.file))
+            .label(legend_name(r))
             .legend(move |(x, y)| Circle::new((x, y), 5, c.filled()));
     }
     chart
@@ -204,7 +196,7 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
                     c.filled(),
                 )))
                 .map_err(|e| err(&e))?
-                .label(short_name(&rows[i].file))
+                .label(legend_name(&rows[i]))
                 .legend(move |(x, y)| TriangleMarker::new((x, y), 6, c.filled()));
         }
     }
@@ -218,6 +210,15 @@ pub fn svg(rows: &[Row], path: &Path) -> Result<(), String> {
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+fn legend_name(r: &Row) -> String {
+    let n = short_name(&r.file);
+    if r.is_baseline {
+        format!("{n} (baseline)")
+    } else {
+        n
+    }
 }
 
 /// A file name without its directory and `.gguf`, for legends.
