@@ -13,6 +13,8 @@ pub struct BenchArgs {
     pub reps: usize,
     pub threads: Option<usize>,
     pub json: bool,
+    /// Prompt length for the time-to-first-token measurement (0 skips start-up timings).
+    pub ttft_prompt: usize,
 }
 
 pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
@@ -22,6 +24,13 @@ pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
     };
     let threads = super::init_threads(args.threads);
     let kernels = crate::quant::simd::init()?;
+    // Before the model is mapped below: a mapped file's pages cannot be dropped for the
+    // cold-cache timing.
+    let startup = if args.ttft_prompt > 0 {
+        Some(bench::startup(&path, args.ttft_prompt, args.reps.max(1))?)
+    } else {
+        None
+    };
     let file = GgufFile::open(&path)?;
     let model = Model::load(&file)?;
     let results = bench::run(
@@ -32,16 +41,24 @@ pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
         threads,
         kernels.name,
     )?;
+    let peak = crate::eval::sys::peak_rss_bytes();
     if args.json {
         return Ok(serde_json::to_string_pretty(&serde_json::json!({
             "model": path.display().to_string(),
             "results": results,
-        }))?);
+            "startup": startup,
+            "peak_rss_bytes": peak,
+        }))? + "\n");
     }
     let tot = crate::inspect::totals(&file);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(bench::table(&name, tot.bytes, tot.elements, &results))
+    let mut out = bench::table(&name, tot.bytes, tot.elements, &results);
+    if let Some(s) = &startup {
+        out += "\n";
+        out += &bench::startup_table(&name, s, peak);
+    }
+    Ok(out)
 }

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod chat;
 pub mod convert;
+pub mod eval;
+pub mod report;
 pub mod run;
 pub mod serve;
 

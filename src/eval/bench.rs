@@ -3,11 +3,15 @@
 //! through an empty cache, `tg N` generates N tokens one at a time; each test is repeated and
 //! reported as mean ± standard deviation of tokens/s.
 
+use std::path::Path;
 use std::time::Instant;
 
 use serde::Serialize;
 
+use super::sys;
+use crate::gguf::GgufFile;
 use crate::model::{Logits, Model, ModelError};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
@@ -106,6 +110,110 @@ pub fn run(
         push(format!("tg{n}"), n, bench_tg(model, n, reps)?);
     }
     Ok(results)
+}
+
+/// Start-up latency: how long until a model can answer, with the file's pages cold (dropped
+/// from the page cache first) and warm.
+#[derive(Clone, Debug, Serialize)]
+pub struct Startup {
+    /// open + Model::load + tokenizer with a cold page cache (None: the cache could not be
+    /// dropped, e.g. not Linux).
+    pub load_cold_ms: Option<f64>,
+    /// Share of the file still cached when the cold measurement began (0 when the drop
+    /// worked; pages another process has mapped stay).
+    pub cold_cached_fraction: Option<f64>,
+    /// From nothing to the first token's logits with a cold cache: load plus the prompt's
+    /// prefill, which faults in every weight from disk.
+    pub first_token_cold_ms: Option<f64>,
+    pub load_warm_ms: f64,
+    /// Time to first token of a loaded model: prefill of `prompt_tokens` tokens, mean of
+    /// the repetitions (weights warm).
+    pub ttft_ms: f64,
+    pub ttft_ms_sd: f64,
+    pub prompt_tokens: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+}
+
+fn load_and_first_token(path: &Path, prompt: usize) -> Result<(f64, f64), StartupError> {
+    let t0 = Instant::now();
+    let f = GgufFile::open(path)?;
+    let model = Model::load(&f)?;
+    let _tok = Tokenizer::from_gguf(&f)?;
+    let load = t0.elapsed().as_secs_f64() * 1e3;
+    let toks = tokens(prompt.max(1), model.config.n_vocab);
+    let mut cache = model.new_cache(toks.len());
+    model.forward(&mut cache, &toks, Logits::Last)?;
+    Ok((load, t0.elapsed().as_secs_f64() * 1e3))
+}
+
+/// Measures start-up. Call it before this process maps `path` otherwise: mapped pages
+/// cannot be dropped from the cache.
+pub fn startup(path: &Path, prompt: usize, reps: usize) -> Result<Startup, StartupError> {
+    let (mut load_cold_ms, mut first_token_cold_ms, mut cold_cached_fraction) = (None, None, None);
+    if sys::drop_from_page_cache(path).is_ok() {
+        cold_cached_fraction = sys::cached_fraction(path).ok();
+        let (l, t) = load_and_first_token(path, prompt)?;
+        load_cold_ms = Some(l);
+        first_token_cold_ms = Some(t);
+    }
+    let t0 = Instant::now();
+    let f = GgufFile::open(path)?;
+    let model = Model::load(&f)?;
+    let _tok = Tokenizer::from_gguf(&f)?;
+    let load_warm_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let toks = tokens(prompt.max(1), model.config.n_vocab);
+    let mut cache = model.new_cache(toks.len());
+    // Untimed: the warm numbers are for weights already in memory.
+    model.forward(&mut cache, &toks, Logits::Last)?;
+    let mut samples = Vec::new();
+    for _ in 0..reps.max(1) {
+        cache.clear();
+        let t = Instant::now();
+        model.forward(&mut cache, &toks, Logits::Last)?;
+        samples.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (ttft_ms, ttft_ms_sd) = mean_sd(&samples);
+    Ok(Startup {
+        load_cold_ms,
+        cold_cached_fraction,
+        first_token_cold_ms,
+        load_warm_ms,
+        ttft_ms,
+        ttft_ms_sd,
+        prompt_tokens: toks.len(),
+    })
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |v| format!("{v:.1} ms"))
+}
+
+/// The start-up and memory table printed under the throughput table.
+pub fn startup_table(model_name: &str, s: &Startup, peak_rss: Option<u64>) -> String {
+    format!(
+        "| model | load (cold) | load (warm) | first token (cold) | TTFT p{} (warm) | peak RSS |\n\
+         |---|---:|---:|---:|---:|---:|\n\
+         | {model_name} | {} | {:.1} ms | {} | {:.1} ± {:.1} ms | {} |\n",
+        s.prompt_tokens,
+        ms(s.load_cold_ms),
+        s.load_warm_ms,
+        ms(s.first_token_cold_ms),
+        s.ttft_ms,
+        s.ttft_ms_sd,
+        peak_rss.map_or_else(
+            || "n/a".to_string(),
+            |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+        ),
+    )
 }
 
 /// A markdown table in llama-bench's layout.
