@@ -126,7 +126,7 @@ impl SavedLogits {
         let n_pos = n_chunks * scored_per_chunk(ctx);
         let expected = n_tok
             .checked_mul(4)
-            .and_then(|t| n_pos.checked_mul(record_size(top_k)).map(|p| (t, p)))
+            .zip(n_pos.checked_mul(record_size(top_k)))
             .and_then(|(t, p)| (HEADER + t).checked_add(p))
             .ok_or("implausible header: sizes overflow")?;
         if b.len() != expected {
