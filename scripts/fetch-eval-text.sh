@@ -8,6 +8,10 @@
 # The file is normalized (UTF-8 byte-order mark dropped, CRLF -> LF) and checked against a
 # pinned sha256, as is the sdist. Idempotent and cached in ${LEDGE_CACHE:-~/.cache/ledge}.
 # Prints the text's path on stdout.
+#
+# It also writes two disjoint parts of the book, so calibration never sees the evaluation text:
+#   data/eval/botchan-calib.txt    lines 1-1300 (chapters I-III): calibration (imatrix, pruning)
+#   data/eval/botchan-heldout.txt  lines 1301-end: held-out evaluation (KLD, perplexity)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,7 +30,13 @@ TEXT_SHA=2680fa93dfc313ac6270fbf44128f4ba4c4f409ab5498f612b0e106965fdea99
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+split_text() {
+  [ -f "$OUT_DIR/botchan-calib.txt" ] || { head -n 1300 "$OUT" > "$OUT_DIR/botchan-calib.txt.tmp" && mv "$OUT_DIR/botchan-calib.txt.tmp" "$OUT_DIR/botchan-calib.txt"; }
+  [ -f "$OUT_DIR/botchan-heldout.txt" ] || { tail -n +1301 "$OUT" > "$OUT_DIR/botchan-heldout.txt.tmp" && mv "$OUT_DIR/botchan-heldout.txt.tmp" "$OUT_DIR/botchan-heldout.txt"; }
+}
+
 if [ -f "$OUT" ] && [ "$(sha "$OUT")" = "$TEXT_SHA" ]; then
+  split_text
   echo "$OUT"
   exit 0
 fi
@@ -60,4 +70,5 @@ if [ "$got" != "$TEXT_SHA" ]; then
   exit 1
 fi
 mv "$OUT.tmp" "$OUT"
+split_text
 echo "$OUT"
