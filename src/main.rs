@@ -270,6 +270,9 @@ enum Command {
         chunks: Option<usize>,
         #[arg(short, long)]
         threads: Option<usize>,
+        /// Also write each input group's Gram matrix XᵀX here (for `--method gptq`).
+        #[arg(long)]
+        gram: Option<PathBuf>,
     },
     /// Write a GGUF (llama, BPE vocabulary) as a Hugging Face model folder.
     ExportHf {
@@ -306,6 +309,15 @@ struct QuantFlags {
     /// importance-weighted quantization.
     #[arg(long)]
     imatrix: Option<PathBuf>,
+    /// rtn (round to nearest, importance-weighted with --imatrix) or gptq (needs --gram).
+    #[arg(long, default_value = "rtn")]
+    method: String,
+    /// Input Gram matrices from `ledge calibrate --gram` (for --method gptq).
+    #[arg(long)]
+    gram: Option<PathBuf>,
+    /// GPTQ damping, relative to the mean of diag(H).
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
@@ -531,9 +543,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             ctx,
             chunks,
             threads,
+            gram,
         } => print!(
             "{}",
-            ledge::app::convert::calibrate(model, text, output, ctx, chunks, threads)?
+            ledge::app::convert::calibrate_gram(model, text, output, ctx, chunks, threads, gram)?
         ),
         Command::ExportHf {
             model,
@@ -573,6 +586,9 @@ fn convert_args(
         allow_requantize: q.allow_requantize,
         threads: q.threads,
         imatrix: q.imatrix,
+        method: q.method,
+        gram: q.gram,
+        damp: q.damp,
     }
 }
 

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 
 use crate::convert::export::{export_hf, ExportOptions};
-use crate::convert::imatrix::{calibrate as run_calibration, Imatrix};
+use crate::convert::gptq::Gptq;
+use crate::convert::gram::GramFile;
+use crate::convert::imatrix::{calibrate_with_gram, Imatrix};
 use crate::convert::pipeline::Summary;
 use crate::convert::recipe::Override;
 use crate::convert::safetensors::StDtype;
@@ -18,6 +20,10 @@ pub struct ConvertArgs {
     pub allow_requantize: bool,
     pub threads: Option<usize>,
     pub imatrix: Option<PathBuf>,
+    /// "rtn" or "gptq".
+    pub method: String,
+    pub gram: Option<PathBuf>,
+    pub damp: f64,
 }
 
 fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
@@ -37,7 +43,35 @@ fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
             Some(p) => Some(std::sync::Arc::new(Imatrix::load(p)?)),
             None => None,
         },
+        gptq: gptq_options(a)?,
     })
+}
+
+fn gptq_options(a: &ConvertArgs) -> Result<Option<std::sync::Arc<Gptq>>, ConvertError> {
+    match (a.method.to_ascii_lowercase().as_str(), &a.gram) {
+        ("rtn", None) => Ok(None),
+        ("rtn", Some(_)) => Err(ConvertError::Usage(
+            "--gram is only used by --method gptq".into(),
+        )),
+        ("gptq", None) => Err(ConvertError::Usage(
+            "--method gptq needs --gram FILE (input Gram matrices: `ledge calibrate -m MODEL --text FILE -o X.imatrix --gram X.gram.gguf`)".into(),
+        )),
+        ("gptq", Some(p)) => {
+            if !(a.damp.is_finite() && a.damp > 0.0) {
+                return Err(ConvertError::Usage(format!(
+                    "--damp {}: expected a positive number (e.g. 0.01)",
+                    a.damp
+                )));
+            }
+            Ok(Some(std::sync::Arc::new(Gptq::new(
+                GramFile::open(p)?,
+                a.damp,
+            ))))
+        }
+        (m, _) => Err(ConvertError::Usage(format!(
+            "--method {m:?}: expected rtn or gptq"
+        ))),
+    }
 }
 
 fn report(s: &Summary) -> String {
@@ -58,9 +92,21 @@ fn report(s: &Summary) -> String {
         let mut m = format!("imatrix: {} tensors importance-weighted", s.weighted);
         if !s.unweighted.is_empty() {
             m += &format!(
-                "; not weighted ({} tensors: no statistics, or a type without a weighted quantizer yet — only Q4_0, Q5_0 have one): {}",
+                "; not weighted ({} tensors: no statistics, or a type without a weighted quantizer yet): {}",
                 s.unweighted.len(),
                 s.unweighted.join(", ")
+            );
+        }
+        m + "\n"
+    } else {
+        String::new()
+    } + &if s.gptq + s.not_gptq.len() > 0 {
+        let mut m = format!("gptq: {} tensors", s.gptq);
+        if !s.not_gptq.is_empty() {
+            m += &format!(
+                "; not gptq ({} tensors: no Gram statistics or no codec): {}",
+                s.not_gptq.len(),
+                s.not_gptq.join(", ")
             );
         }
         m + "\n"
@@ -78,21 +124,39 @@ pub fn calibrate(
     chunks: Option<usize>,
     threads: Option<usize>,
 ) -> Result<String, ConvertError> {
+    calibrate_gram(model, text, out, ctx, chunks, threads, None)
+}
+
+/// `ledge calibrate ... [--gram OUT.gram.gguf]`.
+pub fn calibrate_gram(
+    model: PathBuf,
+    text: PathBuf,
+    out: PathBuf,
+    ctx: usize,
+    chunks: Option<usize>,
+    threads: Option<usize>,
+    gram_out: Option<PathBuf>,
+) -> Result<String, ConvertError> {
     super::init_threads(threads);
     let f = GgufFile::open(&model)?;
     let t = std::fs::read_to_string(&text).map_err(|source| ConvertError::Io {
         path: text.clone(),
         source,
     })?;
-    let mut im = run_calibration(&f, &t, ctx, chunks, true)?;
+    let (mut im, gram) = calibrate_with_gram(&f, &t, ctx, chunks, true, gram_out.is_some())?;
     im.datasets = vec![text.display().to_string()];
     im.save(&out)?;
-    Ok(format!(
+    let mut msg = format!(
         "wrote {} ({} weights, {} chunks of {ctx} tokens)\n",
         out.display(),
         im.entries.len(),
         im.chunks
-    ))
+    );
+    if let (Some(mut g), Some(p)) = (gram, gram_out) {
+        g.save(&p)?;
+        msg += &format!("wrote {} ({} input groups)\n", p.display(), g.groups.len());
+    }
+    Ok(msg)
 }
 
 /// `ledge convert HF_DIR|MODEL.gguf -o OUT.gguf --type T`.

@@ -15,12 +15,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use half::f16;
-
 use super::{ConvertError, Result};
 use crate::gguf::{GgmlType, GgufBuilder, GgufFile, MetaArray, MetaValue};
 use crate::model::{Logits, MatmulInput, Model};
-use crate::quant::{BlockQ4_0, BlockQ5_0};
 use crate::tokenizer::Tokenizer;
 
 /// Squared-activation sums of one weight's inputs.
@@ -145,6 +142,18 @@ pub fn calibrate(
     max_chunks: Option<usize>,
     progress: bool,
 ) -> Result<Imatrix> {
+    Ok(calibrate_with_gram(f, text, ctx, max_chunks, progress, false)?.0)
+}
+
+/// `calibrate`, also collecting each input group's Gram matrix XᵀX (for GPTQ) if `gram`.
+pub fn calibrate_with_gram(
+    f: &GgufFile,
+    text: &str,
+    ctx: usize,
+    max_chunks: Option<usize>,
+    progress: bool,
+    gram: bool,
+) -> Result<(Imatrix, Option<super::gram::Gram>)> {
     let model = Model::load(f).map_err(|e| ConvertError::Usage(e.to_string()))?;
     let tok = Tokenizer::from_gguf(f).map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
     let ids = tok.encode(text, false, false);
@@ -167,6 +176,11 @@ pub fn calibrate(
         MatmulInput::FfnDown,
     ];
     let mut acc: Vec<Vec<Entry>> = vec![vec![Entry::default(); kinds.len()]; n_layer + 1];
+    let mut grams: Vec<Vec<super::gram::GramEntry>> = if gram {
+        vec![vec![super::gram::GramEntry::default(); kinds.len()]; n_layer + 1]
+    } else {
+        Vec::new()
+    };
     let start = std::time::Instant::now();
     for c in 0..n_chunks {
         let mut chunk: Vec<u32> = bos.into_iter().collect();
@@ -190,6 +204,9 @@ pub fn calibrate(
             if e.sum2.len() != width {
                 return;
             }
+            if let Some(g) = grams.get_mut(l).and_then(|v| v.get_mut(k)) {
+                g.add(x, width);
+            }
             for row in x.chunks_exact(width) {
                 for (s, &v) in e.sum2.iter_mut().zip(row) {
                     *s += (v as f64) * (v as f64);
@@ -209,6 +226,29 @@ pub fn calibrate(
             );
         }
     }
+    let gram = (!grams.is_empty()).then(|| {
+        let mut g = super::gram::Gram::default();
+        for (l, per) in grams.into_iter().enumerate() {
+            for (k, e) in per.into_iter().enumerate() {
+                if e.count == 0 {
+                    continue;
+                }
+                let name = if l == n_layer {
+                    "output".to_string()
+                } else {
+                    let part = match kinds[k] {
+                        MatmulInput::Attn => "attn_in",
+                        MatmulInput::AttnOutput => "attn_out",
+                        MatmulInput::Ffn => "ffn_in",
+                        _ => "ffn_down",
+                    };
+                    format!("blk.{l}.{part}")
+                };
+                g.groups.insert(name, e);
+            }
+        }
+        g
+    });
     let mut im = Imatrix {
         chunks: n_chunks as u32,
         chunk_size: ctx as u32,
@@ -243,115 +283,19 @@ pub fn calibrate(
             }
         }
     }
-    Ok(im)
+    Ok((im, gram))
 }
 
-/// Types `quantize_weighted` implements.
+/// Types `quantize_weighted` implements (all the converter writes but F16/BF16/F32).
 pub fn supports(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_0 | GgmlType::Q5_0)
+    super::weighted::supports(ty)
 }
 
-/// Quantizes `src` (whole rows of `imp.len()` values) to `ty` with each block's scale chosen
-/// to minimise the importance-weighted squared error; None for a type it does not implement.
+/// Quantizes `src` (whole rows of `imp.len()` values) to `ty` with each block's parameters
+/// chosen to minimise the importance-weighted squared error (`weighted.rs`); None for a type
+/// it does not implement.
 pub fn quantize_weighted(ty: GgmlType, src: &[f32], imp: &[f32]) -> Option<Vec<u8>> {
-    let row = imp.len();
-    if row == 0 || !src.len().is_multiple_of(row) || !row.is_multiple_of(32) {
-        return None;
-    }
-    // A floor keeps columns never seen active from being ignored entirely.
-    let mean = imp.iter().map(|&v| v as f64).sum::<f64>() / row as f64;
-    let floor = (mean * 1e-3) as f32;
-    let w: Vec<f32> = imp.iter().map(|&v| v.max(0.0) + floor.max(1e-12)).collect();
-    let mut out = Vec::with_capacity(src.len() / 32 * ty.type_size());
-    for (bi, x) in src.chunks_exact(32).enumerate() {
-        let col = (bi * 32) % row;
-        let wb = &w[col..col + 32];
-        match ty {
-            GgmlType::Q4_0 => {
-                let (d, q) = search_symmetric(x, wb, 8);
-                let mut b = BlockQ4_0 {
-                    d: f16::from_f32(d),
-                    qs: [0; 16],
-                };
-                for j in 0..16 {
-                    b.qs[j] = ((q[j] + 8) as u8) | (((q[j + 16] + 8) as u8) << 4);
-                }
-                out.extend_from_slice(bytemuck::bytes_of(&b));
-            }
-            GgmlType::Q5_0 => {
-                let (d, q) = search_symmetric(x, wb, 16);
-                let mut u = [0u8; 32];
-                for (uj, &qj) in u.iter_mut().zip(&q) {
-                    *uj = (qj + 16) as u8;
-                }
-                let (qh, qs) = crate::quant::q5::pack5(&u);
-                let b = BlockQ5_0 {
-                    d: f16::from_f32(d),
-                    qh,
-                    qs,
-                };
-                out.extend_from_slice(bytemuck::bytes_of(&b));
-            }
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-/// The scale d (as stored: f16-rounded) and levels q ∈ [−half, half−1] minimising
-/// Σ w·(x − d·q)². Candidates: the reference's d = m/−half (m the signed extreme) and nearby
-/// divisors, each followed by a weighted least-squares refit of d and one re-rounding.
-fn search_symmetric(x: &[f32], w: &[f32], half: i32) -> (f32, [i32; 32]) {
-    let m = crate::quant::q4::signed_absmax(x);
-    let mut best = (f32::INFINITY, 0.0f32, [0i32; 32]);
-    if m == 0.0 {
-        return (0.0, [0; 32]);
-    }
-    let quantize = |d: f32| -> [i32; 32] {
-        let mut q = [0i32; 32];
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        for (qj, &v) in q.iter_mut().zip(x) {
-            *qj = ((v * id).round() as i32).clamp(-half, half - 1);
-        }
-        q
-    };
-    let err = |d: f32, q: &[i32; 32]| -> f32 {
-        x.iter()
-            .zip(q)
-            .zip(w)
-            .map(|((&v, &qj), &wj)| {
-                let e = v - d * qj as f32;
-                wj * e * e
-            })
-            .sum()
-    };
-    let mut consider = |d: f32, q: [i32; 32]| {
-        let d = f16::from_f32(d).to_f32();
-        let e = err(d, &q);
-        if e < best.0 {
-            best = (e, d, q);
-        }
-    };
-    for k in -12..=12 {
-        let d0 = m / (-(half as f32) + 0.125 * k as f32);
-        let q = quantize(d0);
-        consider(d0, q);
-        // Weighted least squares for d given q, then the levels again for that d.
-        let (num, den) = x
-            .iter()
-            .zip(&q)
-            .zip(w)
-            .fold((0.0f32, 0.0f32), |(n, dd), ((&v, &qj), &wj)| {
-                (n + wj * v * qj as f32, dd + wj * (qj * qj) as f32)
-            });
-        if den > 0.0 {
-            let d1 = num / den;
-            consider(d1, q);
-            let q1 = quantize(f16::from_f32(d1).to_f32());
-            consider(d1, q1);
-        }
-    }
-    (best.1, best.2)
+    super::weighted::quantize_weighted(ty, src, imp)
 }
 
 #[cfg(test)]

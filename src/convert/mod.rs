@@ -6,12 +6,16 @@
 //! - `recipe.rs` decides each tensor's output type (plain types and the mixed recipes);
 //! - `pipeline.rs` quantizes tensor after tensor (rows in parallel) into the streaming writer;
 //! - `imatrix.rs` collects calibration statistics and quantizes with importance weights;
+//! - `weighted.rs` is the importance-weighted block quantizer for every type it writes;
+//! - `gram.rs` and `gptq.rs`: input Gram matrices and GPTQ (`--method gptq`);
 //! - `export.rs` goes the other way: a GGUF to an HF directory (test checkpoints).
 //!
 //! Nothing here holds the whole model: a tensor is read from the mmap, converted and written
 //! before the next one starts, so peak memory is a small multiple of the largest tensor.
 
 pub mod export;
+pub mod gptq;
+pub mod gram;
 pub mod hf;
 pub mod imatrix;
 pub mod pipeline;
@@ -19,6 +23,7 @@ pub mod pre_hashes;
 pub mod recipe;
 pub mod safetensors;
 pub mod vocab;
+pub mod weighted;
 
 use std::path::PathBuf;
 
@@ -96,6 +101,8 @@ pub struct ConvertOptions {
     pub progress: bool,
     /// Calibration statistics for importance-weighted quantization.
     pub imatrix: Option<std::sync::Arc<imatrix::Imatrix>>,
+    /// `--method gptq`: the gram statistics and damping.
+    pub gptq: Option<std::sync::Arc<gptq::Gptq>>,
 }
 
 impl ConvertOptions {
@@ -104,6 +111,7 @@ impl ConvertOptions {
             allow_requantize: self.allow_requantize,
             progress: self.progress,
             imatrix: self.imatrix.clone(),
+            gptq: self.gptq.clone(),
         }
     }
 }

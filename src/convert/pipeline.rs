@@ -125,6 +125,10 @@ pub struct Summary {
     pub weighted: usize,
     /// Quantized tensors the imatrix had no statistics or no weighted quantizer for.
     pub unweighted: Vec<String>,
+    /// Tensors quantized with GPTQ.
+    pub gptq: usize,
+    /// Quantized tensors GPTQ was asked for but had no statistics or codec for.
+    pub not_gptq: Vec<String>,
 }
 
 /// What to do besides choosing types.
@@ -134,6 +138,7 @@ pub struct WriteOptions {
     /// Print progress to stderr.
     pub progress: bool,
     pub imatrix: Option<std::sync::Arc<super::imatrix::Imatrix>>,
+    pub gptq: Option<std::sync::Arc<super::gptq::Gptq>>,
 }
 
 /// Declares `tensors` (typed by `plan`) in `builder`, then converts and streams them to `out`.
@@ -201,7 +206,7 @@ pub fn write_gguf(
                     return None;
                 }
                 let v = im.importance(&t.name).filter(|v| v.len() == t.row_len());
-                if v.is_some() && super::imatrix::supports(ty) {
+                if v.is_some() && super::weighted::supports(ty) {
                     v
                 } else {
                     unweighted.push(format!("{} ({ty})", t.name));
@@ -211,7 +216,24 @@ pub fn write_gguf(
             if imp.is_some() {
                 weighted += 1;
             }
-            let bytes = convert_tensor(t, ty, imp.as_deref())?;
+            let hessian = match &opts.gptq {
+                Some(g) if !is_float(ty) && t.dims.len() >= 2 => {
+                    let h = if super::weighted::supports(ty) {
+                        g.hessian(&t.name, plan.tied, t.row_len())?
+                    } else {
+                        None
+                    };
+                    if h.is_none() {
+                        summary.not_gptq.push(format!("{} ({ty})", t.name));
+                    }
+                    h
+                }
+                _ => None,
+            };
+            if hessian.is_some() {
+                summary.gptq += 1;
+            }
+            let bytes = convert_tensor(t, ty, imp.as_deref(), hessian.as_deref())?;
             if let Some((map, range)) = &t.pages {
                 super::safetensors::release_pages(map, range.clone());
             }
@@ -262,7 +284,12 @@ fn rows_per_chunk(row_len: usize) -> usize {
 }
 
 /// The tensor's bytes in type `ty`.
-fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType, imp: Option<&[f32]>) -> Result<Vec<u8>> {
+fn convert_tensor(
+    t: &SourceTensor<'_>,
+    ty: GgmlType,
+    imp: Option<&[f32]>,
+    hessian: Option<&super::gptq::Hessian>,
+) -> Result<Vec<u8>> {
     let qerr = |source| ConvertError::Quant {
         name: t.name.clone(),
         source,
@@ -286,9 +313,12 @@ fn convert_tensor(t: &SourceTensor<'_>, ty: GgmlType, imp: Option<&[f32]>) -> Re
             let n_rows = chunk.len() / row_bytes;
             let mut f = vec![0f32; n_rows * row_len];
             t.rows_f32(ci * per, &mut f)?;
-            let q = match imp.and_then(|w| super::imatrix::quantize_weighted(ty, &f, w)) {
+            let q = match hessian.and_then(|h| super::gptq::quantize_rows(ty, &f, h)) {
                 Some(q) => q,
-                None => quant::quantize_to_vec(ty, &f)?,
+                None => match imp.and_then(|w| super::weighted::quantize_weighted(ty, &f, w)) {
+                    Some(q) => q,
+                    None => quant::quantize_to_vec(ty, &f)?,
+                },
             };
             chunk.copy_from_slice(&q);
             Ok(())
