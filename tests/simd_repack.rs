@@ -2,7 +2,8 @@
 //! the scalar reference bit for bit, the reference equals the canonical vec_dot within
 //! rounding, on random data (never zeros), row counts that are not multiples of four, and
 //! token counts that are not multiples of the tile; the packed matmul equals the blocked
-//! matmul within rounding and gives each token the bits it gets alone.
+//! matmul within rounding and gives each token the bits it gets alone. Also the AVX-512
+//! attention kernel against a scalar reference.
 
 #![allow(clippy::needless_range_loop)] // index loops read clearer over (token, row) grids
 
@@ -189,6 +190,70 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
                     "{ty} {t} {r}"
                 );
             }
+        }
+    }
+}
+
+/// The AVX-512 attention kernel against a scalar reference (q and probabilities rounded
+/// through f16 as in ggml), for GQA layouts, windows and the head sizes it supports.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_attention_equals_reference() {
+    use half::f16;
+    use ledge::quant::simd::avx512_attn::{attend, supports, HeadLayout};
+    let mut rng = Rng(0xa77e_0003);
+    for &(hd, n_kv, g, first, pos) in &[
+        (64, 3, 1, 0, 0),
+        (64, 3, 2, 0, 6),
+        (128, 1, 0, 3, 40),
+        (256, 2, 1, 0, 129),
+    ] {
+        if !supports(hd, hd) {
+            eprintln!("no AVX-512 here: skipped");
+            return;
+        }
+        let w = n_kv * hd;
+        let kc: Vec<f16> = data(&mut rng, (pos + 1) * w)
+            .iter()
+            .map(|&v| f16::from_f32(v.clamp(-8.0, 8.0)))
+            .collect();
+        let vc: Vec<f16> = data(&mut rng, (pos + 1) * w)
+            .iter()
+            .map(|&v| f16::from_f32(v.clamp(-8.0, 8.0)))
+            .collect();
+        let q: Vec<f32> = data(&mut rng, hd).iter().map(|v| v * 0.3).collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = HeadLayout {
+            k_stride: w,
+            k_off: g * hd,
+            v_stride: w,
+            v_off: g * hd,
+        };
+        let (mut scores, mut got) = (Vec::new(), vec![0f32; hd]);
+        attend(&q, &kc, &vc, l, scale, first, pos, &mut scores, &mut got);
+        // The reference.
+        let qr: Vec<f32> = q.iter().map(|&x| f16::from_f32(x).to_f32()).collect();
+        let s: Vec<f32> = (first..=pos)
+            .map(|p| {
+                let k = &kc[p * w + g * hd..][..hd];
+                k.iter().zip(&qr).map(|(a, b)| a.to_f32() * b).sum::<f32>() * scale
+            })
+            .collect();
+        let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let e: Vec<f32> = s.iter().map(|v| (v - max).exp()).collect();
+        let sum: f64 = e.iter().map(|&v| v as f64).sum();
+        let mut want = vec![0f32; hd];
+        for (i, p) in (first..=pos).enumerate() {
+            let pw = f16::from_f32(e[i] * (1.0 / sum) as f32).to_f32();
+            for (o, v) in want.iter_mut().zip(&vc[p * w + g * hd..][..hd]) {
+                *o += pw * v.to_f32();
+            }
+        }
+        // A score's last bit can move a probability across an f16 rounding boundary
+        // (2⁻¹¹ relative near 1): hence a tolerance of that order, not f32 rounding's.
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            let tol = 2e-3 * b.abs().max(1.0);
+            assert!((a - b).abs() <= tol, "hd {hd} pos {pos} [{i}]: {a} vs {b}");
         }
     }
 }
