@@ -71,6 +71,10 @@ fn canonical(ty: GgmlType, w: &[u8], k: usize, r: usize, x: &[f32]) -> f32 {
             let b: &[BlockQ4_0] = bytemuck::cast_slice(w);
             <BlockQ4_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
         }
+        GgmlType::Q5_0 => {
+            let b: Vec<BlockQ5_0> = bytemuck::pod_collect_to_vec(w);
+            <BlockQ5_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
+        }
         GgmlType::Q8_0 => {
             let b: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(w);
             <BlockQ8_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
@@ -82,7 +86,12 @@ fn canonical(ty: GgmlType, w: &[u8], k: usize, r: usize, x: &[f32]) -> f32 {
 #[test]
 fn reference_equals_canonical_dot() {
     let mut rng = Rng(0x5eed_4a11);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+    ] {
         for &(k, m, n) in &[(32, 1, 1), (64, 5, 3), (256, 7, 9), (576, 13, 17)] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
@@ -119,7 +128,12 @@ fn avx512_kernel_equals_reference_bits() {
         return;
     };
     let mut rng = Rng(0xa5a5_0001);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+    ] {
         for &(k, m, n) in &[
             (32, 3, 1),
             (96, 9, 7),
@@ -161,7 +175,12 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
     };
     let mut rng = Rng(0x7117_0002);
     let (k, m, n) = (512, 37, 19);
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+    ] {
         let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
         let p = PackedMatrix::from_view(&view).unwrap();

@@ -3,7 +3,7 @@
 //!
 //! Files on disk stay standard GGUF (style lesson 5): a `PackedMatrix` is built from the
 //! canonical blocks when a model loads, and the matmul then reads it instead of the mapped
-//! blocks. Only types with a packed kernel on this CPU are repacked (Q4_0, Q4_1, Q8_0);
+//! blocks. Only types with a packed kernel on this CPU are repacked (Q4_0, Q4_1, Q5_0, Q8_0);
 //! `LEDGE_REPACK=0` turns repacking off.
 //!
 //! Layout of a group of four rows (r = 0..4) for block b (32 weights of each row):
@@ -11,6 +11,9 @@
 //! - Q4_0x4: one 64-byte line whose 128-bit lane r holds row r's 16 quant bytes unchanged
 //!   (low nibbles = weights 0..16, high nibbles = weights 16..32);
 //! - Q4_1x4: as Q4_0x4, plus the rows' f16 minimums in `m[g·nb + b]`;
+//! - Q5_0x4: as Q4_0x4, plus the fifth bits as two 64-bit masks in `qh[g·nb + b]`: bit
+//!   16·r + i of the first is weight i's (i < 16) of row r, of the second weight 16 + i's,
+//!   so that masked byte moves put them in place;
 //! - Q8_0x4: two lines; lane r of the first holds row r's quants 0..16, of the second 16..32,
 //!   each byte XOR 0x80 (= q + 128, so it can be the unsigned operand of `vpdpbusd`).
 //!
@@ -29,7 +32,7 @@ use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::float::f16_to_f32;
-use super::{cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use super::{cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use crate::gguf::GgmlType;
 use crate::tensor::TensorView;
 
@@ -45,6 +48,8 @@ pub enum PackedKind {
     Q4_0x4,
     /// Q4_1 weights, four rows per group: 80 bytes per 4×32 weights (5 bits per weight).
     Q4_1x4,
+    /// Q5_0 weights, four rows per group: 88 bytes per 4×32 weights (5.5 bits per weight).
+    Q5_0x4,
     /// Q8_0 weights, four rows per group: 136 bytes per 4×32 weights (8.5 bits per weight).
     Q8_0x4,
 }
@@ -53,7 +58,7 @@ impl PackedKind {
     /// 64-byte quant lines per group and block.
     pub const fn lines(self) -> usize {
         match self {
-            PackedKind::Q4_0x4 | PackedKind::Q4_1x4 => 1,
+            PackedKind::Q4_0x4 | PackedKind::Q4_1x4 | PackedKind::Q5_0x4 => 1,
             PackedKind::Q8_0x4 => 2,
         }
     }
@@ -63,6 +68,7 @@ impl PackedKind {
         match self {
             PackedKind::Q4_0x4 => 8,
             PackedKind::Q4_1x4 => 0,
+            PackedKind::Q5_0x4 => 16,
             PackedKind::Q8_0x4 => 128,
         }
     }
@@ -79,6 +85,8 @@ pub struct PackedMatrix {
     pub d: Vec<[f16; 4]>,
     /// `[group·nb + block]`: the four rows' minimums (Q4_1 only, else empty).
     pub m: Vec<[f16; 4]>,
+    /// `[group·nb + block]`: the fifth bits (Q5_0 only, else empty).
+    pub qh: Vec<[u64; 2]>,
     /// `[(group·nb + block)·lines + line]`.
     pub qs: Vec<Line64>,
 }
@@ -96,10 +104,10 @@ impl PackedMatrix {
 
     /// Bytes of the packed copy.
     pub fn size_bytes(&self) -> usize {
-        (self.d.len() + self.m.len()) * 8 + self.qs.len() * 64
+        (self.d.len() + self.m.len()) * 8 + self.qh.len() * 16 + self.qs.len() * 64
     }
 
-    /// Repacks a Q4_0, Q4_1 or Q8_0 tensor; `None` for other types (they keep their blocks).
+    /// Repacks a Q4_0, Q4_1, Q5_0 or Q8_0 tensor; `None` for other types (they keep their blocks).
     pub fn from_view(w: &TensorView) -> Option<PackedMatrix> {
         let (k, rows) = (w.row_len(), w.n_rows());
         if k % 32 != 0 || w.shape.len() > 2 {
@@ -118,7 +126,22 @@ impl PackedMatrix {
                 Some(Self::pack(PackedKind::Q4_0x4, k, rows, |row, b, out| {
                     let x = &blocks[row * (k / 32) + b];
                     out[..16].copy_from_slice(&x.qs);
-                    (x.d, f16::ZERO)
+                    (x.d, f16::ZERO, 0)
+                }))
+            }
+            GgmlType::Q5_0 => {
+                let owned;
+                let blocks: &[BlockQ5_0] = match cast_blocks(&w.data) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        owned = bytemuck::pod_collect_to_vec::<u8, BlockQ5_0>(&w.data);
+                        &owned
+                    }
+                };
+                Some(Self::pack(PackedKind::Q5_0x4, k, rows, |row, b, out| {
+                    let x = &blocks[row * (k / 32) + b];
+                    out[..16].copy_from_slice(&x.qs);
+                    (x.d, f16::ZERO, u32::from_le_bytes(x.qh))
                 }))
             }
             GgmlType::Q4_1 => {
@@ -133,7 +156,7 @@ impl PackedMatrix {
                 Some(Self::pack(PackedKind::Q4_1x4, k, rows, |row, b, out| {
                     let x = &blocks[row * (k / 32) + b];
                     out[..16].copy_from_slice(&x.qs);
-                    (x.d, x.m)
+                    (x.d, x.m, 0)
                 }))
             }
             GgmlType::Q8_0 => {
@@ -150,7 +173,7 @@ impl PackedMatrix {
                     for (o, &q) in out.iter_mut().zip(&x.qs) {
                         *o = (q as u8) ^ 0x80;
                     }
-                    (x.d, f16::ZERO)
+                    (x.d, f16::ZERO, 0)
                 }))
             }
             _ => None,
@@ -158,12 +181,13 @@ impl PackedMatrix {
     }
 
     /// Builds the layout from `block(row, b, out)`, which writes row `row`'s block `b` as
-    /// 16 (Q4_x) or 32 (Q8_0) stored bytes into `out` and returns its scale and minimum.
+    /// 16 (Q4_x, Q5_0) or 32 (Q8_0) stored bytes into `out` and returns its scale, minimum
+    /// and fifth bits.
     fn pack(
         kind: PackedKind,
         k: usize,
         rows: usize,
-        block: impl Fn(usize, usize, &mut [u8; 32]) -> (f16, f16),
+        block: impl Fn(usize, usize, &mut [u8; 32]) -> (f16, f16, u32),
     ) -> PackedMatrix {
         let nb = k / 32;
         let groups = rows.div_ceil(4);
@@ -171,6 +195,11 @@ impl PackedMatrix {
         let mut d = vec![[f16::ZERO; 4]; groups * nb];
         let mut m = if kind == PackedKind::Q4_1x4 {
             vec![[f16::ZERO; 4]; groups * nb]
+        } else {
+            Vec::new()
+        };
+        let mut qh = if kind == PackedKind::Q5_0x4 {
+            vec![[0u64; 2]; groups * nb]
         } else {
             Vec::new()
         };
@@ -185,6 +214,7 @@ impl PackedMatrix {
                         // Padding row: scale 0, and quants equal to the offset (weight 0).
                         let z = match kind {
                             PackedKind::Q4_0x4 | PackedKind::Q4_1x4 => 0x88,
+                            PackedKind::Q5_0x4 => 0x00, // scale 0 makes it irrelevant
                             PackedKind::Q8_0x4 => 0x80,
                         };
                         for l in 0..lines {
@@ -192,10 +222,14 @@ impl PackedMatrix {
                         }
                         continue;
                     }
-                    let (dr, mr) = block(row, b, &mut buf);
+                    let (dr, mr, hr) = block(row, b, &mut buf);
                     d[i][r] = dr;
                     if let Some(m) = m.get_mut(i) {
                         m[r] = mr;
+                    }
+                    if let Some(qh) = qh.get_mut(i) {
+                        qh[0] |= ((hr & 0xFFFF) as u64) << (16 * r);
+                        qh[1] |= ((hr >> 16) as u64) << (16 * r);
                     }
                     for l in 0..lines {
                         qs[i * lines + l].0[r * 16..r * 16 + 16]
@@ -210,6 +244,7 @@ impl PackedMatrix {
             rows,
             d,
             m,
+            qh,
             qs,
         }
     }
@@ -285,6 +320,12 @@ pub fn gemm_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8x4], out: &mut [[f32; 4
                     PackedKind::Q4_0x4 | PackedKind::Q4_1x4 => {
                         let byte = p.qs[i].0[r * 16 + idx % 16];
                         (if idx < 16 { byte & 0x0F } else { byte >> 4 }) as i32
+                    }
+                    PackedKind::Q5_0x4 => {
+                        let byte = p.qs[i].0[r * 16 + idx % 16];
+                        let nib = if idx < 16 { byte & 0x0F } else { byte >> 4 };
+                        let bit = (p.qh[i][idx / 16] >> (16 * r + idx % 16)) & 1;
+                        nib as i32 | (bit as i32) << 4
                     }
                     PackedKind::Q8_0x4 => p.qs[i * lines + idx / 16].0[r * 16 + idx % 16] as i32,
                 }

@@ -53,6 +53,10 @@ fn gemm(p: &PackedMatrix, g: usize, acts: &[ActQ8x4], out: &mut [[f32; 4]]) {
                         // SAFETY: as above; `m` has nb entries per group like `d`.
                         unsafe { tile_q4_1::<$t>(d, &p.m[g * nb..(g + 1) * nb], qs, chunk, o) }
                     })*
+                    $((PackedKind::Q5_0x4, $t) => {
+                        // SAFETY: as above; `qh` has nb entries per group like `d`.
+                        unsafe { tile_q5_0::<$t>(d, &p.qh[g * nb..(g + 1) * nb], qs, chunk, o) }
+                    })*
                     $((PackedKind::Q8_0x4, $t) => {
                         // SAFETY: as above.
                         unsafe { tile_q8_0::<$t>(d, qs, chunk, o) }
@@ -130,6 +134,43 @@ unsafe fn tile_q4_1<const T: usize>(
             let a = &acts[t * nb + b];
             let v = step(*acc, lo, hi, dw, a);
             *acc = _mm512_fmadd_ps(mw, _mm512_set1_ps(a.s), v);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = finish(a);
+    }
+}
+
+/// T tokens of one Q5_0x4 group: as Q4_0x4 with the fifth bits ORed in from the masks.
+///
+/// # Safety
+/// As `tile_q4_0`, with `qh` holding nb blocks.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q5_0<const T: usize>(
+    d: &[[half::f16; 4]],
+    qh: &[[u64; 2]],
+    qs: &[crate::quant::repack::Line64],
+    acts: &[ActQ8x4],
+    out: &mut [[f32; 4]],
+) {
+    let nb = d.len();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let bit4 = _mm512_set1_epi8(0x10);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..nb {
+        // SAFETY: a Line64 is 64 bytes aligned to 64.
+        let w = unsafe { _mm512_load_si512(qs[b].0.as_ptr() as *const __m512i) };
+        let lo = _mm512_or_si512(
+            _mm512_and_si512(w, m4),
+            _mm512_maskz_mov_epi8(qh[b][0], bit4),
+        );
+        let hi = _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16(w, 4), m4),
+            _mm512_maskz_mov_epi8(qh[b][1], bit4),
+        );
+        let dw = row_scales(&d[b]);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            *acc = step(*acc, lo, hi, dw, &acts[t * nb + b]);
         }
     }
     for (o, a) in out.iter_mut().zip(acc) {
