@@ -4,7 +4,7 @@
 //! Files on disk stay standard GGUF (style lesson 5): a `PackedMatrix` is built from the
 //! canonical blocks when a model loads, and the matmul then reads it instead of the mapped
 //! blocks. Only types with a packed kernel on this CPU are repacked (Q4_0, Q4_1, Q5_0, Q8_0);
-//! `LEDGE_REPACK=0` turns repacking off.
+//! `LEDGE_REPACK=1` turns repacking on (opt-in for now: see `enabled`).
 //!
 //! Layout of a group of four rows (r = 0..4) for block b (32 weights of each row):
 //! - `d[g·nb + b]` = the four rows' f16 scales;
@@ -353,9 +353,12 @@ pub fn gemm_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8x4], out: &mut [[f32; 4
     }
 }
 
-/// Whether load-time repacking is on: `LEDGE_REPACK=0` turns it off.
+/// Whether load-time repacking is on: opt-in with `LEDGE_REPACK=1` for now. With it on,
+/// tests/eval.rs's SmolLM2 Q4_1 perplexity lands 1.09% from llama-perplexity's (limit 0.5%;
+/// 0.51% for the Q4_0 KLD test) although every kernel equals its reference: until that is
+/// understood (summation order alone, or a real difference), the default stays the blocks.
 pub fn enabled() -> bool {
-    std::env::var("LEDGE_REPACK").map_or(true, |v| v != "0")
+    std::env::var("LEDGE_REPACK").is_ok_and(|v| v == "1")
 }
 
 /// The packed kernel of this kernel set, if it has one (AVX-512 VNNI only, today).
