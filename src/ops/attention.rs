@@ -38,6 +38,18 @@ pub fn attend_head(
     let ks = simd::kernels();
     let g = h / (s.n_head / s.n_kv);
     let (kw, vw) = (s.n_kv * s.hd_k, s.n_kv * s.hd_v);
+    #[cfg(target_arch = "x86_64")]
+    if fast_path(s.hd_k, s.hd_v) {
+        use simd::avx512_attn::{attend, HeadLayout};
+        let l = HeadLayout {
+            k_stride: kw,
+            k_off: g * s.hd_k,
+            v_stride: vw,
+            v_off: g * s.hd_v,
+        };
+        attend(q, k_cache, v_cache, l, s.scale, first, pos, scores, out);
+        return;
+    }
     q16.clear();
     q16.extend(q.iter().map(|&x| f16::from_f32(x)));
     scores.clear();
@@ -61,4 +73,14 @@ pub fn attend_head(
         let vr = &v_cache[p * vw + g * s.hd_v..p * vw + (g + 1) * s.hd_v];
         (ks.axpy_f16)(out, w, vr);
     }
+}
+
+/// Whether the AVX-512 attention kernel runs: the AVX-512 kernel set is in use (so
+/// `LEDGE_SIMD=avx2|scalar` keep the portable path) and it handles the head sizes.
+#[cfg(target_arch = "x86_64")]
+fn fast_path(hd_k: usize, hd_v: usize) -> bool {
+    use std::sync::OnceLock;
+    static AVX512: OnceLock<bool> = OnceLock::new();
+    *AVX512.get_or_init(|| simd::kernels().name == "avx512")
+        && simd::avx512_attn::supports(hd_k, hd_v)
 }

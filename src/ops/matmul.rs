@@ -10,6 +10,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+use crate::quant::repack::{ActQ8x4, PackedGemmFn, PackedKind, PackedMatrix};
 use crate::quant::simd::{self, Fast};
 use crate::quant::*;
 use crate::tensor::TensorView;
@@ -156,4 +157,66 @@ fn tile_scales<B: Fast>(xq: &[B::Act], tiles: usize, nba: usize) -> (Vec<[f32; 8
         }
     }
     (dy, sy)
+}
+
+/// out (n, m) = x (n, k) · Wᵀ over a load-time repacked W (`quant::repack`): the
+/// activations are quantized once to Q8_0 and laid out for the packed kernel, then tasks of
+/// `ROWS_PER_TASK` rows run the kernel on tiles of up to eight tokens, each weight group
+/// decoded once per tile.
+pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize, out: &mut [f32]) {
+    let (k, m) = (p.k, p.rows);
+    assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
+    assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");
+    let nb = k / 32;
+    // acts (n, nb): token-major; Q8_1 for Q4_1 (its minimum needs the sums), else Q8_0.
+    let mut acts = vec![ActQ8x4::zeroed(); n * nb];
+    if p.kind == PackedKind::Q4_1x4 {
+        let quantize = simd::kernels().quantize_q8_1;
+        let mut q = vec![BlockQ8_1::zeroed(); nb];
+        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            quantize(src, &mut q);
+            for (a, b) in dst.iter_mut().zip(&q) {
+                *a = ActQ8x4::from_q8_1(b);
+            }
+        }
+    } else {
+        let quantize = simd::kernels().quantize_q8_0;
+        let mut q = vec![BlockQ8_0::zeroed(); nb];
+        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            quantize(src, &mut q);
+            for (a, b) in dst.iter_mut().zip(&q) {
+                *a = ActQ8x4::from_q8_0(b, p.kind);
+            }
+        }
+    }
+    const TILE: usize = 8;
+    const GROUPS_PER_TASK: usize = ROWS_PER_TASK / 4;
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..p.groups().div_ceil(GROUPS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let g1 = ((task + 1) * GROUPS_PER_TASK).min(p.groups());
+            let mut res = [[0f32; 4]; TILE];
+            // Tokens outer, groups inner: the task's few groups of weights stay in L1 while
+            // each tile of activations is used by all of them.
+            for t0 in (0..n).step_by(TILE) {
+                let tn = TILE.min(n - t0);
+                for g in task * GROUPS_PER_TASK..g1 {
+                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
+                    let rows = 4.min(m - g * 4);
+                    for (t, r) in res[..tn].iter().enumerate() {
+                        // SAFETY: `out` has n·m elements (asserted above); this task writes
+                        // only out[t·m + 4·g .. t·m + 4·g + rows] for its own groups g, and
+                        // the groups of different tasks are disjoint.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                r.as_ptr(),
+                                out_ptr.at((t0 + t) * m + g * 4),
+                                rows,
+                            );
+                        }
+                    }
+                }
+            }
+        });
 }

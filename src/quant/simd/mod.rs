@@ -17,6 +17,10 @@ pub mod avx2;
 pub mod avx2_kquants;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_attn;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_repack;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
