@@ -29,9 +29,24 @@ if [ ! -x "$HOME_DIR/venv/bin/python" ]; then
 fi
 export PATH=$HOME_DIR/venv/bin:$PATH
 
+# Native CPU features, except AMX: some VMs list amx_* in /proc/cpuinfo without the kernel
+# granting the tile state, and llama.cpp's AMX path then dies with SIGILL (`tilezero`). On such
+# a CPU the features are named one by one from /proc/cpuinfo instead of -march=native.
+CPU_FLAGS=(-DGGML_NATIVE=ON)
+if grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+  flags=$(grep -m1 '^flags' /proc/cpuinfo)
+  on() { if grep -qw "$1" <<<"$flags"; then echo ON; else echo OFF; fi; }
+  CPU_FLAGS=(-DGGML_NATIVE=OFF -DGGML_SSE42="$(on sse4_2)" -DGGML_AVX="$(on avx)"
+    -DGGML_AVX2="$(on avx2)" -DGGML_FMA="$(on fma)" -DGGML_F16C="$(on f16c)" -DGGML_BMI2="$(on bmi2)"
+    -DGGML_AVX_VNNI="$(on avx_vnni)" -DGGML_AVX512="$(on avx512f)" -DGGML_AVX512_VBMI="$(on avx512vbmi)"
+    -DGGML_AVX512_VNNI="$(on avx512_vnni)" -DGGML_AVX512_BF16="$(on avx512_bf16)"
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)
+  echo "== this CPU lists AMX: building with its other features named, AMX off"
+fi
+
 echo "== configuring llama.cpp (native CPU features, -O3 Release, shared libs)"
 cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=ON \
+  -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON "${CPU_FLAGS[@]}" \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON >/dev/null
 
 echo "== building (this is the long part)"
