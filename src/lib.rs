@@ -1,6 +1,8 @@
 //! ledge: LLMs at the edge. Runs and compresses GGUF language models on CPU.
 
 pub mod app;
+/// `ledge compress`: a layer above convert/ and eval/.
+pub mod compress;
 pub mod convert;
 pub mod eval;
 pub mod generate;

@@ -171,6 +171,70 @@ enum Command {
         #[arg(short, long)]
         threads: Option<usize>,
     },
+    /// Find the smallest (or fastest) quantized file that meets a quality target: the
+    /// baseline's logits on --eval once, calibration on --calib once, then candidates from
+    /// the least to the most aggressive (Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_K_S, Q4_0, Q3_K_M,
+    /// Q2_K; each without and with the imatrix where it weights any tensor), each measured
+    /// (size, PPL, KLD, top-1); prints the table of every candidate and why it was chosen or
+    /// not. Early stop: after a rung (one recipe, with and without the imatrix) that misses
+    /// the quality target, one more rung is tried; two failing rungs in a row end the search.
+    /// Exits non-zero and writes nothing when no candidate meets the target.
+    Compress {
+        /// A Hugging Face model folder (converted once to an F16 baseline) or a GGUF (the
+        /// baseline itself; a quantized one is re-quantized).
+        source: PathBuf,
+        /// The GGUF to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Largest mean KL divergence from the baseline (nats/token).
+        #[arg(long, required_unless_present = "max_ppl_increase")]
+        max_kld: Option<f64>,
+        /// Largest perplexity increase over the baseline, e.g. 5%.
+        #[arg(long)]
+        max_ppl_increase: Option<String>,
+        /// Largest file size, e.g. 80MB (MB = 10^6 bytes, MiB = 2^20).
+        #[arg(long)]
+        max_size: Option<String>,
+        /// Calibration text (for the imatrix); must differ from --eval.
+        #[arg(long)]
+        calib: PathBuf,
+        /// Held-out evaluation text.
+        #[arg(long)]
+        eval: PathBuf,
+        /// What to minimize among the files meeting the target: size or speed (tg tokens/s,
+        /// measured per candidate; noisy, so close calls may differ between runs).
+        #[arg(long, default_value = "size")]
+        optimize: String,
+        /// Allow --calib and --eval to be the same text.
+        #[arg(long)]
+        allow_same_text: bool,
+        /// Where the baseline and candidates are written (default: OUT.work, removed after).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Keep the work files (baseline, imatrix, every candidate).
+        #[arg(long)]
+        keep: bool,
+        /// Tokens per chunk.
+        #[arg(short, long, default_value_t = 512)]
+        ctx: usize,
+        /// Evaluation chunks (0 = all the text holds). The default is a sample (4 × 255
+        /// scored tokens) because every candidate costs chunks × ctx tokens of inference.
+        #[arg(long, default_value_t = 4)]
+        chunks: usize,
+        /// Calibration chunks (0 = all the text holds).
+        #[arg(long, default_value_t = 4)]
+        calib_chunks: usize,
+        /// Try every candidate instead of stopping after two failing rungs.
+        #[arg(long)]
+        no_early_stop: bool,
+        /// Candidates to try instead of the default ladder, in order
+        /// (e.g. Q8_0,Q4_0,Q4_0+imatrix).
+        #[arg(long, hide = true)]
+        candidates: Option<String>,
+        /// Worker threads (default: one per core).
+        #[arg(short, long)]
+        threads: Option<usize>,
+    },
     /// Serve the OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions,
     /// /v1/models, /health, /metrics).
     Serve {
@@ -482,6 +546,46 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 chunks,
                 pp,
                 tg,
+                threads,
+            })?
+        ),
+        Command::Compress {
+            source,
+            output,
+            max_kld,
+            max_ppl_increase,
+            max_size,
+            calib,
+            eval,
+            optimize,
+            allow_same_text,
+            work_dir,
+            keep,
+            ctx,
+            chunks,
+            calib_chunks,
+            no_early_stop,
+            candidates,
+            threads,
+        } => print!(
+            "{}",
+            ledge::app::compress::compress(ledge::app::compress::CompressArgs {
+                source,
+                out: output,
+                max_kld,
+                max_ppl_increase,
+                max_size,
+                calib,
+                eval,
+                optimize,
+                allow_same_text,
+                work_dir,
+                keep,
+                ctx,
+                chunks,
+                calib_chunks,
+                candidates,
+                no_early_stop,
                 threads,
             })?
         ),

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod chat;
+pub mod compress;
 pub mod convert;
 pub mod eval;
 pub mod report;

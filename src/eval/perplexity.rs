@@ -27,6 +27,53 @@ pub enum Baseline<'a, 'm> {
     Model(&'a Model<'m>),
     /// Compare with saved top-k records (KLD is the coarsened lower bound).
     Saved(&'a SavedLogits),
+    /// Compare with the baseline's full logit rows, computed once by `baseline_rows` (exact
+    /// KLD, as with `Model`, without running the baseline again for every variant).
+    Rows(&'a BaselineRows),
+}
+
+/// A baseline's logits at every scored position: per chunk, (ctx−1−ctx/2) rows of n_vocab.
+/// 49k vocabulary × 255 positions × 4 bytes = 50 MB a chunk: for a handful of chunks.
+pub struct BaselineRows {
+    pub ctx: usize,
+    pub n_vocab: usize,
+    pub chunks: Vec<Vec<f32>>,
+}
+
+/// Runs `model` over the first `n_chunks` chunks of `tokens` (the same chunks `evaluate`
+/// makes with `opts`) and keeps the logits of every scored position.
+pub fn baseline_rows(
+    model: &Model,
+    tokens: &[u32],
+    opts: &EvalOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<BaselineRows, EvalError> {
+    let ctx = opts.ctx;
+    if tokens.is_empty() {
+        return Err(EvalError::EmptyText);
+    }
+    let n_chunks = plan_chunks(tokens.len(), ctx, opts.chunks)?;
+    let mut cache = model.new_cache(ctx);
+    let mut chunks = Vec::with_capacity(n_chunks);
+    progress(0, n_chunks);
+    for c in 0..n_chunks {
+        let mut chunk = tokens[c * ctx..(c + 1) * ctx].to_vec();
+        if let Some(bos) = opts.bos {
+            chunk[0] = bos;
+        }
+        let mut rows = Vec::with_capacity(scored_per_chunk(ctx) * model.config.n_vocab);
+        chunk_logits(model, &mut cache, &chunk, |_, l| {
+            rows.extend_from_slice(l);
+            Ok(())
+        })?;
+        chunks.push(rows);
+        progress(c + 1, n_chunks);
+    }
+    Ok(BaselineRows {
+        ctx,
+        n_vocab: model.config.n_vocab,
+        chunks,
+    })
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +219,21 @@ pub fn evaluate(
                 return Err(EvalError::LogitsTextDiffers);
             }
         }
+        Some(Baseline::Rows(r)) => {
+            if r.n_vocab != nv {
+                return Err(EvalError::VocabMismatch {
+                    model: nv,
+                    baseline: r.n_vocab,
+                });
+            }
+            if r.ctx != ctx {
+                return Err(EvalError::LogitsCtx {
+                    saved: r.ctx,
+                    asked: ctx,
+                });
+            }
+            n_chunks = n_chunks.min(r.chunks.len());
+        }
         _ => {}
     }
 
@@ -217,8 +279,11 @@ pub fn evaluate(
                         let nll = -n.logp(row[target as usize]);
                         let cmp = match &baseline {
                             None => None,
-                            Some(Baseline::Model(_)) => {
-                                let b = &base_rows[i * nv..(i + 1) * nv];
+                            Some(Baseline::Model(_)) | Some(Baseline::Rows(_)) => {
+                                let b = match &baseline {
+                                    Some(Baseline::Rows(r)) => &r.chunks[c][i * nv..(i + 1) * nv],
+                                    _ => &base_rows[i * nv..(i + 1) * nv],
+                                };
                                 let bn = LogSoftmax::of(b);
                                 Some(PositionCmp {
                                     nll,
