@@ -309,6 +309,29 @@ struct QuantFlags {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Remove this fraction (0 < F < 1) of FFN channels, ranked by calibration importance
+    /// ‖W_down[:,c]‖·rms(h_c) (needs --calib); kept counts round to 32 (256 for K-quants).
+    #[arg(long, value_name = "F")]
+    prune_ffn: Option<f32>,
+    /// layer: the same fraction in every block (default); global: ranked across blocks,
+    /// per-layer n_ff (ledge runs it; llama.cpp's llama loader does not accept it).
+    #[arg(long, value_name = "layer|global")]
+    prune_scope: Option<String>,
+    /// Skip the least-squares re-fit of ffn_down after --prune-ffn.
+    #[arg(long)]
+    no_refit: bool,
+    /// Drop the N blocks whose output is most similar to their input (needs --calib).
+    #[arg(long, value_name = "N")]
+    prune_layers: Option<usize>,
+    /// Drop these blocks (original indices, comma-separated); the rest are renumbered.
+    #[arg(long, value_name = "I,J", value_delimiter = ',')]
+    drop_layers: Vec<usize>,
+    /// Calibration text for --prune-ffn / --prune-layers (plain UTF-8).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// Most calibration chunks of 256 tokens for pruning (default 16).
+    #[arg(long, value_name = "N")]
+    calib_chunks: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -573,6 +596,15 @@ fn convert_args(
         allow_requantize: q.allow_requantize,
         threads: q.threads,
         imatrix: q.imatrix,
+        prune: ledge::convert::prune::PruneFlags {
+            ffn: q.prune_ffn,
+            scope: q.prune_scope,
+            no_refit: q.no_refit,
+            prune_layers: q.prune_layers,
+            drop_layers: q.drop_layers,
+            calib: q.calib,
+            calib_chunks: q.calib_chunks,
+        },
     }
 }
 

@@ -22,6 +22,7 @@ fn opts(t: &str) -> ConvertOptions {
         allow_requantize: false,
         progress: false,
         imatrix: None,
+        prune: None,
     }
 }
 

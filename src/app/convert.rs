@@ -18,6 +18,7 @@ pub struct ConvertArgs {
     pub allow_requantize: bool,
     pub threads: Option<usize>,
     pub imatrix: Option<PathBuf>,
+    pub prune: crate::convert::prune::PruneFlags,
 }
 
 fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
@@ -37,6 +38,7 @@ fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
             Some(p) => Some(std::sync::Arc::new(Imatrix::load(p)?)),
             None => None,
         },
+        prune: a.prune.spec()?,
     })
 }
 
