@@ -332,6 +332,10 @@ struct QuantFlags {
     /// Most calibration chunks of 256 tokens for pruning (default 16).
     #[arg(long, value_name = "N")]
     calib_chunks: Option<usize>,
+    /// Ridge of the ffn_down re-fit, toward the unpruned weights, relative to the mean
+    /// diagonal of the kept channels' Gram matrix (default 0.1; large = no re-fit).
+    #[arg(long, value_name = "R")]
+    refit_ridge: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -604,6 +608,7 @@ fn convert_args(
             drop_layers: q.drop_layers,
             calib: q.calib,
             calib_chunks: q.calib_chunks,
+            refit_ridge: q.refit_ridge,
         },
     }
 }

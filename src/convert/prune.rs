@@ -23,7 +23,8 @@
 //!
 //! **Re-fit.** With kept set K, ffn_down is replaced by the least-squares solution that best
 //! reproduces the unpruned layer output on the calibration activations:
-//! `W'_K = W · G[:, K] · (G[K, K] + λI)⁻¹`, λ = `ridge` × mean(diag G[K, K]) (Cholesky, f64).
+//! `W'_K = (W · G[:, K] + λ·W_K) · (G[K, K] + λI)⁻¹`, λ = `ridge` × mean(diag G[K, K])
+//! (Cholesky, f64): least squares with a ridge toward the unpruned weights W_K.
 //!
 //! **Layers.** `--drop-layers` removes the given blocks; `--prune-layers N` additionally drops
 //! the N blocks whose output is most similar to their input (one shot: all similarities come
@@ -112,7 +113,7 @@ impl Default for PruneSpec {
             calib_text: None,
             calib_ctx: 256,
             calib_chunks: 16,
-            ridge: 1e-2,
+            ridge: 0.1,
         }
     }
 }
@@ -127,15 +128,17 @@ pub struct PruneFlags {
     pub drop_layers: Vec<usize>,
     pub calib: Option<PathBuf>,
     pub calib_chunks: Option<usize>,
+    pub refit_ridge: Option<f64>,
 }
 
 impl PruneFlags {
     /// The spec the flags ask for (None: no pruning), checked.
     pub fn spec(&self) -> Result<Option<PruneSpec>> {
         if self.ffn.is_none() && self.prune_layers.is_none() && self.drop_layers.is_empty() {
-            if self.scope.is_some() || self.no_refit {
+            if self.scope.is_some() || self.no_refit || self.refit_ridge.is_some() {
                 return Err(ConvertError::Usage(
-                    "--prune-scope and --no-refit only apply with --prune-ffn".into(),
+                    "--prune-scope, --no-refit and --refit-ridge only apply with --prune-ffn"
+                        .into(),
                 ));
             }
             return Ok(None);
@@ -152,6 +155,7 @@ impl PruneFlags {
             prune_layers: self.prune_layers,
             calib_text: self.calib.clone(),
             calib_chunks: self.calib_chunks.unwrap_or(d.calib_chunks),
+            ridge: self.refit_ridge.unwrap_or(d.ridge),
             ..d
         };
         spec.validate()?;
@@ -465,7 +469,10 @@ pub fn channel_block(target: Target) -> usize {
 }
 
 /// Least-squares re-fit of ffn_down onto the kept channels `kept` (sorted):
-/// W'_K = W · G[:, K] · (G[K, K] + λI)⁻¹, λ = ridge · mean(diag G[K, K]).
+/// W'_K = (W · G[:, K] + λ·W_K) · (G[K, K] + λI)⁻¹, λ = ridge · mean(diag G[K, K]): the
+/// minimiser of Σ_t ‖W h_t − W' h_t[K]‖² + λ‖W' − W_K‖², so a large ridge gives back the plain
+/// column selection and a small one the pure least-squares fit (which over-fits a few
+/// thousand calibration tokens: on SmolLM2 it raised held-out KLD from 0.18 to 0.47 at 10%).
 /// `w` is n_embd rows of n_ff, `g` the full n_ff × n_ff Gram; returns n_embd rows of |K|.
 pub fn refit_down(
     w: &[f32],
@@ -502,9 +509,12 @@ pub fn refit_down(
         .par_chunks_exact(n_ff)
         .map(|we| {
             let we64: Vec<f64> = we.iter().map(|&v| v as f64).collect();
+            // Right-hand side G[K, :]·w_e + λ·w_e[K]: the ridge pulls toward the unpruned
+            // weights (plain column selection), not toward zero.
             let mut y: Vec<f64> = gk
                 .chunks_exact(n_ff)
-                .map(|row| dot_f64(row, &we64))
+                .zip(kept)
+                .map(|(row, &c)| dot_f64(row, &we64) + lambda * we64[c])
                 .collect();
             cholesky_solve(&a, &lt, k, &mut y);
             y.into_iter().map(|v| v as f32).collect()
