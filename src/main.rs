@@ -385,6 +385,33 @@ struct QuantFlags {
     /// Worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// Remove this fraction (0 < F < 1) of FFN channels, ranked by calibration importance
+    /// ‖W_down[:,c]‖·rms(h_c) (needs --calib); kept counts round to 32 (256 for K-quants).
+    #[arg(long, value_name = "F")]
+    prune_ffn: Option<f32>,
+    /// layer: the same fraction in every block (default); global: ranked across blocks,
+    /// per-layer n_ff (ledge runs it; llama.cpp's llama loader does not accept it).
+    #[arg(long, value_name = "layer|global")]
+    prune_scope: Option<String>,
+    /// Skip the least-squares re-fit of ffn_down after --prune-ffn.
+    #[arg(long)]
+    no_refit: bool,
+    /// Drop the N blocks whose output is most similar to their input (needs --calib).
+    #[arg(long, value_name = "N")]
+    prune_layers: Option<usize>,
+    /// Drop these blocks (original indices, comma-separated); the rest are renumbered.
+    #[arg(long, value_name = "I,J", value_delimiter = ',')]
+    drop_layers: Vec<usize>,
+    /// Calibration text for --prune-ffn / --prune-layers (plain UTF-8).
+    #[arg(long, value_name = "FILE")]
+    calib: Option<PathBuf>,
+    /// Most calibration chunks of 256 tokens for pruning (default 16).
+    #[arg(long, value_name = "N")]
+    calib_chunks: Option<usize>,
+    /// Ridge of the ffn_down re-fit, toward the unpruned weights, relative to the mean
+    /// diagonal of the kept channels' Gram matrix (default 0.1; large = no re-fit).
+    #[arg(long, value_name = "R")]
+    refit_ridge: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -693,6 +720,16 @@ fn convert_args(
         method: q.method,
         gram: q.gram,
         damp: q.damp,
+        prune: ledge::convert::prune::PruneFlags {
+            ffn: q.prune_ffn,
+            scope: q.prune_scope,
+            no_refit: q.no_refit,
+            prune_layers: q.prune_layers,
+            drop_layers: q.drop_layers,
+            calib: q.calib,
+            calib_chunks: q.calib_chunks,
+            refit_ridge: q.refit_ridge,
+        },
     }
 }
 

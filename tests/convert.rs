@@ -23,6 +23,7 @@ fn opts(t: &str) -> ConvertOptions {
         progress: false,
         imatrix: None,
         gptq: None,
+        prune: None,
     }
 }
 

@@ -24,6 +24,7 @@ pub struct ConvertArgs {
     pub method: String,
     pub gram: Option<PathBuf>,
     pub damp: f64,
+    pub prune: crate::convert::prune::PruneFlags,
 }
 
 fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
@@ -44,6 +45,7 @@ fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
             None => None,
         },
         gptq: gptq_options(a)?,
+        prune: a.prune.spec()?,
     })
 }
 

@@ -8,6 +8,7 @@
 //! - `imatrix.rs` collects calibration statistics and quantizes with importance weights;
 //! - `weighted.rs` is the importance-weighted block quantizer for every type it writes;
 //! - `gram.rs` and `gptq.rs`: input Gram matrices and GPTQ (`--method gptq`);
+//! - `prune.rs` removes FFN channels and whole blocks, ranked on calibration text;
 //! - `export.rs` goes the other way: a GGUF to an HF directory (test checkpoints).
 //!
 //! Nothing here holds the whole model: a tensor is read from the mmap, converted and written
@@ -20,6 +21,7 @@ pub mod hf;
 pub mod imatrix;
 pub mod pipeline;
 pub mod pre_hashes;
+pub mod prune;
 pub mod recipe;
 pub mod safetensors;
 pub mod vocab;
@@ -103,6 +105,8 @@ pub struct ConvertOptions {
     pub imatrix: Option<std::sync::Arc<imatrix::Imatrix>>,
     /// `--method gptq`: the gram statistics and damping.
     pub gptq: Option<std::sync::Arc<gptq::Gptq>>,
+    /// Structured pruning (FFN channels, blocks) done while converting.
+    pub prune: Option<prune::PruneSpec>,
 }
 
 impl ConvertOptions {
@@ -130,6 +134,9 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Summa
             "{} is not a directory (expected a Hugging Face model folder)",
             dir.display()
         )));
+    }
+    if let Some(spec) = &opts.prune {
+        return convert_hf_pruned(dir, out, opts, spec);
     }
     let cfg = LlamaConfig::from_dir(dir)?;
     let vocab = Vocab::from_dir(dir, cfg.n_vocab, (cfg.bos_id, cfg.eos_id))?;
@@ -169,6 +176,29 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Summa
     pipeline::write_gguf(b, tensors, &plan, &opts.write_options(), out)
 }
 
+/// Pruning needs a model that runs (for calibration): the HF checkpoint goes to a temporary
+/// F16 GGUF beside `out` first, which is pruned and typed into `out`, then removed.
+fn convert_hf_pruned(
+    dir: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+    spec: &prune::PruneSpec,
+) -> Result<Summary> {
+    spec.validate()?;
+    let mut tmp = out.to_path_buf();
+    tmp.as_mut_os_string().push(".prune-src.tmp.gguf");
+    let first = ConvertOptions {
+        target: Target::Plain(GgmlType::F16),
+        overrides: Vec::new(),
+        imatrix: None,
+        prune: None,
+        ..opts.clone()
+    };
+    let result = convert_hf(dir, &tmp, &first).and_then(|_| quantize_gguf(&tmp, out, opts));
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
 /// Re-types every tensor of the GGUF `input` into `out`, keeping its metadata.
 pub fn quantize_gguf(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<Summary> {
     if same_file(input, out) {
@@ -180,7 +210,7 @@ pub fn quantize_gguf(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<
     let mut b = GgufBuilder::with_metadata_of(&f)?;
     b.set("general.file_type", MetaValue::U32(opts.target.file_type()))?;
     b.set("general.quantization_version", MetaValue::U32(2))?;
-    let tensors: Vec<SourceTensor> = f
+    let mut tensors: Vec<SourceTensor> = f
         .tensor_infos()
         .iter()
         .map(|info| SourceTensor {
@@ -190,6 +220,28 @@ pub fn quantize_gguf(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<
             pages: None,
         })
         .collect();
+    let mut write_opts = opts.write_options();
+    if let Some(spec) = &opts.prune {
+        let plan =
+            prune::PrunePlan::new(&f, spec, opts.target, opts.allow_requantize, opts.progress)?;
+        tensors = plan.apply(&f, tensors)?;
+        plan.set_metadata(&f, &mut b)?;
+        write_opts.imatrix = opts
+            .imatrix
+            .as_ref()
+            .map(|im| std::sync::Arc::new(plan.remap_imatrix(im)));
+        let plan_opts = Plan {
+            target: opts.target,
+            n_layer: plan.kept_layers.len(),
+            tied: f.tensor_info("output.weight").is_none(),
+            n_gqa: crate::model::ModelConfig::from_gguf(&f)
+                .ok()
+                .and_then(|c| c.layers.first().map(|l| l.n_head / l.n_head_kv.max(1)))
+                .unwrap_or(1),
+            overrides: opts.overrides.clone(),
+        };
+        return pipeline::write_gguf(b, tensors, &plan_opts, &write_opts, out);
+    }
     let (n_layer, n_gqa) = match crate::model::ModelConfig::from_gguf(&f) {
         Ok(c) => (
             c.n_layer,
@@ -219,5 +271,5 @@ pub fn quantize_gguf(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<
         n_gqa,
         overrides: opts.overrides.clone(),
     };
-    pipeline::write_gguf(b, tensors, &plan, &opts.write_options(), out)
+    pipeline::write_gguf(b, tensors, &plan, &write_opts, out)
 }
