@@ -227,9 +227,9 @@ enum Command {
         /// Try every candidate instead of stopping after two failing rungs.
         #[arg(long)]
         no_early_stop: bool,
-        /// Candidates to try instead of the default ladder, in order
-        /// (e.g. Q8_0,Q4_0,Q4_0+imatrix).
-        #[arg(long, hide = true)]
+        /// Candidates to try instead of the default ladder, in order: TYPE[+imatrix][+ffnPCT]
+        /// [+layersN], e.g. Q8_0,Q4_0+imatrix,Q4_K_M+imatrix+ffn10,Q4_K_M+imatrix+layers1.
+        #[arg(long)]
         candidates: Option<String>,
         /// Worker threads (default: one per core).
         #[arg(short, long)]

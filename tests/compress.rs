@@ -147,7 +147,8 @@ fn an_unmeetable_target_writes_nothing_and_names_the_best() {
     let (calib, eval) = texts(&dir);
     let out = dir.join("out.gguf");
     let src = model(SMOLLM2);
-    // Q8_0 (145 MB) is over the size limit and not evaluated; Q4_0 misses the KLD.
+    // Q8_0 (145 MB) is over the size limit and not evaluated; Q4_0 misses the KLD, and so
+    // does Q4_0 with its least useful block removed (a pruning rung: its own calibration).
     let o = cli(&[
         "compress",
         src.to_str().unwrap(),
@@ -166,7 +167,7 @@ fn an_unmeetable_target_writes_nothing_and_names_the_best() {
         "--chunks",
         "2",
         "--candidates",
-        "Q8_0,Q4_0",
+        "Q8_0,Q4_0,Q4_0+layers1",
     ]);
     let table = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success(), "{table}");
@@ -179,6 +180,11 @@ fn an_unmeetable_target_writes_nothing_and_names_the_best() {
         "{table}"
     );
     assert!(table.contains("fails KLD"), "{table}");
+    let pruned = table
+        .lines()
+        .find(|l| l.contains("Q4_0+prune(1 layer)"))
+        .unwrap_or_else(|| panic!("no pruning rung in\n{table}"));
+    assert!(pruned.contains("fails KLD"), "{pruned}");
     assert!(!table.contains("**chosen**"), "{table}");
     assert!(!out.exists());
     assert!(!dir.join("out.gguf.work").exists());

@@ -182,6 +182,7 @@ fn opts(t: &str, spec: PruneSpec) -> ConvertOptions {
         allow_requantize: false,
         progress: false,
         imatrix: None,
+        gptq: None,
         prune: Some(spec),
     }
 }

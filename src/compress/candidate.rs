@@ -11,26 +11,26 @@ use crate::gguf::GgufFile;
 
 use super::CompressError;
 
-/// Structural pruning applied before quantization. The converter's pruning
-/// (`--prune-ffn`, `--drop-layers`) is built separately; `build::make_candidate` is the one
-/// place a candidate's file is made, and it refuses a spec it cannot carry out.
+/// Structural pruning applied before quantization, carried out by the converter's pruning
+/// (`convert::prune`) on the calibration text: FFN channels ranked by their contribution,
+/// blocks by how little they change the residual stream.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PruneSpec {
-    /// Keep this fraction of each layer's FFN channels (0 < f ≤ 1); None keeps all.
-    pub ffn_keep: Option<f32>,
-    /// Layers to remove entirely (ascending, no repeats).
-    pub drop_layers: Vec<usize>,
+    /// Remove this fraction of every layer's FFN channels (0 < f < 1), with the
+    /// least-squares re-fit of ffn_down.
+    pub ffn_fraction: Option<f32>,
+    /// Remove this many blocks, the most input-to-output similar ones.
+    pub layers: Option<usize>,
 }
 
 impl fmt::Display for PruneSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        if let Some(k) = self.ffn_keep {
-            parts.push(format!("ffn×{k}"));
+        if let Some(k) = self.ffn_fraction {
+            parts.push(format!("ffn-{}%", (k * 100.0).round()));
         }
-        if !self.drop_layers.is_empty() {
-            let l: Vec<String> = self.drop_layers.iter().map(|l| l.to_string()).collect();
-            parts.push(format!("drop {}", l.join(",")));
+        if let Some(n) = self.layers {
+            parts.push(format!("{n} layer{}", if n == 1 { "" } else { "s" }));
         }
         f.write_str(&parts.join(" "))
     }
@@ -83,24 +83,50 @@ impl fmt::Display for Candidate {
     }
 }
 
-/// "Q4_K_M" or "Q4_K_M+imatrix" (also "+im"); pruning rungs are not parsed from text.
+/// "Q4_K_M", "Q4_K_M+imatrix" (also "+im"), "Q4_K_M+imatrix+ffn10" (remove 10% of the FFN
+/// channels) or "Q4_K_M+imatrix+layers2" (remove two blocks).
 impl FromStr for Candidate {
     type Err = CompressError;
     fn from_str(s: &str) -> Result<Candidate, CompressError> {
         let s = s.trim();
-        let (name, im) = match s.split_once('+') {
-            Some((n, rest)) if rest.eq_ignore_ascii_case("imatrix") || rest == "im" => (n, true),
-            Some(_) => {
-                return Err(CompressError::Usage(format!(
-                    "candidate {s:?}: expected TYPE or TYPE+imatrix"
-                )))
-            }
-            None => (s, false),
+        let bad = |why: &str| {
+            CompressError::Usage(format!(
+                "candidate {s:?}: {why} (expected TYPE[+imatrix][+ffnPCT][+layersN])"
+            ))
         };
+        let mut parts = s.split('+');
+        let name = parts.next().unwrap_or_default();
         let quant: Target = name
             .parse()
             .map_err(|e| CompressError::Usage(format!("candidate {s:?}: {e}")))?;
-        Ok(Candidate::quant(quant, im))
+        let mut c = Candidate::quant(quant, false);
+        let mut prune = PruneSpec {
+            ffn_fraction: None,
+            layers: None,
+        };
+        for part in parts {
+            if part.eq_ignore_ascii_case("imatrix") || part == "im" {
+                c.imatrix = true;
+            } else if let Some(pct) = part.strip_prefix("ffn") {
+                let pct: f32 = pct.parse().map_err(|_| bad("bad FFN percentage"))?;
+                if !(pct > 0.0 && pct < 100.0) {
+                    return Err(bad("the FFN percentage must be between 0 and 100"));
+                }
+                prune.ffn_fraction = Some(pct / 100.0);
+            } else if let Some(n) = part.strip_prefix("layers") {
+                let n: usize = n.parse().map_err(|_| bad("bad layer count"))?;
+                if n == 0 {
+                    return Err(bad("the layer count must be at least 1"));
+                }
+                prune.layers = Some(n);
+            } else {
+                return Err(bad(&format!("unknown part {part:?}")));
+            }
+        }
+        if prune.ffn_fraction.is_some() || prune.layers.is_some() {
+            c.prune = Some(prune);
+        }
+        Ok(c)
     }
 }
 
@@ -122,10 +148,9 @@ pub fn parse_list(s: &str) -> Result<Vec<Candidate>, CompressError> {
 /// The default ladder, least to most aggressive (llama.cpp's usual choices). Each recipe
 /// appears without the imatrix and, right after, with it; `drop_useless_imatrix` removes the
 /// second where no tensor of this model would be weighted (the file would be identical).
-///
-/// Pruning rungs go after the quantization rungs: append
-/// `Candidate { quant, imatrix: true, prune: Some(PruneSpec { .. }) }` entries here once
-/// `build::make_candidate` can make them.
+/// Pruning comes last, on top of Q4_K_M with the imatrix: FFN channels (10%, 25%), then whole
+/// blocks (1, 2) — structural cuts cost more quality per byte than rounding on most models,
+/// so they are tried only when quantization alone cannot reach a size limit.
 pub fn default_ladder() -> Vec<Candidate> {
     use crate::convert::Recipe::*;
     use crate::gguf::GgmlType;
@@ -142,6 +167,31 @@ pub fn default_ladder() -> Vec<Candidate> {
     ] {
         v.push(Candidate::quant(t, false));
         v.push(Candidate::quant(t, true));
+    }
+    let prunes = [
+        PruneSpec {
+            ffn_fraction: Some(0.10),
+            layers: None,
+        },
+        PruneSpec {
+            ffn_fraction: Some(0.25),
+            layers: None,
+        },
+        PruneSpec {
+            ffn_fraction: None,
+            layers: Some(1),
+        },
+        PruneSpec {
+            ffn_fraction: None,
+            layers: Some(2),
+        },
+    ];
+    for p in prunes {
+        v.push(Candidate {
+            quant: Target::Mix(Q4_K_M),
+            imatrix: true,
+            prune: Some(p),
+        });
     }
     v
 }
@@ -209,14 +259,31 @@ mod tests {
         assert!(parse_list("Q9_9").is_err());
         assert!(parse_list("Q4_0+foo").is_err());
         assert!(parse_list(" , ").is_err());
+        let p = parse_list("Q4_K_M+imatrix+ffn10,Q4_0+layers2").unwrap();
+        assert_eq!(p[0].to_string(), "Q4_K_M+imatrix+prune(ffn-10%)");
+        assert_eq!(p[0].prune.as_ref().unwrap().ffn_fraction, Some(0.1));
+        assert_eq!(p[1].prune.as_ref().unwrap().layers, Some(2));
+        assert!(!p[1].imatrix);
+        assert!(!p[0].same_rung(&"Q4_K_M+imatrix".parse().unwrap()));
+        for bad in ["Q4_0+ffn0", "Q4_0+ffn100", "Q4_0+ffnx", "Q4_0+layers0"] {
+            assert!(parse_list(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
     fn ladder_runs_from_mild_to_aggressive() {
         let l = default_ladder();
         assert_eq!(l[0].to_string(), "Q8_0");
-        assert_eq!(l.last().unwrap().to_string(), "Q2_K+imatrix");
-        let bpw: Vec<f64> = l.iter().map(|c| c.quant.base().bits_per_weight()).collect();
+        let quant: Vec<&Candidate> = l.iter().filter(|c| c.prune.is_none()).collect();
+        assert_eq!(quant.last().unwrap().to_string(), "Q2_K+imatrix");
+        // Pruning rungs come after every quantization rung.
+        let first_prune = l.iter().position(|c| c.prune.is_some()).unwrap();
+        assert_eq!(first_prune, quant.len());
+        assert_eq!(l.len() - first_prune, 4);
+        let bpw: Vec<f64> = quant
+            .iter()
+            .map(|c| c.quant.base().bits_per_weight())
+            .collect();
         assert!(bpw.windows(2).all(|w| w[0] >= w[1]), "{bpw:?}");
     }
 }

@@ -187,25 +187,31 @@ fn quantized_types(f: &GgufFile) -> Vec<GgmlType> {
     v
 }
 
-/// Makes one candidate's file: the one place a candidate becomes a GGUF.
+/// Makes one candidate's file: the one place a candidate becomes a GGUF. Pruning runs its
+/// own calibration pass over `calib` (the FFN input Gram matrices and block similarities the
+/// imatrix does not hold), as `ledge quantize --prune-ffn` does.
 fn make_candidate(
     base: &Path,
     c: &Candidate,
     im: Option<&Arc<Imatrix>>,
     allow_requantize: bool,
+    calib: &Path,
     out: &Path,
 ) -> Result<Summary, CompressError> {
-    if let Some(p) = &c.prune {
-        return Err(CompressError::Usage(format!(
-            "candidate {c}: pruning ({p}) is not available in this build of the converter"
-        )));
-    }
+    let prune = c.prune.as_ref().map(|p| convert::prune::PruneSpec {
+        ffn_fraction: p.ffn_fraction,
+        prune_layers: p.layers,
+        calib_text: Some(calib.to_path_buf()),
+        ..convert::prune::PruneSpec::default()
+    });
     let opts = ConvertOptions {
         target: c.quant,
         overrides: Vec::new(),
         allow_requantize,
         progress: false,
         imatrix: if c.imatrix { im.cloned() } else { None },
+        gptq: None,
+        prune,
     };
     Ok(convert::quantize_gguf(base, out, &opts)?)
 }
@@ -308,6 +314,8 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             allow_requantize: false,
             progress: false,
             imatrix: None,
+            gptq: None,
+            prune: None,
         };
         convert::convert_hf(src, &p, &opts).map_err(|e| CompressError::BadSource {
             path: src.clone(),
@@ -451,7 +459,7 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
         }
         let path = work.file(&format!("{:02}-{}.gguf", k + 1, c.slug()));
         eprintln!("compress [4/5] candidate {}/{total}: {c}", k + 1);
-        let s = make_candidate(&base_path, c, im.as_ref(), requantized, &path)?;
+        let s = make_candidate(&base_path, c, im.as_ref(), requantized, &o.calib, &path)?;
         let f = GgufFile::open(&path).map_err(|e| model_err(&path)(&e))?;
         let mut m = Measured {
             candidate: c.clone(),
