@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README): everything the tests need is installed here, so it passes on
-# a fresh machine. Steps: fetch the real models if absent, a Python venv with the `gguf`
-# package (an independent GGUF reader the tests compare against), format and lint checks,
-# then the whole test suite in release mode; last, the aarch64 build under qemu (cross/).
+# a fresh machine. Steps: fetch the real models and the evaluation text if absent, a Python
+# venv with the `gguf` package (an independent GGUF reader the tests compare against),
+# format and lint checks, then the whole test suite in release mode; last, the aarch64 build
+# under qemu (cross/).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -11,6 +12,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "models"
 bash scripts/fetch-models.sh
+
+step "evaluation text (data/eval: tests/eval.rs compares perplexity with llama.cpp on it)"
+bash scripts/fetch-eval-text.sh
 
 step "python venv (target/pyenv: gguf, numpy)"
 VENV=$ROOT/target/pyenv

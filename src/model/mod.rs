@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::gguf::{GgmlType, GgufFile};
 use crate::ops::{self, activation, attention, norm, rope};
 use crate::quant::repack::{self, PackedMatrix};
+use crate::quant::repack16::{self, Packed16};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
 pub use config::{Arch, ConfigError, ModelConfig};
@@ -85,25 +86,49 @@ pub struct Model<'a> {
 pub struct PackedWeights {
     pub layers: Vec<[Option<PackedMatrix>; 7]>,
     pub output: Option<PackedMatrix>,
+    /// Sixteen-row copies (`quant::repack16`), preferred where a weight has one; a weight
+    /// has at most one packed copy.
+    pub layers16: Vec<[Option<Packed16>; 7]>,
+    pub output16: Option<Packed16>,
 }
 
 impl PackedWeights {
     /// Repacks every matmul weight that has a packed layout for this CPU (in parallel: a
     /// 7B model's 3.8 GB take a few seconds otherwise).
     fn build(layers: &[LayerWeights], output: &TensorView) -> PackedWeights {
-        if !repack::enabled() || repack::kernel().is_none() {
+        if !repack::enabled() {
             return PackedWeights::default();
         }
-        let layers = layers
+        let layers16: Vec<[Option<Packed16>; 7]> = layers
             .par_iter()
             .map(|l| {
                 let m = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
-                std::array::from_fn(|i| repack::maybe_repack(m[i]))
+                std::array::from_fn(|i| repack16::maybe_repack(m[i]))
             })
             .collect();
+        let output16 = repack16::maybe_repack(output);
+        let layers = layers
+            .par_iter()
+            .zip(&layers16)
+            .map(|(l, p16)| {
+                let m = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
+                std::array::from_fn(|i| {
+                    p16[i]
+                        .is_none()
+                        .then(|| repack::maybe_repack(m[i]))
+                        .flatten()
+                })
+            })
+            .collect();
+        let output = output16
+            .is_none()
+            .then(|| repack::maybe_repack(output))
+            .flatten();
         PackedWeights {
             layers,
-            output: repack::maybe_repack(output),
+            output,
+            layers16,
+            output16,
         }
     }
 
@@ -115,18 +140,30 @@ impl PackedWeights {
             .chain(std::iter::once(&self.output))
             .flatten()
             .map(|p| p.size_bytes())
-            .sum()
+            .sum::<usize>()
+            + self
+                .layers16
+                .iter()
+                .flatten()
+                .chain(std::iter::once(&self.output16))
+                .flatten()
+                .map(|p| p.size_bytes())
+                .sum::<usize>()
     }
 }
 
 /// out = x · Wᵀ with W's packed copy where it has one, else its GGUF blocks.
 fn matmul(
     w: &TensorView,
-    packed: Option<&PackedMatrix>,
+    (packed, packed16): (Option<&PackedMatrix>, Option<&Packed16>),
     x: &[f32],
     n: usize,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
+    if let (Some(p), Some(kernel)) = (packed16, repack16::kernel()) {
+        ops::matmul::matmul_packed16(p, kernel, x, n, out);
+        return Ok(());
+    }
     match (packed, repack::kernel()) {
         (Some(p), Some(kernel)) => {
             ops::matmul::matmul_packed(p, kernel, x, n, out);
@@ -353,7 +390,12 @@ impl<'a> Model<'a> {
         for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
             let (nh, nkv) = (lc.n_head, lc.n_head_kv);
             // [wq, wk, wv, wo, w_gate, w_up, w_down]'s packed copies, if any.
-            let pk = |i: usize| self.packed.layers.get(il).and_then(|l| l[i].as_ref());
+            let pk = |i: usize| {
+                (
+                    self.packed.layers.get(il).and_then(|l| l[i].as_ref()),
+                    self.packed.layers16.get(il).and_then(|l| l[i].as_ref()),
+                )
+            };
             // --- attention ---
             xn.copy_from_slice(&x);
             norm::rms_norm(&mut xn, &lw.attn_norm, c.rms_eps);
@@ -454,7 +496,8 @@ impl<'a> Model<'a> {
         norm::rms_norm(rows, &self.output_norm, c.rms_eps);
         observe(None, MatmulInput::Output, rows);
         let mut out = vec![0f32; m * c.n_vocab];
-        matmul(&self.output, self.packed.output.as_ref(), rows, m, &mut out)?;
+        let po = (self.packed.output.as_ref(), self.packed.output16.as_ref());
+        matmul(&self.output, po, rows, m, &mut out)?;
         Ok(out)
     }
 }

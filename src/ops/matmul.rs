@@ -220,3 +220,73 @@ pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize
             }
         });
 }
+
+/// out (n, m) = x (n, k) · Wᵀ over a sixteen-row packed W (`quant::repack16`): the
+/// activations are quantized once (Q8_1 for Q4_1, else Q8_0), then each task runs the kernel
+/// over its groups of sixteen rows for tiles of up to eight tokens, the group's weights
+/// staying in L1 across the tiles.
+pub fn matmul_packed16(
+    p: &crate::quant::repack16::Packed16,
+    kernel: crate::quant::repack16::Gemm16Fn,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    use crate::quant::repack16::{Act16, ROWS};
+    let (k, m) = (p.k, p.rows);
+    assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
+    assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");
+    let nb = k / 32;
+    let mut acts = vec![Act16::zeroed(); n * nb];
+    if p.kind.needs_sum() {
+        let quantize = simd::kernels().quantize_q8_1;
+        let mut q = vec![BlockQ8_1::zeroed(); nb];
+        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            quantize(src, &mut q);
+            for (a, b) in dst.iter_mut().zip(&q) {
+                *a = Act16::from_q8_1(b);
+            }
+        }
+    } else {
+        let quantize = simd::kernels().quantize_q8_0;
+        let mut q = vec![BlockQ8_0::zeroed(); nb];
+        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            quantize(src, &mut q);
+            for (a, b) in dst.iter_mut().zip(&q) {
+                *a = Act16::from_q8_0(b, p.kind);
+            }
+        }
+    }
+    const TILE: usize = 8;
+    let groups = p.groups();
+    // Enough tasks for every thread to get several (load balance), each a run of groups.
+    let per_task = groups
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .clamp(1, 8);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..groups.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
+            let mut res = [[0f32; ROWS]; TILE];
+            for t0 in (0..n).step_by(TILE) {
+                let tn = TILE.min(n - t0);
+                for g in g0..g1 {
+                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
+                    let rows = ROWS.min(m - g * ROWS);
+                    for (t, r) in res[..tn].iter().enumerate() {
+                        // SAFETY: `out` has n·m elements (asserted above); this task writes
+                        // only out[t·m + 16·g .. t·m + 16·g + rows] for its own groups g,
+                        // and the groups of different tasks are disjoint.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                r.as_ptr(),
+                                out_ptr.at((t0 + t) * m + g * ROWS),
+                                rows,
+                            );
+                        }
+                    }
+                }
+            }
+        });
+}
