@@ -412,6 +412,11 @@ struct QuantFlags {
     /// diagonal of the kept channels' Gram matrix (default 0.1; large = no re-fit).
     #[arg(long, value_name = "R")]
     refit_ridge: Option<f64>,
+    /// Remove N whole KV groups (a KV head and the query heads sharing it) from every block,
+    /// the N with the least calibration contribution through attn_output (needs --calib);
+    /// attn_output is re-fit unless --no-refit.
+    #[arg(long, value_name = "N")]
+    prune_heads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -729,6 +734,7 @@ fn convert_args(
             calib: q.calib,
             calib_chunks: q.calib_chunks,
             refit_ridge: q.refit_ridge,
+            heads: q.prune_heads,
         },
     }
 }

@@ -545,3 +545,230 @@ fn bad_arguments_fail_without_output() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A copy of `src` whose attn_output columns of the given KV groups (per layer) are zero: the
+/// unpruned model with those heads masked.
+fn mask_groups(src: &Path, out: &Path, removed: &[Vec<usize>]) {
+    let f = GgufFile::open(src).unwrap();
+    let mut b = GgufBuilder::with_metadata_of(&f).unwrap();
+    let hd = (N_EMBD / N_HEAD) as usize;
+    let group = (N_HEAD / N_HEAD_KV) as usize * hd;
+    let mut data = Vec::new();
+    for info in f.tensor_infos() {
+        let name = f.tensor_name(info).to_string();
+        b.add_tensor(&name, GgmlType::F32, &info.dims).unwrap();
+        let mut v = f.tensor(&name).unwrap().to_f32().unwrap();
+        if let Some(l) = name
+            .strip_suffix(".attn_output.weight")
+            .and_then(|p| p.strip_prefix("blk."))
+        {
+            let l: usize = l.parse().unwrap();
+            let n_cols = info.dims[0] as usize;
+            for row in v.chunks_exact_mut(n_cols) {
+                for &g in &removed[l] {
+                    row[g * group..(g + 1) * group].fill(0.0);
+                }
+            }
+        }
+        data.push(v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>());
+    }
+    let mut s = b.create(out).unwrap();
+    for d in &data {
+        s.write_tensor(d).unwrap();
+    }
+    s.finish().unwrap();
+}
+
+fn logits_of(path: &Path, tokens: &[u32]) -> Vec<f32> {
+    let f = GgufFile::open(path).unwrap();
+    let m = Model::load(&f).unwrap();
+    let mut cache = m.new_cache(64);
+    m.forward(&mut cache, tokens, Logits::All).unwrap()
+}
+
+#[test]
+fn heads_pruned_file_equals_masked_model() {
+    let d = tmpdir("heads");
+    let (src, out) = (d.join("tiny.gguf"), d.join("pruned.gguf"));
+    tiny_llama(&src, false, 7);
+    let calib = calib_text(&d);
+    let s = PruneSpec {
+        prune_heads: Some(1),
+        refit: false,
+        ..spec(&calib)
+    };
+    quantize_gguf(&src, &out, &opts("F32", s)).unwrap();
+    let (f0, f) = (GgufFile::open(&src).unwrap(), GgufFile::open(&out).unwrap());
+    let hd = N_EMBD / N_HEAD;
+    let (nh, nkv) = (N_HEAD - N_HEAD / N_HEAD_KV, N_HEAD_KV - 1);
+    assert_eq!(u32s(&f, "llama.attention.head_count"), [nh as i64]);
+    assert_eq!(u32s(&f, "llama.attention.head_count_kv"), [nkv as i64]);
+    assert_eq!(f.get_u64("llama.attention.key_length").unwrap(), hd);
+    assert_eq!(f.get_u64("llama.attention.value_length").unwrap(), hd);
+    assert_eq!(f.get_u64("llama.embedding_length").unwrap(), N_EMBD);
+    assert_eq!(f.get_u64("ledge.prune.kv_groups_removed").unwrap(), 1);
+    assert!(!f.get_bool("ledge.prune.attn_refit").unwrap());
+    assert!(f.get("ledge.prune.ffn_fraction").is_none());
+    let removed = u32s(&f, "ledge.prune.removed_kv_heads");
+    assert_eq!(removed.len(), N_LAYER as usize);
+    let removed: Vec<Vec<usize>> = removed.iter().map(|&g| vec![g as usize]).collect();
+    for l in 0..N_LAYER {
+        let n = |s: &str| format!("blk.{l}.{s}.weight");
+        assert_eq!(dims(&f, &n("attn_q")), [N_EMBD, nh * hd]);
+        assert_eq!(dims(&f, &n("attn_k")), [N_EMBD, nkv * hd]);
+        assert_eq!(dims(&f, &n("attn_v")), [N_EMBD, nkv * hd]);
+        assert_eq!(dims(&f, &n("attn_output")), [nh * hd, N_EMBD]);
+        assert_eq!(dims(&f, &n("ffn_down")), [N_FF, N_EMBD]);
+        // The kept K rows are the original rows of the kept KV head, in order.
+        let k0 = f0.tensor(&n("attn_k")).unwrap().to_f32().unwrap();
+        let k1 = f.tensor(&n("attn_k")).unwrap().to_f32().unwrap();
+        let kept = 1 - removed[l as usize][0];
+        let w = (N_EMBD * hd) as usize;
+        assert_eq!(k1, k0[kept * w..(kept + 1) * w]);
+    }
+    // The pruned model computes what the unpruned one does with those heads masked.
+    let masked = d.join("masked.gguf");
+    mask_groups(&src, &masked, &removed);
+    let tokens = [5u32, 60, 70, 80, 90, 100, 110, 7, 8, 200, 33];
+    let (a, b) = (logits_of(&out, &tokens), logits_of(&masked, &tokens));
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff <= 1e-4 * scale, "max |Δlogit| {diff} (scale {scale})");
+    // …and not what the unpruned one does (the test can fail).
+    let full = logits_of(&src, &tokens);
+    let diff_full = full
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(diff_full > 100.0 * diff.max(1e-6), "{diff_full} vs {diff}");
+    // The removed group is the lowest-scoring one: masking the other group instead moves the
+    // logits further from the unpruned model's on the calibration-like tokens.
+    let other: Vec<Vec<usize>> = removed.iter().map(|r| vec![1 - r[0]]).collect();
+    let masked2 = d.join("masked-other.gguf");
+    mask_groups(&src, &masked2, &other);
+    let c = logits_of(&masked2, &tokens);
+    let err = |x: &[f32]| -> f64 {
+        x.iter()
+            .zip(&full)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum()
+    };
+    assert!(err(&b) < err(&c), "{} vs {}", err(&b), err(&c));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn heads_refit_combined_with_ffn_and_layers() {
+    let d = tmpdir("heads-refit");
+    let (src, out) = (d.join("tiny.gguf"), d.join("pruned.gguf"));
+    tiny_llama(&src, true, 8);
+    let calib = calib_text(&d);
+    let s = PruneSpec {
+        prune_heads: Some(1),
+        ffn_fraction: Some(0.25),
+        drop_layers: vec![1],
+        ..spec(&calib)
+    };
+    quantize_gguf(&src, &out, &opts("Q8_0", s)).unwrap();
+    let f = GgufFile::open(&out).unwrap();
+    let hd = N_EMBD / N_HEAD;
+    assert_eq!(f.get_u64("llama.block_count").unwrap(), N_LAYER - 1);
+    assert_eq!(u32s(&f, "llama.attention.head_count"), [2]);
+    assert_eq!(u32s(&f, "llama.attention.head_count_kv"), [1]);
+    assert!(f.get_bool("ledge.prune.attn_refit").unwrap());
+    assert_eq!(
+        u32s(&f, "ledge.prune.removed_kv_heads").len(),
+        N_LAYER as usize - 1
+    );
+    for l in 0..N_LAYER - 1 {
+        assert_eq!(
+            dims(&f, &format!("blk.{l}.attn_output.weight")),
+            [2 * hd, N_EMBD]
+        );
+        assert_eq!(dims(&f, &format!("blk.{l}.ffn_up.weight")), [N_EMBD, 96]);
+    }
+    runs(&out);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn heads_bad_arguments_fail_without_output() {
+    let d = tmpdir("heads-bad");
+    let src = d.join("tiny.gguf");
+    tiny_llama(&src, false, 9);
+    let calib = calib_text(&d);
+    let out = d.join("out.gguf");
+    for (s, want) in [
+        (
+            PruneSpec {
+                prune_heads: Some(2),
+                ..spec(&calib)
+            },
+            "would leave none",
+        ),
+        (
+            PruneSpec {
+                prune_heads: Some(0),
+                ..spec(&calib)
+            },
+            "removes nothing",
+        ),
+        (
+            PruneSpec {
+                prune_heads: Some(1),
+                ..Default::default()
+            },
+            "--calib",
+        ),
+    ] {
+        let e = quantize_gguf(&src, &out, &opts("F16", s.clone())).unwrap_err();
+        assert!(
+            matches!(e, ConvertError::Usage(_)) && e.to_string().contains(want),
+            "{s:?}: {e}"
+        );
+        assert!(!out.exists());
+    }
+    // A model with one KV head per block has no group to remove.
+    let mqa = d.join("mqa.gguf");
+    let f = GgufFile::open(&src).unwrap();
+    let mut b = GgufBuilder::with_metadata_of(&f).unwrap();
+    b.set("llama.attention.head_count_kv", MetaValue::U32(1))
+        .unwrap();
+    let hd = N_EMBD / N_HEAD;
+    let mut data = Vec::new();
+    for info in f.tensor_infos() {
+        let name = f.tensor_name(info).to_string();
+        let mut dims = info.dims.clone();
+        let mut bytes = f.tensor(&name).unwrap().data.to_vec();
+        if name.ends_with(".attn_k.weight") || name.ends_with(".attn_v.weight") {
+            dims[1] = hd;
+            bytes.truncate((N_EMBD * hd * 4) as usize);
+        }
+        b.add_tensor(&name, GgmlType::F32, &dims).unwrap();
+        data.push(bytes);
+    }
+    let mut w = b.create(&mqa).unwrap();
+    for x in &data {
+        w.write_tensor(x).unwrap();
+    }
+    w.finish().unwrap();
+    runs(&mqa);
+    let bin = env!("CARGO_BIN_EXE_ledge");
+    let o = Command::new(bin)
+        .arg("quantize")
+        .arg(&mqa)
+        .arg(&out)
+        .arg("F16")
+        .args(["--prune-heads", "1", "--calib"])
+        .arg(&calib)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("no GQA groups"), "{err}");
+    assert!(!out.exists());
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -9,6 +9,7 @@
 //! - `weighted.rs` is the importance-weighted block quantizer for every type it writes;
 //! - `gram.rs` and `gptq.rs`: input Gram matrices and GPTQ (`--method gptq`);
 //! - `prune.rs` removes FFN channels and whole blocks, ranked on calibration text;
+//! - `heads.rs`: the attention side of pruning (whole KV groups, `--prune-heads`);
 //! - `export.rs` goes the other way: a GGUF to an HF directory (test checkpoints).
 //!
 //! Nothing here holds the whole model: a tensor is read from the mmap, converted and written
@@ -17,6 +18,7 @@
 pub mod export;
 pub mod gptq;
 pub mod gram;
+pub mod heads;
 pub mod hf;
 pub mod imatrix;
 pub mod pipeline;

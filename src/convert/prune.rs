@@ -33,6 +33,13 @@
 //! by the norm weight w is x up to a positive scale, which cosine ignores. Remaining blocks are
 //! renumbered, per-layer metadata arrays filtered, and `block_count` updated.
 //!
+//! **Heads.** `--prune-heads N` removes the N weakest whole KV groups of every block (a KV
+//! head with the query heads sharing it; scoring and layout in `heads.rs`), then re-fits
+//! attn_output on the kept columns like ffn_down (unless `--no-refit`). The same N in every
+//! block: llama.cpp's llama loader sizes every block's Q/K/V/O from layer 0's head counts,
+//! so per-layer head counts would not load there. `attention.key_length`/`value_length` are
+//! written, since n_embd / n_head no longer gives the head size.
+//!
 //! When FFN and layer pruning are combined, both use the statistics of the unpruned model.
 //! The file records what was done in `ledge.prune.*` keys.
 
@@ -41,6 +48,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
+use super::heads;
 use super::imatrix::{Entry, Imatrix};
 use super::pipeline::{SourceData, SourceTensor};
 use super::{ConvertError, Result, Target};
@@ -92,7 +100,10 @@ pub struct PruneSpec {
     pub drop_layers: Vec<usize>,
     /// Also remove this many blocks, the most input-to-output similar ones.
     pub prune_layers: Option<usize>,
-    /// Calibration text (needed for ffn_fraction and prune_layers).
+    /// Remove this many whole KV groups (a KV head and the query heads sharing it) from
+    /// every block (`heads.rs`).
+    pub prune_heads: Option<usize>,
+    /// Calibration text (needed for ffn_fraction, prune_layers and prune_heads).
     pub calib_text: Option<PathBuf>,
     /// Tokens per calibration chunk.
     pub calib_ctx: usize,
@@ -110,6 +121,7 @@ impl Default for PruneSpec {
             refit: true,
             drop_layers: Vec::new(),
             prune_layers: None,
+            prune_heads: None,
             calib_text: None,
             calib_ctx: 256,
             calib_chunks: 16,
@@ -129,15 +141,26 @@ pub struct PruneFlags {
     pub calib: Option<PathBuf>,
     pub calib_chunks: Option<usize>,
     pub refit_ridge: Option<f64>,
+    pub heads: Option<usize>,
 }
 
 impl PruneFlags {
     /// The spec the flags ask for (None: no pruning), checked.
     pub fn spec(&self) -> Result<Option<PruneSpec>> {
-        if self.ffn.is_none() && self.prune_layers.is_none() && self.drop_layers.is_empty() {
-            if self.scope.is_some() || self.no_refit || self.refit_ridge.is_some() {
+        if self.scope.is_some() && self.ffn.is_none() {
+            return Err(ConvertError::Usage(
+                "--prune-scope, --no-refit and --refit-ridge only apply with --prune-ffn (the latter two also with --prune-heads)"
+                    .into(),
+            ));
+        }
+        if self.ffn.is_none()
+            && self.heads.is_none()
+            && self.prune_layers.is_none()
+            && self.drop_layers.is_empty()
+        {
+            if self.no_refit || self.refit_ridge.is_some() {
                 return Err(ConvertError::Usage(
-                    "--prune-scope, --no-refit and --refit-ridge only apply with --prune-ffn"
+                    "--prune-scope, --no-refit and --refit-ridge only apply with --prune-ffn (the latter two also with --prune-heads)"
                         .into(),
                 ));
             }
@@ -153,6 +176,7 @@ impl PruneFlags {
             refit: !self.no_refit,
             drop_layers: self.drop_layers.clone(),
             prune_layers: self.prune_layers,
+            prune_heads: self.heads,
             calib_text: self.calib.clone(),
             calib_chunks: self.calib_chunks.unwrap_or(d.calib_chunks),
             ridge: self.refit_ridge.unwrap_or(d.ridge),
@@ -165,7 +189,7 @@ impl PruneFlags {
 
 impl PruneSpec {
     fn needs_calibration(&self) -> bool {
-        self.ffn_fraction.is_some() || self.prune_layers.is_some()
+        self.ffn_fraction.is_some() || self.prune_layers.is_some() || self.prune_heads.is_some()
     }
 
     /// Checks what can be checked without the model.
@@ -178,12 +202,15 @@ impl PruneSpec {
                 ));
             }
         }
+        if self.prune_heads == Some(0) {
+            return usage("--prune-heads 0 removes nothing; give at least 1 KV group".into());
+        }
         if self.prune_layers == Some(0) {
             return usage("--prune-layers 0 removes nothing; give at least 1".into());
         }
         if self.needs_calibration() && self.calib_text.is_none() {
             return usage(
-                "--prune-ffn and --prune-layers rank channels and layers on calibration text: pass --calib FILE"
+                "--prune-ffn, --prune-layers and --prune-heads rank channels, layers and heads on calibration text: pass --calib FILE"
                     .into(),
             );
         }
@@ -213,6 +240,9 @@ pub struct Calibration {
     /// Per layer, the ffn_down input Gram Σ h hᵀ (row-major n_ff × n_ff; only the diagonal,
     /// n_ff values, in `Diagonal` mode; empty in `None`).
     pub gram: Vec<Vec<f64>>,
+    /// Per layer, the attn_output input Gram Σ a aᵀ (row-major, n_head·hd_v square); empty
+    /// unless asked for (`calibrate_with`).
+    pub attn_gram: Vec<Vec<f64>>,
     /// Per layer, the mean cosine similarity between the block's input and output.
     pub similarity: Vec<f64>,
     /// Tokens seen.
@@ -303,6 +333,19 @@ pub fn calibrate(
     gram: GramMode,
     progress: bool,
 ) -> Result<Calibration> {
+    calibrate_with(f, text, ctx, max_chunks, gram, false, progress)
+}
+
+/// `calibrate`, also collecting the full Gram of every attn_output input when `attn_gram`.
+pub fn calibrate_with(
+    f: &GgufFile,
+    text: &str,
+    ctx: usize,
+    max_chunks: usize,
+    gram: GramMode,
+    attn_gram: bool,
+    progress: bool,
+) -> Result<Calibration> {
     let model = Model::load(f).map_err(|e| ConvertError::Usage(e.to_string()))?;
     let tok = Tokenizer::from_gguf(f).map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
     let ids = tok.encode(text, false, false);
@@ -342,6 +385,22 @@ pub fn calibrate(
             GramMode::Full => vec![0.0; n * n],
         })
         .collect();
+    let n_att: Vec<usize> = model
+        .config
+        .layers
+        .iter()
+        .map(|l| l.n_head * model.config.head_dim_v)
+        .collect();
+    let mut attn: Vec<Vec<f64>> = n_att
+        .iter()
+        .map(|&n| {
+            if attn_gram {
+                vec![0.0; n * n]
+            } else {
+                Vec::new()
+            }
+        })
+        .collect();
     let mut sim = vec![0f64; n_layer];
     let d = model.config.n_embd;
     let mut tokens = 0usize;
@@ -357,6 +416,13 @@ pub fn calibrate(
             let l = match (layer, which) {
                 (Some(l), MatmulInput::Attn) => l,
                 (None, _) | (_, MatmulInput::Output) => n_layer,
+                (Some(l), MatmulInput::AttnOutput) => {
+                    let n = n_att[l];
+                    if attn_gram && x.len() == n * n_pos {
+                        add_gram(&mut attn[l], x, n);
+                    }
+                    return;
+                }
                 (Some(l), MatmulInput::FfnDown) => {
                     let n = n_ff[l];
                     if x.len() != n * n_pos {
@@ -410,7 +476,11 @@ pub fn calibrate(
         }
     }
     // Mirror the upper triangle.
-    for (g, &n) in grams.iter_mut().zip(&n_ff) {
+    for (g, &n) in grams
+        .iter_mut()
+        .zip(&n_ff)
+        .chain(attn.iter_mut().zip(&n_att))
+    {
         if g.len() == n * n {
             for i in 0..n {
                 for j in 0..i {
@@ -421,6 +491,7 @@ pub fn calibrate(
     }
     Ok(Calibration {
         gram: grams,
+        attn_gram: attn,
         similarity: sim.iter().map(|s| s / tokens as f64).collect(),
         tokens,
     })
@@ -601,6 +672,15 @@ pub struct PrunePlan {
     refit_down: Vec<Option<Vec<f32>>>,
     /// Per original layer: calibration cosine similarity of block input and output.
     pub similarity: Vec<f64>,
+    /// Per original layer: its query and KV head counts.
+    pub n_head_in: Vec<usize>,
+    pub n_kv_in: Vec<usize>,
+    /// Key and value length per head (unchanged by head pruning).
+    pub head_dim: (usize, usize),
+    /// Per original layer: the KV groups removed (sorted), None when all stay.
+    pub kv_removed: Vec<Option<Vec<usize>>>,
+    /// Per original layer: the re-fit attn_output (n_embd rows of the kept columns).
+    attn_refit: Vec<Option<Vec<f32>>>,
     spec: PruneSpec,
 }
 
@@ -638,6 +718,25 @@ impl PrunePlan {
             )));
         }
         let n_ff_in: Vec<usize> = cfg.layers.iter().map(|l| l.n_ff).collect();
+        if let Some(nh) = spec.prune_heads {
+            if let Some((l, lc)) = cfg
+                .layers
+                .iter()
+                .enumerate()
+                .find(|(_, lc)| nh >= lc.n_head_kv)
+            {
+                return Err(ConvertError::Usage(format!(
+                    "--prune-heads {nh}: block {l} has {} KV head(s) for {} query heads, so removing {nh} KV group(s) would leave none{}",
+                    lc.n_head_kv,
+                    lc.n_head,
+                    if lc.n_head_kv == 1 {
+                        " (the model has no GQA groups to remove)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
         let calib = if spec.needs_calibration() {
             let path = spec.calib_text.as_ref().expect("validated");
             let text = read_text(path)?;
@@ -646,12 +745,13 @@ impl PrunePlan {
                 (Some(_), false) => GramMode::Diagonal,
                 (Some(_), true) => GramMode::Full,
             };
-            Some(calibrate(
+            Some(calibrate_with(
                 f,
                 &text,
                 spec.calib_ctx,
                 spec.calib_chunks,
                 mode,
+                spec.prune_heads.is_some(),
                 progress,
             )?)
         } else {
@@ -747,6 +847,50 @@ impl PrunePlan {
                 ffn_kept[l] = Some(kept);
             }
         }
+        let mut kv_removed = vec![None; n];
+        let mut attn_refit = vec![None; n];
+        if let (Some(nh), Some(cal)) = (spec.prune_heads, &calib) {
+            for &l in &kept_layers {
+                let lc = &cfg.layers[l];
+                for part in ["attn_q", "attn_k", "attn_v"] {
+                    let name = format!("blk.{l}.{part}.weight");
+                    if let Some(info) = f.tensor_info(&name) {
+                        if !allow_requantize && info.ty.is_quantized() {
+                            return Err(ConvertError::Requantize { name, ty: info.ty });
+                        }
+                    }
+                }
+                let name = format!("blk.{l}.attn_output.weight");
+                let t = f
+                    .tensor(&name)
+                    .map_err(|_| ConvertError::MissingTensor(name.clone()))?;
+                if !allow_requantize && t.ty.is_quantized() {
+                    return Err(ConvertError::Requantize { name, ty: t.ty });
+                }
+                let wo = t
+                    .to_f32()
+                    .map_err(|source| ConvertError::Quant { name, source })?;
+                let n_cols = lc.n_head * cfg.head_dim_v;
+                let g = &cal.attn_gram[l];
+                let scores = heads::group_scores(&wo, n_cols, g, cal.tokens, lc.n_head_kv);
+                let removed = heads::weakest_groups(&scores, nh);
+                if progress {
+                    eprintln!(
+                        "prune: blk.{l}: KV group scores {scores:.3?}, removing {removed:?}{}",
+                        if spec.refit {
+                            ", attn_output re-fit"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if spec.refit {
+                    let kept = heads::kept_indices(&removed, lc.n_head_kv, n_cols / lc.n_head_kv);
+                    attn_refit[l] = Some(refit_down(&wo, n_cols, g, &kept, spec.ridge)?);
+                }
+                kv_removed[l] = Some(removed);
+            }
+        }
         if progress && !dropped.is_empty() {
             eprintln!("prune: dropping blocks {dropped:?}");
         }
@@ -759,6 +903,11 @@ impl PrunePlan {
             ffn_kept,
             refit_down: refit,
             similarity,
+            n_head_in: cfg.layers.iter().map(|l| l.n_head).collect(),
+            n_kv_in: cfg.layers.iter().map(|l| l.n_head_kv).collect(),
+            head_dim: (cfg.head_dim_k, cfg.head_dim_v),
+            kv_removed,
+            attn_refit,
             spec: spec.clone(),
         })
     }
@@ -851,10 +1000,93 @@ impl PrunePlan {
                     _ => {}
                 }
             }
+            if let Some(l) = layer {
+                self.apply_heads(f, l, &mut t)?;
+            }
             t.name = new_name;
             out.push(t);
         }
         Ok(out)
+    }
+
+    /// Per kept block (in output order), its (query heads, KV heads).
+    pub fn heads_out(&self) -> Vec<(usize, usize)> {
+        self.kept_layers
+            .iter()
+            .map(|&l| {
+                let (nh, nkv) = (self.n_head_in[l], self.n_kv_in[l]);
+                let gone = self.kv_removed[l].as_ref().map_or(0, |r| r.len());
+                (nh - gone * (nh / nkv), nkv - gone)
+            })
+            .collect()
+    }
+
+    /// Removes the pruned KV groups from one attention tensor of original layer `l` (a no-op
+    /// for other tensors and unpruned layers): rows of attn_q / attn_k / attn_v (and their
+    /// biases), columns of attn_output (or its re-fit).
+    fn apply_heads(&self, f: &GgufFile, l: usize, t: &mut SourceTensor<'_>) -> Result<()> {
+        let Some(removed) = self.kv_removed[l].as_ref() else {
+            return Ok(());
+        };
+        let (nh, nkv) = (self.n_head_in[l], self.n_kv_in[l]);
+        let (hk, hv) = self.head_dim;
+        let part = t.name.rsplit_once('.').map(|(p, _)| p).unwrap_or("");
+        let part = part.rsplit('.').next().unwrap_or("");
+        // Rows per group and expected row count (dims are [row length, rows]).
+        let rows_per_group = match part {
+            "attn_q" => (nh / nkv) * hk,
+            "attn_k" => hk,
+            "attn_v" => hv,
+            "attn_output" if t.dims.len() == 2 => 0,
+            _ => return Ok(()),
+        };
+        let bad = |t: &SourceTensor<'_>| {
+            ConvertError::Usage(format!(
+                "head pruning: tensor {} has dims {:?}, which do not match {nh} heads / {nkv} KV heads of {hk}/{hv}",
+                t.name, t.dims
+            ))
+        };
+        let v = f
+            .tensor(&t.name)
+            .map_err(|_| ConvertError::MissingTensor(t.name.clone()))?
+            .to_f32()
+            .map_err(|source| ConvertError::Quant {
+                name: t.name.clone(),
+                source,
+            })?;
+        if rows_per_group == 0 {
+            // attn_output: dims [n_head·hd_v, n_embd], one column per attention output.
+            let n_cols = nh * hv;
+            if t.dims[0] as usize != n_cols {
+                return Err(bad(t));
+            }
+            let kept = heads::kept_indices(removed, nkv, n_cols / nkv);
+            let sel = match &self.attn_refit[l] {
+                Some(w) => w.clone(),
+                None => heads::select_cols(&v, n_cols, &kept),
+            };
+            t.dims = vec![kept.len() as u64, t.dims[1]];
+            t.data = SourceData::F32(sel);
+        } else {
+            let (row_len, n_rows) = match t.dims[..] {
+                [n] => (1, n as usize),
+                [r, n] => (r as usize, n as usize),
+                _ => return Err(bad(t)),
+            };
+            if n_rows != nkv * rows_per_group {
+                return Err(bad(t));
+            }
+            let rows = heads::kept_indices(removed, nkv, rows_per_group);
+            let sel = heads::select_rows(&v, row_len, &rows);
+            t.dims = if t.dims.len() == 1 {
+                vec![rows.len() as u64]
+            } else {
+                vec![row_len as u64, rows.len() as u64]
+            };
+            t.data = SourceData::F32(sel);
+        }
+        t.pages = None;
+        Ok(())
     }
 
     /// Writes block_count, the filtered per-layer arrays, the FFN lengths and `ledge.prune.*`.
@@ -903,6 +1135,48 @@ impl PrunePlan {
             b.set("ledge.prune.ffn_scope", self.spec.scope.name())?;
             b.set("ledge.prune.refit", MetaValue::Bool(self.spec.refit))?;
         }
+        if let Some(nh) = self.spec.prune_heads {
+            let u32_arr = |v: Vec<usize>| {
+                MetaValue::Array(MetaArray::new(
+                    ValueType::U32,
+                    v.into_iter().map(|x| MetaValue::U32(x as u32)).collect(),
+                ))
+            };
+            let uniform_or_array = |v: Vec<usize>| {
+                if v.windows(2).all(|w| w[0] == w[1]) {
+                    MetaValue::U32(v[0] as u32)
+                } else {
+                    u32_arr(v)
+                }
+            };
+            let (h, kv): (Vec<usize>, Vec<usize>) = self.heads_out().into_iter().unzip();
+            b.set(&format!("{arch}.attention.head_count"), uniform_or_array(h))?;
+            b.set(
+                &format!("{arch}.attention.head_count_kv"),
+                uniform_or_array(kv),
+            )?;
+            // n_embd / n_head is no longer the head size: say it.
+            let (hk, hv) = self.head_dim;
+            b.set(
+                &format!("{arch}.attention.key_length"),
+                MetaValue::U32(hk as u32),
+            )?;
+            b.set(
+                &format!("{arch}.attention.value_length"),
+                MetaValue::U32(hv as u32),
+            )?;
+            b.set("ledge.prune.kv_groups_removed", MetaValue::U32(nh as u32))?;
+            b.set(
+                "ledge.prune.removed_kv_heads",
+                u32_arr(
+                    self.kept_layers
+                        .iter()
+                        .flat_map(|&l| self.kv_removed[l].clone().unwrap_or_default())
+                        .collect(),
+                ),
+            )?;
+            b.set("ledge.prune.attn_refit", MetaValue::Bool(self.spec.refit))?;
+        }
         if !self.dropped_layers.is_empty() {
             b.set(
                 "ledge.prune.dropped_layers",
@@ -944,6 +1218,18 @@ impl PrunePlan {
                         .iter()
                         .filter_map(|&c| e.sum2.get(c).copied())
                         .collect();
+                }
+            }
+            if let Some((l, removed)) =
+                layer.and_then(|l| self.kv_removed[l].as_ref().map(|r| (l, r)))
+            {
+                if name.ends_with(".attn_output.weight") {
+                    let n_cols = self.n_head_in[l] * self.head_dim.1;
+                    e.sum2 =
+                        heads::kept_indices(removed, self.n_kv_in[l], n_cols / self.n_kv_in[l])
+                            .into_iter()
+                            .filter_map(|c| e.sum2.get(c).copied())
+                            .collect();
                 }
             }
             out.entries.insert(new_name, e);
