@@ -314,7 +314,185 @@ impl Format {
             T::Q3_K | T::Q6_K => self.choose_k_sym(x, w, &mut p),
             _ => self.choose_k_affine(x, w, &mut p),
         }
+        // Q2_K / Q3_K: 16 small sub-blocks with 4-/6-bit sub-scales make the joint choice of
+        // super-scale and integer sub-scales matter most; search it directly and keep
+        // whichever of the two searches has the lower block error.
+        if matches!(self.ty, T::Q2_K | T::Q3_K) {
+            let e = self.block_err(&p, x, w);
+            let (e2, p2) = self.choose_k_joint(x, w);
+            if e2 < e {
+                p = p2;
+            }
+        }
         p
+    }
+
+    /// Weighted squared error of one sub-block's values on the grid (s, o).
+    fn grid_err(&self, s: f32, o: f32, xs: &[f32], ws: &[f32]) -> f32 {
+        xs.iter()
+            .zip(ws)
+            .map(|(&v, &wt)| {
+                let e = v - self.value(s, o, self.level(s, o, v));
+                wt * e * e
+            })
+            .sum()
+    }
+
+    /// Q2_K / Q3_K: given the f16 super-scales, the block error is a sum of independent
+    /// sub-block errors, so each sub-block's integer scale (and min) is picked by trying every
+    /// integer in a window around its continuous optimum on the true weighted error (not the
+    /// rounded one). The super-scales are searched over a grid, then re-fit by weighted least
+    /// squares on the chosen levels and the sub-blocks re-picked, alternating while the error
+    /// drops. Returns (block error, parameters).
+    fn choose_k_joint(&self, x: &[f32], w: &[f32]) -> (f32, Params) {
+        let q3 = self.ty == GgmlType::Q3_K;
+        let nsub = self.block / self.sub;
+        // Continuous per-sub-block (scale, min ≥ 0); Q3_K's scale is signed and has no min.
+        let fits: Vec<(f32, f32)> = x
+            .chunks_exact(self.sub)
+            .zip(w.chunks_exact(self.sub))
+            .map(|(xs, ws)| {
+                if q3 {
+                    (fit_sym(xs, ws, -4, 3, -4.0, false), 0.0)
+                } else {
+                    let (s, o) = fit_affine(xs, ws, 3, true, false);
+                    (s, -o)
+                }
+            })
+            .collect();
+        // Integer ranges: Q3_K scale −32..=31 (stored +32); Q2_K scale and min 0..=15.
+        let (qlo, qhi) = if q3 { (-32, 31) } else { (0, 15) };
+        // Picks each sub-block's integers for super-scales (d, m); returns the block error.
+        let pick = |p: &mut Params| -> f32 {
+            let (dd, mm) = (p.d.to_f32(), p.m.to_f32());
+            let mut total = 0.0f32;
+            for j in 0..nsub {
+                let xs = &x[j * self.sub..(j + 1) * self.sub];
+                let ws = &w[j * self.sub..(j + 1) * self.sub];
+                let centre = |v: f32, u: f32| -> i32 {
+                    if u != 0.0 {
+                        ((v / u).round() as i32).clamp(qlo, qhi)
+                    } else {
+                        0
+                    }
+                };
+                let (s0, m0) = (centre(fits[j].0, dd), centre(fits[j].1, mm));
+                let (mlo, mhi) = if q3 || mm == 0.0 {
+                    (0, 0)
+                } else {
+                    ((m0 - 2).max(0), (m0 + 2).min(15))
+                };
+                let mut bj = (f32::INFINITY, s0, m0);
+                // A wide window: with outliers of low importance the best scale can sit well
+                // below the continuous fit's.
+                let win = 3.max(s0.abs() / 3);
+                for qs in (s0 - win).max(qlo)..=(s0 + win).min(qhi) {
+                    let s = dd * qs as f32;
+                    for qm in mlo..=mhi {
+                        let o = if q3 { -4.0 * s } else { -mm * qm as f32 };
+                        let e = self.grid_err(s, o, xs, ws);
+                        if e < bj.0 {
+                            bj = (e, qs, qm);
+                        }
+                    }
+                }
+                if q3 {
+                    p.sc[j] = (bj.1 + 32) as u8;
+                } else {
+                    p.sc[j] = bj.1 as u8;
+                    p.mn[j] = bj.2 as u8;
+                }
+                total += bj.0;
+            }
+            total
+        };
+        let mut best = (f32::INFINITY, Params::default());
+        let try_ds = |d: f32, m: f32, best: &mut (f32, Params)| {
+            let mut c = Params {
+                d: f16::from_f32(d),
+                m: f16::from_f32(m),
+                ..Params::default()
+            };
+            let e = pick(&mut c);
+            if e < best.0 {
+                *best = (e, c);
+            }
+        };
+        if q3 {
+            let max = signed_extreme(&fits.iter().map(|f| f.0).collect::<Vec<_>>());
+            if max == 0.0 {
+                let p = Params {
+                    sc: [32; 16],
+                    ..Params::default()
+                };
+                return (self.block_err(&p, x, w), p);
+            }
+            // The extreme sub-scale maps to −t: t = 32 uses the whole negative range, larger
+            // t clips it for finer steps elsewhere.
+            for k in 0..=48 {
+                try_ds(-max / (24.0 + 0.5 * k as f32), 0.0, &mut best);
+            }
+        } else {
+            let max_s = fits.iter().fold(0.0f32, |a, f| a.max(f.0));
+            let max_m = fits.iter().fold(0.0f32, |a, f| a.max(f.1));
+            if max_s == 0.0 {
+                try_ds(0.0, max_m / 15.0, &mut best);
+            } else {
+                for k in -6..=6 {
+                    try_ds(max_s / (15.0 + 0.5 * k as f32), max_m / 15.0, &mut best);
+                }
+                let d = best.1.d.to_f32();
+                for k in -6..=6 {
+                    if max_m > 0.0 {
+                        try_ds(d, max_m / (15.0 + 0.5 * k as f32), &mut best);
+                    }
+                }
+            }
+        }
+        // Alternate: least-squares super-scales for the chosen integers and levels, then
+        // re-pick the integers.
+        for _ in 0..4 {
+            let p = best.1;
+            // x ≈ d·a − dmin·b with a = sc·level (Q3_K: sc·(level − 4)), b = mn.
+            let (mut saa, mut sab, mut sbb, mut sxa, mut sxb) = (0f64, 0f64, 0f64, 0f64, 0f64);
+            for j in 0..nsub {
+                let (s, o) = self.grid(&p, j);
+                for i in j * self.sub..(j + 1) * self.sub {
+                    let l = self.level(s, o, x[i]) as f32;
+                    let (a, b) = if q3 {
+                        ((p.sc[j] as f32 - 32.0) * (l - 4.0), 0.0)
+                    } else {
+                        (p.sc[j] as f32 * l, p.mn[j] as f32)
+                    };
+                    let (wi, xi) = (w[i] as f64, x[i] as f64);
+                    let (a, b) = (a as f64, b as f64);
+                    saa += wi * a * a;
+                    sab += wi * a * b;
+                    sbb += wi * b * b;
+                    sxa += wi * xi * a;
+                    sxb += wi * xi * b;
+                }
+            }
+            let (d, m) = if q3 || sbb == 0.0 {
+                (if saa > 0.0 { sxa / saa } else { 0.0 }, 0.0)
+            } else {
+                // Minimise Σw(x − d·a + m·b)²: [saa −sab; −sab sbb]·[d; m] = [sxa; −sxb].
+                let det = saa * sbb - sab * sab;
+                if det <= 0.0 {
+                    break;
+                }
+                ((sxa * sbb - sab * sxb) / det, (sab * sxa - saa * sxb) / det)
+            };
+            if !(d.is_finite() && m.is_finite()) || (!q3 && (d < 0.0 || m < 0.0)) {
+                break;
+            }
+            let before = best.0;
+            try_ds(d as f32, m as f32, &mut best);
+            if best.0 >= before {
+                break;
+            }
+        }
+        (best.0, best.1)
     }
 
     /// Q3_K / Q6_K: a signed scale per sub-block, quantized against one f16 super-scale.
@@ -800,6 +978,37 @@ mod tests {
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                     "{ty} [{i}]: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    /// The codec alone (no fallback to the reference block) on Q2_K and Q3_K: its weighted
+    /// error must be below the reference quantizer's, with flat and with skewed importance.
+    #[test]
+    fn small_k_quants_codec_beats_the_reference_without_fallback() {
+        let row = 1024;
+        let x = data(23, row * 8);
+        let mut s = 9u64;
+        let flat = vec![1.0f32; row];
+        let skewed: Vec<f32> = (0..row)
+            .map(|_| 10f32.powf(2.0 * (lcg(&mut s) + 0.5)))
+            .collect();
+        for ty in [GgmlType::Q2_K, GgmlType::Q3_K] {
+            let f = format(ty).unwrap();
+            let reference = crate::quant::quantize_to_vec(ty, &x).unwrap();
+            for (name, imp, bound) in [("flat", &flat, 1.0), ("skewed", &skewed, 0.9)] {
+                let w = column_weights(imp);
+                let mut bytes = Vec::new();
+                let mut l = vec![0u8; f.block];
+                for (bi, xb) in x.chunks_exact(f.block).enumerate() {
+                    let col = (bi * f.block) % row;
+                    let p = f.choose(xb, &w[col..col + f.block]);
+                    f.levels_of(&p, xb, &mut l);
+                    f.pack(&p, &l, &mut bytes);
+                }
+                let (er, ew) = (werr(ty, &reference, &x, imp), werr(ty, &bytes, &x, imp));
+                eprintln!("{ty} {name}: codec/reference = {:.3}", ew / er);
+                assert!(ew < bound * er, "{ty} {name}: codec {ew} vs reference {er}");
             }
         }
     }
