@@ -21,6 +21,8 @@ pub mod avx512;
 pub mod avx512_attn;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_repack;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_repack_k;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 
