@@ -96,6 +96,26 @@ fn bcast16(a: &ActQ8K4, at: usize) -> __m512i {
     }
 }
 
+/// acc + the sums of adjacent i16 products of `a` and `b`, as i32 lanes (`vpdpwssd`). Written
+/// in `asm!` because LLVM, tuning for a generic x86-64, splits the intrinsic into
+/// `vpmaddwd` + `vpaddd`: two uops on the port the kernel is bound by instead of one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut r = acc;
+    // SAFETY: a register-only instruction of AVX-512 VNNI, which this function requires.
+    unsafe {
+        core::arch::asm!(
+            "vpdpwssd {r}, {a}, {b}",
+            r = inout(zmm_reg) r,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    r
+}
+
 /// The permutation that puts i16 element `8r + s` in every element of 128-bit lane r.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -145,8 +165,8 @@ unsafe fn tile_q4_k<const T: usize>(
                 let a = &acts[t * nsb + sb];
                 let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * s));
                 let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * s + 16));
-                *isum = _mm512_dpwssd_epi32(*isum, plo, sc);
-                *isum = _mm512_dpwssd_epi32(*isum, phi, sc);
+                *isum = dpwssd(*isum, plo, sc);
+                *isum = dpwssd(*isum, phi, sc);
             }
         }
         let dw = rows_f32(&d[sb]);
@@ -154,7 +174,7 @@ unsafe fn tile_q4_k<const T: usize>(
         for (t, acc) in acc.iter_mut().enumerate() {
             let a = &acts[t * nsb + sb];
             // sums32 sits at byte 256 + 32 of the activation block.
-            let imin = _mm512_dpwssd_epi32(_mm512_setzero_si512(), mins, bcast16(a, 288));
+            let imin = dpwssd(_mm512_setzero_si512(), mins, bcast16(a, 288));
             let dy = _mm512_set1_ps(a.d);
             let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, dy), *acc);
             *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(mw, dy), v);
@@ -220,16 +240,16 @@ unsafe fn tile_q6_k<const T: usize>(
                 let a = &acts[t * nsb + sb];
                 let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * c));
                 let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * c + 16));
-                *isum = _mm512_dpwssd_epi32(*isum, plo, sc_lo);
-                *isum = _mm512_dpwssd_epi32(*isum, phi, sc_hi);
+                *isum = dpwssd(*isum, plo, sc_lo);
+                *isum = dpwssd(*isum, phi, sc_hi);
             }
         }
         let dw = rows_f32(&d[sb]);
         for (t, acc) in acc.iter_mut().enumerate() {
             let a = &acts[t * nsb + sb];
             // bsums sit at byte 256 of the activation block.
-            let ioff = _mm512_dpwssd_epi32(_mm512_setzero_si512(), sa, bcast16(a, 256));
-            let ioff = _mm512_dpwssd_epi32(ioff, sbh, bcast16(a, 272));
+            let ioff = dpwssd(_mm512_setzero_si512(), sa, bcast16(a, 256));
+            let ioff = dpwssd(ioff, sbh, bcast16(a, 272));
             let v = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(ioff, 5));
             let dy = _mm512_set1_ps(a.d);
             *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(dw, dy), *acc);
