@@ -12,8 +12,8 @@ mod common;
 use bytemuck::Zeroable;
 use common::Rng;
 use ledge::gguf::GgmlType;
-use ledge::quant::repack::{PackedKind, PackedMatrix};
-use ledge::quant::repack_k::{gemm_k_ref, ActQ8K4};
+use ledge::quant::repack::PackedKind;
+use ledge::quant::repack_k::{from_view, gemm_k_ref, ActQ8K4};
 use ledge::quant::*;
 use ledge::tensor::TensorView;
 
@@ -78,7 +78,7 @@ fn reference_equals_canonical_dot() {
         for &(k, m, n) in &[(256, 1, 1), (256, 5, 3), (768, 7, 9), (1280, 13, 17)] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = PackedMatrix::from_view(&view).unwrap();
+            let p = from_view(&view).unwrap();
             assert!(matches!(p.kind, PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4));
             assert_eq!(p.groups(), m.div_ceil(4));
             let x = data(&mut rng, n * k);
@@ -123,7 +123,7 @@ fn avx512_kernel_equals_reference_bits() {
         ] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = PackedMatrix::from_view(&view).unwrap();
+            let p = from_view(&view).unwrap();
             let a = acts(&data(&mut rng, n * k));
             for g in 0..p.groups() {
                 let (mut want, mut got) = (vec![[0f32; 4]; n], vec![[0f32; 4]; n]);
@@ -154,7 +154,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
     for ty in TYPES {
         let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-        let p = PackedMatrix::from_view(&view).unwrap();
+        let p = from_view(&view).unwrap();
         let wf = view.to_f32().unwrap();
         for n in [1, 3, 8, 17] {
             let x = data(&mut rng, n * k);

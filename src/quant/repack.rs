@@ -186,7 +186,9 @@ impl PackedMatrix {
                     (x.d, f16::ZERO, 0)
                 }))
             }
-            GgmlType::Q4_K | GgmlType::Q6_K => super::repack_k::from_view(w),
+            GgmlType::Q4_K | GgmlType::Q6_K if super::repack_k::enabled() => {
+                super::repack_k::from_view(w)
+            }
             _ => None,
         }
     }
