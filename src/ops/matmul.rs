@@ -164,6 +164,9 @@ fn tile_scales<B: Fast>(xq: &[B::Act], tiles: usize, nba: usize) -> (Vec<[f32; 8
 /// `ROWS_PER_TASK` rows run the kernel on tiles of up to eight tokens, each weight group
 /// decoded once per tile.
 pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize, out: &mut [f32]) {
+    if matches!(p.kind, PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4) {
+        return super::matmul_k::matmul_packed_k(p, x, n, out);
+    }
     let (k, m) = (p.k, p.rows);
     assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
     assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");

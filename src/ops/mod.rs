@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod attention;
 pub mod matmul;
+pub mod matmul_k;
 pub mod norm;
 pub mod rope;
 

@@ -21,6 +21,7 @@ pub mod q8;
 pub mod q8k;
 pub mod repack;
 pub mod repack16;
+pub mod repack_k;
 pub mod simd;
 
 pub use iq4::{BlockIQ4NL, BlockIQ4XS};

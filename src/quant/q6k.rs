@@ -35,7 +35,7 @@ fn q6_pos(e: usize) -> (usize, u32, usize, u32) {
 
 /// The level of element `e` minus 32, in -32..=31.
 #[inline]
-fn q6(b: &BlockQ6K, e: usize) -> i8 {
+pub(super) fn q6(b: &BlockQ6K, e: usize) -> i8 {
     let (lb, ls, hb, hs) = q6_pos(e);
     let low = (b.ql[lb] >> ls) & 0xF;
     let high = (b.qh[hb] >> hs) & 3;

@@ -52,6 +52,12 @@ pub enum PackedKind {
     Q5_0x4,
     /// Q8_0 weights, four rows per group: 136 bytes per 4×32 weights (8.5 bits per weight).
     Q8_0x4,
+    /// Q4_K weights, four rows per super-block (`repack_k`): 592 bytes per 4×256 weights
+    /// (4.625 bits per weight).
+    Q4_Kx4,
+    /// Q6_K weights, four rows per super-block (`repack_k`): 840 bytes per 4×256 weights
+    /// (6.5625 bits per weight).
+    Q6_Kx4,
 }
 
 impl PackedKind {
@@ -60,6 +66,7 @@ impl PackedKind {
         match self {
             PackedKind::Q4_0x4 | PackedKind::Q4_1x4 | PackedKind::Q5_0x4 => 1,
             PackedKind::Q8_0x4 => 2,
+            PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4 => super::repack_k::lines(self),
         }
     }
 
@@ -70,6 +77,8 @@ impl PackedKind {
             PackedKind::Q4_1x4 => 0,
             PackedKind::Q5_0x4 => 16,
             PackedKind::Q8_0x4 => 128,
+            PackedKind::Q4_Kx4 => 0,
+            PackedKind::Q6_Kx4 => 32,
         }
     }
 }
@@ -94,6 +103,7 @@ pub struct PackedMatrix {
 impl PackedMatrix {
     /// Blocks per row.
     pub fn nb(&self) -> usize {
+        // (For the K layouts: 32-weight sub-blocks; they index by k/256 super-blocks.)
         self.k / 32
     }
 
@@ -176,6 +186,9 @@ impl PackedMatrix {
                     (x.d, f16::ZERO, 0)
                 }))
             }
+            GgmlType::Q4_K | GgmlType::Q6_K if super::repack_k::enabled() => {
+                super::repack_k::from_view(w)
+            }
             _ => None,
         }
     }
@@ -216,6 +229,7 @@ impl PackedMatrix {
                             PackedKind::Q4_0x4 | PackedKind::Q4_1x4 => 0x88,
                             PackedKind::Q5_0x4 => 0x00, // scale 0 makes it irrelevant
                             PackedKind::Q8_0x4 => 0x80,
+                            PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4 => 0x00, // not built here
                         };
                         for l in 0..lines {
                             qs[i * lines + l].0[r * 16..r * 16 + 16].fill(z);
@@ -328,6 +342,8 @@ pub fn gemm_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8x4], out: &mut [[f32; 4
                         nib as i32 | (bit as i32) << 4
                     }
                     PackedKind::Q8_0x4 => p.qs[i * lines + idx / 16].0[r * 16 + idx % 16] as i32,
+                    // K layouts have their own reference, `repack_k::gemm_k_ref`.
+                    PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4 => 0,
                 }
             };
             for (lane, acc) in acc.iter_mut().enumerate() {

@@ -23,6 +23,8 @@ pub mod avx512_attn;
 pub mod avx512_repack;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_repack16;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_repack_k;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 

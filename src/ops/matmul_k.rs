@@ -1,0 +1,83 @@
+//! Quantized matrix multiplication over the load-time repacked K-quant layouts
+//! (`quant::repack_k`): W (k, m) @ x (n, k) → out (n, m).
+//!
+//! The activations are quantized once per call to Q8_K and laid out for the packed kernel;
+//! tasks of a few four-row groups then run the kernel on tiles of up to eight tokens, each
+//! weight super-block decoded once per tile. With one token (generation) the same kernel
+//! streams the packed rows once, split across the rayon pool.
+
+use bytemuck::Zeroable;
+use rayon::prelude::*;
+
+use crate::quant::repack::PackedMatrix;
+use crate::quant::repack_k::{self, ActQ8K4};
+use crate::quant::{simd, BlockQ8K, QK_K};
+
+/// Four-row groups per parallel task (16 rows, as the other matmuls).
+const GROUPS_PER_TASK: usize = 4;
+/// Tokens per kernel call.
+const TILE: usize = 8;
+
+/// out (n, m) = x (n, k) · Wᵀ over a Q4_Kx4 or Q6_Kx4 packed W.
+pub fn matmul_packed_k(p: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
+    let (k, m) = (p.k, p.rows);
+    assert_eq!(x.len(), n * k, "packed K matmul: x is not n×k");
+    assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
+    let kernel = repack_k::kernel().unwrap_or(repack_k::gemm_k_ref);
+    let nsb = k / QK_K;
+    // acts (n, nsb): token-major.
+    let quantize = simd::kernels().quantize_q8_k;
+    let mut acts = vec![ActQ8K4::zeroed(); n * nsb];
+    let mut q = vec![BlockQ8K::zeroed(); nsb];
+    for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nsb)) {
+        quantize(src, &mut q);
+        for (a, b) in dst.iter_mut().zip(&q) {
+            *a = ActQ8K4::from_q8_k(b);
+        }
+    }
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..p.groups().div_ceil(GROUPS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            let g1 = ((task + 1) * GROUPS_PER_TASK).min(p.groups());
+            let mut res = [[0f32; 4]; TILE];
+            // Tokens outer, groups inner: the task's few groups of weights stay in cache
+            // while each tile of activations is used by all of them.
+            for t0 in (0..n).step_by(TILE) {
+                let tn = TILE.min(n - t0);
+                for g in task * GROUPS_PER_TASK..g1 {
+                    kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut res[..tn]);
+                    let rows = 4.min(m - g * 4);
+                    for (t, r) in res[..tn].iter().enumerate() {
+                        // SAFETY: `out` has n·m elements (asserted above); this task writes
+                        // only out[t·m + 4·g .. t·m + 4·g + rows] for its own groups g, and
+                        // the groups of different tasks are disjoint.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                r.as_ptr(),
+                                out_ptr.at((t0 + t) * m + g * 4),
+                                rows,
+                            );
+                        }
+                    }
+                }
+            }
+        });
+}
+
+/// The output pointer shared by the tasks, which write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used inside `matmul_packed_k`, whose tasks write disjoint ranges.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// # Safety
+    /// `i` must be within the output slice the pointer came from.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller keeps i in bounds.
+        unsafe { self.0.add(i) }
+    }
+}

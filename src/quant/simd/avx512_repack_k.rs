@@ -1,0 +1,261 @@
+//! AVX-512 VNNI kernels over the four-row K-quant layouts of `quant::repack_k`.
+//!
+//! Per 32-weight sub-block, one zmm of packed nibbles (four rows, one per 128-bit lane) is
+//! split into the low and high sixteen weights (Q6_K: with the high bit pairs ORed in), then
+//! for each of up to eight tokens `vpmaddubsw` with the broadcast activation quants and
+//! `vpdpwssd` with the rows' sub-block scales accumulate sixteen exact i32 lanes per token; the
+//! min / offset terms and the f32 scaling happen once per super-block. The weights are decoded
+//! once per tile of tokens. `repack_k::gemm_k_ref` does the same arithmetic in scalar and
+//! equals this bit for bit.
+
+use core::arch::x86_64::*;
+
+use crate::quant::repack::{Line64, PackedKind, PackedMatrix};
+use crate::quant::repack_k::{lines, ActQ8K4, PackedKGemmFn};
+
+/// Tokens per tile: eight f32 accumulators and eight i32 super-block sums in zmm registers.
+pub const TILE: usize = 8;
+
+/// The packed K kernel, if this CPU has AVX-512 F/BW/VL/VNNI.
+pub fn kernel() -> Option<PackedKGemmFn> {
+    if is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("f16c")
+    {
+        Some(gemm)
+    } else {
+        None
+    }
+}
+
+/// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
+fn gemm(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32; 4]]) {
+    let nsb = p.k / 256;
+    assert_eq!(
+        acts.len(),
+        out.len() * nsb,
+        "packed K gemm: activations for the wrong k"
+    );
+    assert!(g < p.groups(), "packed K gemm: group {g} out of range");
+    let nl = lines(p.kind);
+    let d = &p.d[g * nsb..(g + 1) * nsb];
+    let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
+    for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
+        macro_rules! tile {
+            ($($t:literal)*) => {
+                match (p.kind, o.len()) {
+                    $((PackedKind::Q4_Kx4, $t) => {
+                        // SAFETY: `kernel()` checked the features; d, m: nsb entries of this
+                        // group, qs: 9·nsb lines, chunk: t·nsb (checked above).
+                        unsafe { tile_q4_k::<$t>(d, &p.m[g * nsb..(g + 1) * nsb], qs, chunk, o) }
+                    })*
+                    $((PackedKind::Q6_Kx4, $t) => {
+                        // SAFETY: as above, with 13·nsb lines.
+                        unsafe { tile_q6_k::<$t>(d, qs, chunk, o) }
+                    })*
+                    _ => unreachable!("K tiles hold 1..=8 tokens of Q4_Kx4 or Q6_Kx4"),
+                }
+            };
+        }
+        tile!(1 2 3 4 5 6 7 8);
+    }
+}
+
+/// The four rows' f16 values as sixteen f32 lanes (each repeated four times).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn rows_f32(d: &[half::f16; 4]) -> __m512 {
+    // SAFETY: `d` is 8 readable bytes.
+    let d4 = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(d.as_ptr() as *const __m128i) });
+    let idx = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d4))
+}
+
+/// Sums each row's four lanes, in the order `gemm_k_ref` uses.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn finish(acc: __m512) -> [f32; 4] {
+    let mut l = [0f32; 16];
+    // SAFETY: `l` is 64 writable bytes.
+    unsafe { _mm512_storeu_ps(l.as_mut_ptr(), acc) };
+    std::array::from_fn(|r| ((l[4 * r] + l[4 * r + 1]) + l[4 * r + 2]) + l[4 * r + 3])
+}
+
+/// Sixteen activation quants at byte `at` of `a`, broadcast to the four 128-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn bcast16(a: &ActQ8K4, at: usize) -> __m512i {
+    debug_assert!(at + 16 <= 256 + 48);
+    // SAFETY: an ActQ8K4 is 320 bytes; callers read at most byte 304 + 16.
+    unsafe {
+        _mm512_broadcast_i32x4(_mm_loadu_si128(
+            (a as *const ActQ8K4 as *const u8).add(at) as *const __m128i
+        ))
+    }
+}
+
+/// acc + the sums of adjacent i16 products of `a` and `b`, as i32 lanes (`vpdpwssd`). Written
+/// in `asm!` because LLVM, tuning for a generic x86-64, splits the intrinsic into
+/// `vpmaddwd` + `vpaddd`: two uops on the port the kernel is bound by instead of one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut r = acc;
+    // SAFETY: a register-only instruction of AVX-512 VNNI, which this function requires.
+    unsafe {
+        core::arch::asm!(
+            "vpdpwssd {r}, {a}, {b}",
+            r = inout(zmm_reg) r,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    r
+}
+
+/// The permutation that puts i16 element `8r + s` in every element of 128-bit lane r.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn lane_idx(s: i16) -> __m512i {
+    let base = _mm512_set_epi16(
+        24, 24, 24, 24, 24, 24, 24, 24, 16, 16, 16, 16, 16, 16, 16, 16, 8, 8, 8, 8, 8, 8, 8, 8, 0,
+        0, 0, 0, 0, 0, 0, 0,
+    );
+    _mm512_add_epi16(base, _mm512_set1_epi16(s))
+}
+
+/// T tokens of one Q4_Kx4 group.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `d`, `m` hold nsb entries,
+/// `qs` 9·nsb lines, `acts` T·nsb, `out` T.
+#[allow(clippy::needless_range_loop)] // s indexes the lines and the activations
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q4_k<const T: usize>(
+    d: &[[half::f16; 4]],
+    m: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActQ8K4],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for sb in 0..nsb {
+        let l = &qs[9 * sb..9 * sb + 9];
+        // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales, 32..64 the mins.
+        let (scales, mins) = unsafe {
+            let p = l[8].0.as_ptr() as *const __m256i;
+            (
+                _mm512_cvtepu8_epi16(_mm256_load_si256(p)),
+                _mm512_cvtepu8_epi16(_mm256_load_si256(p.add(1))),
+            )
+        };
+        let mut isum = [_mm512_setzero_si512(); T];
+        for s in 0..8 {
+            // SAFETY: as above.
+            let w = unsafe { _mm512_load_si512(l[s].0.as_ptr() as *const __m512i) };
+            let lo = _mm512_and_si512(w, m4);
+            let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
+            let sc = _mm512_permutexvar_epi16(lane_idx(s as i16), scales);
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let a = &acts[t * nsb + sb];
+                let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * s));
+                let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * s + 16));
+                *isum = dpwssd(*isum, plo, sc);
+                *isum = dpwssd(*isum, phi, sc);
+            }
+        }
+        let dw = rows_f32(&d[sb]);
+        let mw = rows_f32(&m[sb]);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = &acts[t * nsb + sb];
+            // sums32 sits at byte 256 + 32 of the activation block.
+            let imin = dpwssd(_mm512_setzero_si512(), mins, bcast16(a, 288));
+            let dy = _mm512_set1_ps(a.d);
+            let v = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, dy), *acc);
+            *acc = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(imin), _mm512_mul_ps(mw, dy), v);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = finish(a);
+    }
+}
+
+/// T tokens of one Q6_Kx4 group.
+///
+/// # Safety
+/// As `tile_q4_k`, with 13·nsb lines in `qs` and no `m`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_q6_k<const T: usize>(
+    d: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActQ8K4],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let m30 = _mm512_set1_epi8(0x30);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for sb in 0..nsb {
+        let l = &qs[13 * sb..13 * sb + 13];
+        // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales of sub-blocks
+        // 0..8, 32..64 of 8..16, each [8r + j].
+        let (sa, sbh) = unsafe {
+            let p = l[12].0.as_ptr() as *const __m256i;
+            (
+                _mm512_cvtepi8_epi16(_mm256_load_si256(p)),
+                _mm512_cvtepi8_epi16(_mm256_load_si256(p.add(1))),
+            )
+        };
+        let mut isum = [_mm512_setzero_si512(); T];
+        for c in 0..8 {
+            // SAFETY: as above.
+            let (w, h) = unsafe {
+                (
+                    _mm512_load_si512(l[c].0.as_ptr() as *const __m512i),
+                    _mm512_load_si512(l[8 + c / 2].0.as_ptr() as *const __m512i),
+                )
+            };
+            // The high bit pairs of this chunk's two sixteens, moved to bits 4-5.
+            let (hlo, hhi) = if c % 2 == 0 {
+                (_mm512_slli_epi16(h, 4), _mm512_slli_epi16(h, 2))
+            } else {
+                (h, _mm512_srli_epi16(h, 2))
+            };
+            let lo = _mm512_or_si512(_mm512_and_si512(w, m4), _mm512_and_si512(hlo, m30));
+            let hi = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16(w, 4), m4),
+                _mm512_and_si512(hhi, m30),
+            );
+            // Sub-blocks 2c and 2c + 1 (of sixteen): in `sa` for c < 4, else in `sbh`.
+            let src = if c < 4 { sa } else { sbh };
+            let j = (2 * (c % 4)) as i16;
+            let sc_lo = _mm512_permutexvar_epi16(lane_idx(j), src);
+            let sc_hi = _mm512_permutexvar_epi16(lane_idx(j + 1), src);
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let a = &acts[t * nsb + sb];
+                let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * c));
+                let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * c + 16));
+                *isum = dpwssd(*isum, plo, sc_lo);
+                *isum = dpwssd(*isum, phi, sc_hi);
+            }
+        }
+        let dw = rows_f32(&d[sb]);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let a = &acts[t * nsb + sb];
+            // bsums sit at byte 256 of the activation block.
+            let ioff = dpwssd(_mm512_setzero_si512(), sa, bcast16(a, 256));
+            let ioff = dpwssd(ioff, sbh, bcast16(a, 272));
+            let v = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(ioff, 5));
+            let dy = _mm512_set1_ps(a.d);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(dw, dy), *acc);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = finish(a);
+    }
+}
