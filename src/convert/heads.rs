@@ -114,7 +114,7 @@ mod tests {
             }
         }
         let s = group_scores(&wo, n_cols, &gram, a.len(), n_kv);
-        for g in 0..2 {
+        for (g, &sg) in s.iter().enumerate().take(2) {
             let mut e = 0f64;
             for t in &a {
                 for row in wo.chunks_exact(4) {
@@ -122,11 +122,7 @@ mod tests {
                     e += y * y;
                 }
             }
-            assert!(
-                (s[g] - (e / 4.0).sqrt()).abs() < 1e-9,
-                "{g}: {} vs {e}",
-                s[g]
-            );
+            assert!((sg - (e / 4.0).sqrt()).abs() < 1e-9, "{g}: {sg} vs {e}");
         }
         assert_eq!(weakest_groups(&[3.0, 1.0, 2.0], 2), [1, 2]);
         assert_eq!(kept_indices(&[1], 3, 2), [0, 1, 4, 5]);
