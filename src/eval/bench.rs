@@ -216,6 +216,89 @@ pub fn startup_table(model_name: &str, s: &Startup, peak_rss: Option<u64>) -> St
     )
 }
 
+/// Weight bytes one generated token streams: every matmul weight of every layer and the
+/// output matrix once, as the matmul reads it (the packed copy's size where the model has
+/// one, else the GGUF blocks). The embedding row (a few KB) and the KV cache are left out.
+pub fn weight_bytes_per_token(model: &Model) -> u64 {
+    let mut total = 0u64;
+    for (il, l) in model.layers.iter().enumerate() {
+        let views = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
+        for (i, w) in views.iter().enumerate() {
+            let packed = model.packed.layers.get(il).and_then(|p| p[i].as_ref());
+            total += packed.map_or(w.data.len(), |p| p.size_bytes()) as u64;
+        }
+    }
+    total += model
+        .packed
+        .output
+        .as_ref()
+        .map_or(model.output.data.len(), |p| p.size_bytes()) as u64;
+    total
+}
+
+/// How fast generation streams the weights: bytes per token × tokens per second.
+#[derive(Clone, Debug, Serialize)]
+pub struct Streaming {
+    pub test: String,
+    pub threads: usize,
+    pub weight_bytes_per_token: u64,
+    pub ms_per_token: f64,
+    pub gb_s: f64,
+    /// The read bandwidth it is compared with (best pass, same thread count), if measured.
+    pub read_bandwidth_gb_s: Option<f64>,
+    pub percent_of_bandwidth: Option<f64>,
+}
+
+/// The streaming rate of each tg result; `bandwidth` (GB/s per thread count) if measured.
+pub fn streaming(
+    results: &[BenchResult],
+    bytes_per_token: u64,
+    bandwidth: &[super::bandwidth::Bandwidth],
+) -> Vec<Streaming> {
+    results
+        .iter()
+        .filter(|r| r.test.starts_with("tg"))
+        .map(|r| {
+            let gb_s = bytes_per_token as f64 * r.tokens_per_second_mean / 1e9;
+            let bw = bandwidth
+                .iter()
+                .find(|b| b.threads == r.threads)
+                .map(|b| b.best_gb_s);
+            Streaming {
+                test: r.test.clone(),
+                threads: r.threads,
+                weight_bytes_per_token: bytes_per_token,
+                ms_per_token: 1e3 / r.tokens_per_second_mean,
+                gb_s,
+                read_bandwidth_gb_s: bw,
+                percent_of_bandwidth: bw.map(|b| 100.0 * gb_s / b),
+            }
+        })
+        .collect()
+}
+
+/// The table printed under the throughput table for the tg tests.
+pub fn streaming_table(model_name: &str, s: &[Streaming]) -> String {
+    let mut out = String::from(
+        "| model | threads | test | weight MB/token | ms/token | GB/s | read bandwidth GB/s | % of bandwidth |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in s {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1}{unit}"));
+        out += &format!(
+            "| {model_name} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {} |\n",
+            r.threads,
+            r.test,
+            r.weight_bytes_per_token as f64 / 1e6,
+            r.ms_per_token,
+            r.gb_s,
+            opt(r.read_bandwidth_gb_s, ""),
+            opt(r.percent_of_bandwidth, "%"),
+        );
+    }
+    out
+}
+
 /// A markdown table in llama-bench's layout.
 pub fn table(model_name: &str, size_bytes: u64, params: u64, results: &[BenchResult]) -> String {
     let mut s = String::from(
