@@ -41,26 +41,28 @@ python3 - "$OUT" "$TYPES" "$THREADS" <<'PY'
 import json, os, sys
 d, types, threads = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
 load = lambda k: open(os.path.join(d, f"load.{k}")).read().strip()
-print("| model | threads | runtime | load avg | tg t/s | weight MB/token | GB/s | read bandwidth GB/s | % of bandwidth | vs llama.cpp |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+print("| model | threads | runtime | load avg | tg t/s | weight MB/token | GB/s | read bandwidth GB/s | % of bandwidth | best token GB/s (%) | vs llama.cpp |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for ty in types:
     for t in threads:
         rows = {}
         for rp in ("1", "0"):
             j = json.load(open(os.path.join(d, f"ledge{rp}.{ty}.{t}.json")))
             s = j["streaming"][0]
+            best = s.get("best_token_gb_s")
+            best = f"{best:.2f} ({s['best_token_percent_of_bandwidth']:.0f}%)" if best else "n/a"
             rows[rp] = (j["results"][0]["tokens_per_second_mean"], s["weight_bytes_per_token"],
-                        s["read_bandwidth_gb_s"], load(f"ledge{rp}.{ty}.{t}"))
+                        s["read_bandwidth_gb_s"], load(f"ledge{rp}.{ty}.{t}"), best)
         ll = json.load(open(os.path.join(d, f"llama.{ty}.{t}.json")))
         lts = next(r["avg_ts"] for r in ll if r["n_gen"] > 0)
         # llama.cpp streams the GGUF blocks (its repacked Q4_0 copy has the same size): the
         # blocked bytes per token ledge counts with LEDGE_REPACK=0; bandwidth: ledge's last run.
-        _, blocked, bw0, _ = rows["0"]
+        _, blocked, bw0, _, _ = rows["0"]
         entries = [(f"ledge REPACK={rp}", *rows[rp]) for rp in ("1", "0")]
-        entries.append(("llama.cpp", lts, blocked, bw0, load(f"llama.{ty}.{t}")))
-        for name, tps, b, bw, la in entries:
+        entries.append(("llama.cpp", lts, blocked, bw0, load(f"llama.{ty}.{t}"), "n/a"))
+        for name, tps, b, bw, la, best in entries:
             gbs = b * tps / 1e9
             pct = f"{100 * gbs / bw:.0f}%" if bw else "n/a"
             bws = f"{bw:.2f}" if bw else "n/a"
-            print(f"| llama7b-{ty} | {t} | {name} | {la} | {tps:.2f} | {b / 1e6:.0f} | {gbs:.2f} | {bws} | {pct} | {tps / lts:.2f}x |")
+            print(f"| llama7b-{ty} | {t} | {name} | {la} | {tps:.2f} | {b / 1e6:.0f} | {gbs:.2f} | {bws} | {pct} | {best} | {tps / lts:.2f}x |")
 PY
