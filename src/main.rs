@@ -103,6 +103,10 @@ enum Command {
         /// Prompt tokens for the time-to-first-token and load timings (0 skips them).
         #[arg(long, default_value_t = 64)]
         ttft_prompt: usize,
+        /// Also measure the memory read bandwidth (buffer of MIB MiB, default 2048) and print
+        /// tg's weight bytes/token, GB/s and % of it; without -m, only the bandwidth.
+        #[arg(long, value_name = "MIB", num_args = 0..=1, default_missing_value = "2048")]
+        bandwidth: Option<usize>,
     },
     /// Perplexity over a text (llama-perplexity's protocol), and KL divergence, top-token
     /// agreement and RMS Δp against a baseline model or its saved logits.
@@ -519,6 +523,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             threads,
             json,
             ttft_prompt,
+            bandwidth,
         } => print!(
             "{}",
             ledge::app::bench::bench(ledge::app::bench::BenchArgs {
@@ -529,6 +534,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 threads,
                 json,
                 ttft_prompt,
+                bandwidth_mib: bandwidth,
             })?
         ),
         Command::Eval {

@@ -23,6 +23,9 @@ pub struct BenchResult {
     pub tokens_per_second_mean: f64,
     pub tokens_per_second_sd: f64,
     pub samples: Vec<f64>,
+    /// tg only: the fastest single token's time. On a shared machine the fastest token is
+    /// the one least disturbed, comparable with the bandwidth bench's best pass.
+    pub best_token_ms: Option<f64>,
 }
 
 /// Deterministic token ids spread over the vocabulary (llama-bench uses random ones too).
@@ -67,6 +70,12 @@ pub fn bench_pp(model: &Model, n: usize, reps: usize) -> Result<Vec<f64>, ModelE
 
 /// Text generation: `n` tokens one at a time after a 1-token start.
 pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<Vec<f64>, ModelError> {
+    Ok(bench_tg_timed(model, n, reps)?.0)
+}
+
+/// As `bench_tg`, also returning the fastest single token's time in seconds.
+pub fn bench_tg_timed(model: &Model, n: usize, reps: usize) -> Result<(Vec<f64>, f64), ModelError> {
+    let mut best = f64::INFINITY;
     let toks = tokens(n + 1, model.config.n_vocab);
     let mut cache = model.new_cache(n + 1);
     model.forward(&mut cache, &toks[..1], Logits::Last)?;
@@ -75,11 +84,13 @@ pub fn bench_tg(model: &Model, n: usize, reps: usize) -> Result<Vec<f64>, ModelE
         cache.clear();
         let t = Instant::now();
         for &tok in &toks[..n] {
+            let t1 = Instant::now();
             model.forward(&mut cache, &[tok], Logits::Last)?;
+            best = best.min(t1.elapsed().as_secs_f64());
         }
         out.push(n as f64 / t.elapsed().as_secs_f64());
     }
-    Ok(out)
+    Ok((out, best))
 }
 
 pub fn run(
@@ -91,7 +102,7 @@ pub fn run(
     kernels: &'static str,
 ) -> Result<Vec<BenchResult>, ModelError> {
     let mut results = Vec::new();
-    let mut push = |test: String, n: usize, samples: Vec<f64>| {
+    let mut push = |test: String, n: usize, samples: Vec<f64>, best: Option<f64>| {
         let (m, sd) = mean_sd(&samples);
         results.push(BenchResult {
             test,
@@ -101,13 +112,15 @@ pub fn run(
             tokens_per_second_mean: m,
             tokens_per_second_sd: sd,
             samples,
+            best_token_ms: best.map(|s| s * 1e3),
         });
     };
     for &n in pp.iter().filter(|&&n| n > 0) {
-        push(format!("pp{n}"), n, bench_pp(model, n, reps)?);
+        push(format!("pp{n}"), n, bench_pp(model, n, reps)?, None);
     }
     for &n in tg.iter().filter(|&&n| n > 0) {
-        push(format!("tg{n}"), n, bench_tg(model, n, reps)?);
+        let (samples, best) = bench_tg_timed(model, n, reps)?;
+        push(format!("tg{n}"), n, samples, Some(best));
     }
     Ok(results)
 }
@@ -214,6 +227,100 @@ pub fn startup_table(model_name: &str, s: &Startup, peak_rss: Option<u64>) -> St
             |b| format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
         ),
     )
+}
+
+/// Weight bytes one generated token streams: every matmul weight of every layer and the
+/// output matrix once, as the matmul reads it (the packed copy's size where the model has
+/// one, else the GGUF blocks). The embedding row (a few KB) and the KV cache are left out.
+pub fn weight_bytes_per_token(model: &Model) -> u64 {
+    let mut total = 0u64;
+    for (il, l) in model.layers.iter().enumerate() {
+        let views = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
+        for (i, w) in views.iter().enumerate() {
+            let packed = model.packed.layers.get(il).and_then(|p| p[i].as_ref());
+            total += packed.map_or(w.data.len(), |p| p.size_bytes()) as u64;
+        }
+    }
+    total += model
+        .packed
+        .output
+        .as_ref()
+        .map_or(model.output.data.len(), |p| p.size_bytes()) as u64;
+    total
+}
+
+/// How fast generation streams the weights: bytes per token × tokens per second.
+#[derive(Clone, Debug, Serialize)]
+pub struct Streaming {
+    pub test: String,
+    pub threads: usize,
+    pub weight_bytes_per_token: u64,
+    pub ms_per_token: f64,
+    pub gb_s: f64,
+    /// The read bandwidth it is compared with (best pass, same thread count), if measured.
+    pub read_bandwidth_gb_s: Option<f64>,
+    pub percent_of_bandwidth: Option<f64>,
+    /// The same for the fastest token (`BenchResult::best_token_ms`) against the bandwidth's
+    /// best pass: the less noisy pair on a busy machine.
+    pub best_token_gb_s: Option<f64>,
+    pub best_token_percent_of_bandwidth: Option<f64>,
+}
+
+/// The streaming rate of each tg result; `bandwidth` (GB/s per thread count) if measured.
+pub fn streaming(
+    results: &[BenchResult],
+    bytes_per_token: u64,
+    bandwidth: &[super::bandwidth::Bandwidth],
+) -> Vec<Streaming> {
+    results
+        .iter()
+        .filter(|r| r.test.starts_with("tg"))
+        .map(|r| {
+            let gb_s = bytes_per_token as f64 * r.tokens_per_second_mean / 1e9;
+            let bw = bandwidth
+                .iter()
+                .find(|b| b.threads == r.threads)
+                .map(|b| b.best_gb_s);
+            let best_gb_s = r
+                .best_token_ms
+                .map(|ms| bytes_per_token as f64 / (ms / 1e3) / 1e9);
+            Streaming {
+                best_token_gb_s: best_gb_s,
+                best_token_percent_of_bandwidth: best_gb_s.zip(bw).map(|(g, b)| 100.0 * g / b),
+                test: r.test.clone(),
+                threads: r.threads,
+                weight_bytes_per_token: bytes_per_token,
+                ms_per_token: 1e3 / r.tokens_per_second_mean,
+                gb_s,
+                read_bandwidth_gb_s: bw,
+                percent_of_bandwidth: bw.map(|b| 100.0 * gb_s / b),
+            }
+        })
+        .collect()
+}
+
+/// The table printed under the throughput table for the tg tests.
+pub fn streaming_table(model_name: &str, s: &[Streaming]) -> String {
+    let mut out = String::from(
+        "| model | threads | test | weight MB/token | ms/token | GB/s | read bandwidth GB/s | % of bandwidth | best token GB/s | % (best token) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in s {
+        let opt = |v: Option<f64>, unit: &str| v.map_or("n/a".into(), |v| format!("{v:.1}{unit}"));
+        out += &format!(
+            "| {model_name} | {} | {} | {:.1} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+            r.threads,
+            r.test,
+            r.weight_bytes_per_token as f64 / 1e6,
+            r.ms_per_token,
+            r.gb_s,
+            opt(r.read_bandwidth_gb_s, ""),
+            opt(r.percent_of_bandwidth, "%"),
+            opt(r.best_token_gb_s, ""),
+            opt(r.best_token_percent_of_bandwidth, "%"),
+        );
+    }
+    out
 }
 
 /// A markdown table in llama-bench's layout.

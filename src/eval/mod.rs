@@ -3,6 +3,7 @@
 //! size–quality report (report.rs). These are library functions: `ledge eval`, `ledge report`
 //! and the compression search all call them.
 
+pub mod bandwidth;
 pub mod bench;
 pub mod kld;
 pub mod logits_file;

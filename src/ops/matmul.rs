@@ -18,6 +18,18 @@ use crate::tensor::TensorView;
 /// Rows per parallel task: enough work to amortize scheduling, small enough to balance.
 const ROWS_PER_TASK: usize = 16;
 
+/// Rows per task for `n` tokens over `m` rows: `ROWS_PER_TASK` for prompts, and for
+/// generation (n = 1) about eight contiguous tasks per thread, so that each task streams a
+/// long run of weights (the hardware prefetcher's best case) while stealing still balances
+/// a shared machine; a multiple of four (the packed groups).
+fn rows_per_task(n: usize, m: usize) -> usize {
+    if n > 1 {
+        return ROWS_PER_TASK;
+    }
+    let tasks = rayon::current_num_threads() * 8;
+    m.div_ceil(tasks).next_multiple_of(4).max(ROWS_PER_TASK)
+}
+
 /// out (n, m) = x (n, k) · Wᵀ where `w` has rows of length k (ggml shape [k, m]).
 pub fn matmul(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
@@ -73,10 +85,11 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
     let tiles = if gemm.is_some() { n / 8 } else { 0 };
     let (dy, sy) = tile_scales::<B>(&xq, tiles, nba);
     let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..m.div_ceil(ROWS_PER_TASK))
-        .into_par_iter()
-        .for_each_init(Vec::new, |local: &mut Vec<f32>, task| {
-            let (r0, r1) = (task * ROWS_PER_TASK, ((task + 1) * ROWS_PER_TASK).min(m));
+    let per_task = rows_per_task(n, m);
+    (0..m.div_ceil(per_task)).into_par_iter().for_each_init(
+        Vec::new,
+        |local: &mut Vec<f32>, task| {
+            let (r0, r1) = (task * per_task, ((task + 1) * per_task).min(m));
             let rows = r1 - r0;
             // local (n, rows): this task's columns of the output, token-major.
             local.clear();
@@ -112,7 +125,8 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
                     std::ptr::copy_nonoverlapping(src.as_ptr(), out_ptr.at(t * m + r0), rows);
                 }
             }
-        });
+        },
+    );
     Ok(())
 }
 
@@ -193,18 +207,18 @@ pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize
         }
     }
     const TILE: usize = 8;
-    const GROUPS_PER_TASK: usize = ROWS_PER_TASK / 4;
+    let groups_per_task = rows_per_task(n, m) / 4;
     let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..p.groups().div_ceil(GROUPS_PER_TASK))
+    (0..p.groups().div_ceil(groups_per_task))
         .into_par_iter()
         .for_each(|task| {
-            let g1 = ((task + 1) * GROUPS_PER_TASK).min(p.groups());
+            let g1 = ((task + 1) * groups_per_task).min(p.groups());
             let mut res = [[0f32; 4]; TILE];
             // Tokens outer, groups inner: the task's few groups of weights stay in L1 while
             // each tile of activations is used by all of them.
             for t0 in (0..n).step_by(TILE) {
                 let tn = TILE.min(n - t0);
-                for g in task * GROUPS_PER_TASK..g1 {
+                for g in task * groups_per_task..g1 {
                     kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
                     let rows = 4.min(m - g * 4);
                     for (t, r) in res[..tn].iter().enumerate() {
