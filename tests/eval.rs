@@ -76,7 +76,14 @@ fn run_eval(path: &Path, text: &Path, ctx: usize, chunks: usize) -> EvalResult {
 /// reference quantizer), the other tensors copied: a second file with the same vocabulary
 /// and a measurable divergence. Its sha256 is pinned in the fixture, so llama-perplexity's
 /// numbers are for this very file.
+/// Built once per test process: two tests use it and run in parallel, and a second build
+/// would empty the directory under the first one's temporary file.
 fn q4_0_variant() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_q4_0_variant).clone()
+}
+
+fn build_q4_0_variant() -> PathBuf {
     let src = GgufFile::open(model(SMOLLM2)).unwrap();
     let out = scratch("eval_q4_0_variant").join("smollm2-q4_0.gguf");
     let mut b = GgufBuilder::with_metadata_of(&src).unwrap();
