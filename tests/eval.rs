@@ -205,13 +205,19 @@ fn gemma3_f32_perplexity_matches_llama_perplexity_to_rounding() {
     std::fs::remove_file(&out).unwrap();
 }
 
-/// The quantized Gemma 3 file on the held-out text (ctx 512, 4 chunks). On the 512-token
-/// excerpt it is ~1% from llama-perplexity, with either of ledge's kernel sets landing on
-/// either side of the F32 copies (27.42–27.50 vs 27.30 vs ggml's 27.22): the rounding noise
-/// `check_ppl` describes; on the long text it averages out (measured 0.11%: 31.925 vs 31.959).
+/// The quantized Gemma 3 file on the held-out text (ctx 512, 4 chunks, 2,044 scored tokens).
+/// On the 512-token excerpt it is ~1% from llama-perplexity, with either of ledge's kernel
+/// sets landing on either side of the F32 copies (27.42–27.50 vs 27.30 vs ggml's 27.22): the
+/// rounding noise `check_ppl` describes. On this text the spread between valid kernel sets
+/// of ledge itself, measured pairwise with `ledge eval --baseline-logits`: scalar vs
+/// AVX-512 per-head attention KLD 0.0061, ln-ratio −0.0025 ± 0.0038 (PPL 31.91 vs 31.99);
+/// tiled vs per-head attention KLD 0.0061, ln-ratio +0.0062 ± 0.0038 (32.19 vs 31.99);
+/// llama-perplexity 31.96. Gemma's noise is wider than SmolLM2's, so the limit is 1%
+/// (≈ 2.6 standard errors of the pairwise spread): a real defect (a wrong scale, a missing
+/// norm) moves PPL by far more.
 #[test]
 fn gemma3_perplexity_matches_llama_perplexity() {
-    check_ppl(&model(GEMMA3), "gemma3_ppl_heldout", 0.005);
+    check_ppl(&model(GEMMA3), "gemma3_ppl_heldout", 0.01);
 }
 
 /// KL divergence of the Q4_0 variant from the Q4_1 original, exact (both models run) and from

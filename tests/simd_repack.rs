@@ -276,3 +276,137 @@ fn avx512_attention_equals_reference() {
         }
     }
 }
+
+/// The tiled prompt-attention kernel against the scalar reference: tiles of queries with
+/// different causal ranges and sliding windows, query counts that are not multiples of the
+/// kernel's 4, key ranges that are not multiples of its 32-key blocks, every head size it
+/// supports, and several KV groups.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_tiled_attention_equals_reference() {
+    use half::f16;
+    use ledge::quant::simd::avx512_attn::{attend_tile, supports, HeadLayout, KeysT, TileScratch};
+    let mut rng = Rng(0xa77e_0004);
+    let mut scratch = TileScratch::default();
+    // (head size, kv heads, group, positions in the cache, query ranges)
+    let cases: &[(usize, usize, usize, usize, &[(usize, usize)])] = &[
+        (
+            64,
+            3,
+            1,
+            40,
+            &[
+                (0, 33),
+                (0, 33),
+                (0, 33),
+                (0, 34),
+                (0, 34),
+                (0, 34),
+                (0, 35),
+            ],
+        ),
+        (64, 1, 0, 7, &[(0, 0), (0, 1), (0, 6)]),
+        (
+            128,
+            2,
+            1,
+            100,
+            &[(60, 90), (61, 91), (62, 92), (63, 93), (64, 99)],
+        ),
+        (
+            256,
+            1,
+            0,
+            70,
+            &[(0, 64), (0, 65), (5, 66), (6, 67), (7, 68), (8, 69)],
+        ),
+    ];
+    for &(hd, n_kv, g, npos, ranges) in cases {
+        if !supports(hd, hd) {
+            eprintln!("no AVX-512 here: skipped");
+            return;
+        }
+        let w = n_kv * hd;
+        let kc: Vec<f16> = data(&mut rng, npos * w)
+            .iter()
+            .map(|&v| f16::from_f32(v.clamp(-8.0, 8.0)))
+            .collect();
+        let vc: Vec<f16> = data(&mut rng, npos * w)
+            .iter()
+            .map(|&v| f16::from_f32(v.clamp(-8.0, 8.0)))
+            .collect();
+        let q: Vec<f32> = data(&mut rng, ranges.len() * hd)
+            .iter()
+            .map(|v| v * 0.3)
+            .collect();
+        let scale = 1.0 / (hd as f32).sqrt();
+        let l = HeadLayout {
+            k_stride: w,
+            k_off: g * hd,
+            v_stride: w,
+            v_off: g * hd,
+        };
+        let kt = KeysT::new(&kc, l, hd, npos);
+        let mut got = vec![0f32; ranges.len() * hd];
+        attend_tile(&q, ranges, &kt, &vc, l, scale, &mut scratch, &mut got);
+        for (i, &(first, pos)) in ranges.iter().enumerate() {
+            let qr: Vec<f32> = q[i * hd..(i + 1) * hd]
+                .iter()
+                .map(|&x| f16::from_f32(x).to_f32())
+                .collect();
+            let s: Vec<f32> = (first..=pos)
+                .map(|p| {
+                    let k = &kc[p * w + g * hd..][..hd];
+                    k.iter().zip(&qr).map(|(a, b)| a.to_f32() * b).sum::<f32>() * scale
+                })
+                .collect();
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let e: Vec<f32> = s.iter().map(|v| (v - max).exp()).collect();
+            let sum: f64 = e.iter().map(|&v| v as f64).sum();
+            let mut want = vec![0f32; hd];
+            for (j, p) in (first..=pos).enumerate() {
+                let pw = f16::from_f32(e[j] * (1.0 / sum) as f32).to_f32();
+                for (o, v) in want.iter_mut().zip(&vc[p * w + g * hd..][..hd]) {
+                    *o += pw * v.to_f32();
+                }
+            }
+            // As for `attend`: a last-bit change in a score or in exp can move a probability
+            // across an f16 rounding boundary (2⁻¹¹ relative).
+            for (c, (a, b)) in got[i * hd..(i + 1) * hd].iter().zip(&want).enumerate() {
+                let tol = 2e-3 * b.abs().max(1.0);
+                assert!((a - b).abs() <= tol, "hd {hd} query {i} [{c}]: {a} vs {b}");
+            }
+        }
+    }
+}
+
+/// Vectorized SiLU·up against the scalar `silu` (libm's exp) on random data from −100 to
+/// 100 (both clamps of the vector exp) and a tail shorter than a vector.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx512_silu_mul_equals_reference() {
+    use ledge::quant::simd::avx512_math::{silu_mul, supported};
+    if !supported() {
+        eprintln!("no AVX-512 here: skipped");
+        return;
+    }
+    let mut rng = Rng(0x5110_0001);
+    for n in [1, 15, 16, 17, 1000, 4099] {
+        let g: Vec<f32> = data(&mut rng, n).iter().map(|v| v * 25.0).collect();
+        let u = data(&mut rng, n);
+        let mut got = g.clone();
+        silu_mul(&mut got, &u);
+        for i in 0..n {
+            let want = ledge::ops::activation::silu(g[i]) * u[i];
+            // The Cephes-style exp is within ~2 ulp of libm's; the division and product add
+            // one rounding each.
+            let tol = 4.0 * f32::EPSILON * want.abs() + 1e-30;
+            assert!(
+                (got[i] - want).abs() <= tol,
+                "n {n} [{i}] x {}: {} vs {want}",
+                g[i],
+                got[i]
+            );
+        }
+    }
+}

@@ -387,6 +387,8 @@ impl<'a> Model<'a> {
 
         let (hk, hv) = (c.head_dim_k, c.head_dim_v);
         let mut xn = vec![0f32; n * d];
+        // One table per distinct (base, scale): Gemma 3's local and global layers differ.
+        let mut ropes: Vec<rope::RopeTable> = Vec::new();
         for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
             let (nh, nkv) = (lc.n_head, lc.n_head_kv);
             // [wq, wk, wv, wo, w_gate, w_up, w_down]'s packed copies, if any.
@@ -412,27 +414,29 @@ impl<'a> Model<'a> {
             if let Some(w) = &lw.k_norm {
                 norm::rms_norm(&mut ks, w, c.rms_eps);
             }
+            let rt = match ropes
+                .iter()
+                .position(|r| r.base == lc.rope_base && r.freq_scale == lc.rope_freq_scale)
+            {
+                Some(i) => &ropes[i],
+                None => {
+                    ropes.push(rope::RopeTable::new(
+                        pos0,
+                        n,
+                        c.n_rot,
+                        lc.rope_base,
+                        lc.rope_freq_scale,
+                    ));
+                    ropes.last().unwrap()
+                }
+            };
             for t in 0..n {
                 let pos = pos0 + t;
                 for head in qs[t * nh * hk..(t + 1) * nh * hk].chunks_exact_mut(hk) {
-                    rope::rope(
-                        head,
-                        pos,
-                        c.n_rot,
-                        lc.rope_base,
-                        lc.rope_freq_scale,
-                        q.rope_style,
-                    );
+                    rt.apply(head, pos, q.rope_style);
                 }
                 for head in ks[t * nkv * hk..(t + 1) * nkv * hk].chunks_exact_mut(hk) {
-                    rope::rope(
-                        head,
-                        pos,
-                        c.n_rot,
-                        lc.rope_base,
-                        lc.rope_freq_scale,
-                        q.rope_style,
-                    );
+                    rt.apply(head, pos, q.rope_style);
                 }
                 cache.store(
                     il,
@@ -451,17 +455,7 @@ impl<'a> Model<'a> {
                 hd_v: hv,
                 scale: c.attn_scale,
             };
-            // One task per (position, head): decoding a single token still uses every thread.
-            att.par_chunks_mut(hv).enumerate().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(q16, scores), (i, out)| {
-                    let (t, h) = (i / nh, i % nh);
-                    let pos = pos0 + t;
-                    let first = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                    let qh = &qs[(t * nh + h) * hk..(t * nh + h + 1) * hk];
-                    attention::attend_head(qh, kc, vc, shape, h, first, pos, q16, scores, out);
-                },
-            );
+            attention::attend_positions(&qs, kc, vc, shape, pos0, n, window, &mut att);
             let mut o = vec![0f32; n * d];
             observe(Some(il), MatmulInput::AttnOutput, &att);
             matmul(&lw.wo, pk(3), &att, n, &mut o)?;

@@ -2,6 +2,7 @@
 //! the caller can spread heads and positions over threads.
 
 use half::f16;
+use rayon::prelude::*;
 
 use crate::quant::simd;
 
@@ -72,6 +73,134 @@ pub fn attend_head(
         let w = f16::from_f32(p_un * inv).to_f32();
         let vr = &v_cache[p * vw + g * s.hd_v..p * vw + (g + 1) * s.hd_v];
         (ks.axpy_f16)(out, w, vr);
+    }
+}
+
+/// Attention of positions pos0..pos0+n for every head: `qs` is (n, n_head·hd_k), `att`
+/// (n, n_head·hd_v); position p attends to max(0, p+1−window)..=p, whose keys and values
+/// are in the caches. A prompt on AVX-512 goes through the tiled kernel (keys transposed
+/// once, tiles of positions × a KV group's query heads); otherwise, and for a few tokens
+/// (where the tiles would leave threads idle), one task per (position, head).
+#[allow(clippy::too_many_arguments)]
+pub fn attend_positions(
+    qs: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    s: AttnShape,
+    pos0: usize,
+    n: usize,
+    window: Option<usize>,
+    att: &mut [f32],
+) {
+    let (nh, hk, hv) = (s.n_head, s.hd_k, s.hd_v);
+    assert_eq!(qs.len(), n * nh * hk);
+    assert_eq!(att.len(), n * nh * hv);
+    let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    #[cfg(target_arch = "x86_64")]
+    if n >= TILED_MIN_TOKENS && fast_path(hk, hv) && tiled_enabled() {
+        tiled(qs, k_cache, v_cache, s, pos0, n, &first, att);
+        return;
+    }
+    att.par_chunks_mut(hv).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(q16, scores), (i, out)| {
+            let (t, h) = (i / nh, i % nh);
+            let pos = pos0 + t;
+            let qh = &qs[(t * nh + h) * hk..(t * nh + h + 1) * hk];
+            attend_head(
+                qh,
+                k_cache,
+                v_cache,
+                s,
+                h,
+                first(pos),
+                pos,
+                q16,
+                scores,
+                out,
+            );
+        },
+    );
+}
+
+/// Fewest tokens for the tiled kernel: below it, per-(position, head) tasks keep every
+/// thread busy and the per-layer key transposition would not pay.
+#[cfg(target_arch = "x86_64")]
+const TILED_MIN_TOKENS: usize = 4;
+
+/// `LEDGE_ATTN_TILED=0` keeps prompts on the per-(position, head) kernel, for comparisons.
+#[cfg(target_arch = "x86_64")]
+fn tiled_enabled() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LEDGE_ATTN_TILED").map_or(true, |v| v != "0"))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn tiled(
+    qs: &[f32],
+    k_cache: &[f16],
+    v_cache: &[f16],
+    s: AttnShape,
+    pos0: usize,
+    n: usize,
+    first: &(dyn Fn(usize) -> usize + Sync),
+    att: &mut [f32],
+) {
+    use simd::avx512_attn::{attend_tile, HeadLayout, KeysT, TileScratch};
+    let (nh, nkv, hk, hv) = (s.n_head, s.n_kv, s.hd_k, s.hd_v);
+    let group = nh / nkv;
+    let layout = |g: usize| HeadLayout {
+        k_stride: nkv * hk,
+        k_off: g * hk,
+        v_stride: nkv * hv,
+        v_off: g * hv,
+    };
+    let keys: Vec<KeysT> = (0..nkv)
+        .into_par_iter()
+        .map(|g| KeysT::new(k_cache, layout(g), hk, pos0 + n))
+        .collect();
+    // Up to 8 positions per tile, fewer when that would leave under ~4 tasks per thread.
+    let per_tile = (n * nkv / (4 * rayon::current_num_threads())).clamp(1, 8);
+    let tiles: Vec<(usize, usize)> = (0..nkv)
+        .flat_map(|g| (0..n).step_by(per_tile).map(move |t0| (g, t0)))
+        .collect();
+    let outs: Vec<Vec<f32>> = tiles
+        .par_iter()
+        .map_init(
+            || (TileScratch::default(), Vec::new(), Vec::new()),
+            |(scratch, q, ranges), &(g, t0)| {
+                let t1 = (t0 + per_tile).min(n);
+                q.clear();
+                ranges.clear();
+                for t in t0..t1 {
+                    let pos = pos0 + t;
+                    for h in g * group..(g + 1) * group {
+                        q.extend_from_slice(&qs[(t * nh + h) * hk..(t * nh + h + 1) * hk]);
+                        ranges.push((first(pos), pos));
+                    }
+                }
+                let mut out = vec![0f32; ranges.len() * hv];
+                attend_tile(
+                    q,
+                    ranges,
+                    &keys[g],
+                    v_cache,
+                    layout(g),
+                    s.scale,
+                    scratch,
+                    &mut out,
+                );
+                out
+            },
+        )
+        .collect();
+    for (&(g, t0), out) in tiles.iter().zip(&outs) {
+        for (i, o) in out.chunks_exact(hv).enumerate() {
+            let (t, h) = (t0 + i / group, g * group + i % group);
+            att[(t * nh + h) * hv..(t * nh + h + 1) * hv].copy_from_slice(o);
+        }
     }
 }
 
