@@ -289,7 +289,8 @@ fn avx512_tiled_attention_equals_reference() {
     let mut rng = Rng(0xa77e_0004);
     let mut scratch = TileScratch::default();
     // (head size, kv heads, group, positions in the cache, query ranges)
-    let cases: &[(usize, usize, usize, usize, &[(usize, usize)])] = &[
+    type Case<'a> = (usize, usize, usize, usize, &'a [(usize, usize)]);
+    let cases: &[Case] = &[
         (
             64,
             3,
