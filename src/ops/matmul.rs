@@ -240,8 +240,7 @@ pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize
 
 /// out (n, m) = x (n, k) · Wᵀ over a sixteen-row packed W (`quant::repack16`): the
 /// activations are quantized once (Q8_1 for Q4_1, else Q8_0), then each task runs the kernel
-/// over its groups of sixteen rows for tiles of up to eight tokens, the group's weights
-/// staying in L1 across the tiles.
+/// over its groups of sixteen rows for panels of up to 128 tokens.
 pub fn matmul_packed16(
     p: &crate::quant::repack16::Packed16,
     kernel: crate::quant::repack16::Gemm16Fn,
@@ -274,7 +273,10 @@ pub fn matmul_packed16(
             }
         }
     }
-    const TILE: usize = 8;
+    // Panels of up to PANEL tokens, groups inner: a group's weights are decoded once per
+    // panel (the AMX kernel decodes them to bytes first) and stay in L1 across the panel's
+    // tiles, the panel's activations in L2 across the task's groups.
+    const PANEL: usize = 128;
     let groups = p.groups();
     // Enough tasks for every thread to get several (load balance), each a run of groups.
     let per_task = groups
@@ -285,9 +287,9 @@ pub fn matmul_packed16(
         .into_par_iter()
         .for_each(|task| {
             let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
-            let mut res = [[0f32; ROWS]; TILE];
-            for t0 in (0..n).step_by(TILE) {
-                let tn = TILE.min(n - t0);
+            let mut res = [[0f32; ROWS]; PANEL];
+            for t0 in (0..n).step_by(PANEL) {
+                let tn = PANEL.min(n - t0);
                 for g in g0..g1 {
                     kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
                     let rows = ROWS.min(m - g * ROWS);
