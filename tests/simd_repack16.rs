@@ -118,35 +118,45 @@ fn reference_equals_canonical_dot() {
     }
 }
 
+/// Both kernels (VNNI; AMX where the CPU and OS allow it), token counts around the AMX
+/// tile of sixteen included, odd block counts (k = 32, 96) included.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_kernel_equals_reference_bits() {
-    let Some(kernel) = ledge::quant::simd::avx512_repack16::kernel() else {
+    use ledge::quant::simd::avx512_repack16 as k16;
+    let kernels = [("vnni", k16::vnni_kernel()), ("amx", k16::amx_kernel())];
+    if kernels[0].1.is_none() {
         eprintln!("no AVX-512 VNNI here: skipped");
         return;
-    };
+    }
     let mut rng = Rng(0x16_0001);
-    for ty in TYPES {
-        for &(k, m) in &[(32, 16), (96, 5), (320, 31), (576, 40)] {
-            let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
-            let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = Packed16::from_view(&view).unwrap();
-            for n in [1, 2, 7, 8, 9, 13] {
-                let x = data(&mut rng, n * k);
-                let a = acts(&x, p.kind);
-                for g in 0..p.groups() {
-                    let (mut want, mut got) = (vec![[0f32; ROWS]; n], vec![[0f32; ROWS]; n]);
-                    gemm_ref(&p, g, &a, &mut want);
-                    kernel(&p, g, &a, &mut got);
-                    for t in 0..n {
-                        for r in 0..ROWS {
-                            assert_eq!(
-                                got[t][r].to_bits(),
-                                want[t][r].to_bits(),
-                                "{ty} k={k} n={n} group {g} token {t} row {r}: {} vs {}",
-                                got[t][r],
-                                want[t][r]
-                            );
+    for (name, kernel) in kernels {
+        let Some(kernel) = kernel else {
+            eprintln!("no {name} here: skipped");
+            continue;
+        };
+        for ty in TYPES {
+            for &(k, m) in &[(32, 16), (96, 5), (320, 31), (576, 40)] {
+                let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
+                let view = TensorView::borrowed("w", ty, vec![k, m], &w);
+                let p = Packed16::from_view(&view).unwrap();
+                for n in [1, 2, 7, 8, 9, 13, 16, 17, 32, 35] {
+                    let x = data(&mut rng, n * k);
+                    let a = acts(&x, p.kind);
+                    for g in 0..p.groups() {
+                        let (mut want, mut got) = (vec![[0f32; ROWS]; n], vec![[0f32; ROWS]; n]);
+                        gemm_ref(&p, g, &a, &mut want);
+                        kernel(&p, g, &a, &mut got);
+                        for t in 0..n {
+                            for r in 0..ROWS {
+                                assert_eq!(
+                                    got[t][r].to_bits(),
+                                    want[t][r].to_bits(),
+                                    "{name} {ty} k={k} n={n} group {g} token {t} row {r}: {} vs {}",
+                                    got[t][r],
+                                    want[t][r]
+                                );
+                            }
                         }
                     }
                 }
@@ -164,7 +174,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
         return;
     };
     let mut rng = Rng(0x16_0002);
-    for &(k, m, n) in &[(512, 37, 19), (96, 200, 8), (64, 3, 1)] {
+    for &(k, m, n) in &[(512, 37, 19), (96, 200, 8), (64, 3, 1), (64, 40, 150)] {
         for ty in TYPES {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);

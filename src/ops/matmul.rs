@@ -240,8 +240,7 @@ pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize
 
 /// out (n, m) = x (n, k) · Wᵀ over a sixteen-row packed W (`quant::repack16`): the
 /// activations are quantized once (Q8_1 for Q4_1, else Q8_0), then each task runs the kernel
-/// over its groups of sixteen rows for tiles of up to eight tokens, the group's weights
-/// staying in L1 across the tiles.
+/// over its groups of sixteen rows for panels of up to 128 tokens.
 pub fn matmul_packed16(
     p: &crate::quant::repack16::Packed16,
     kernel: crate::quant::repack16::Gemm16Fn,
@@ -274,7 +273,13 @@ pub fn matmul_packed16(
             }
         }
     }
-    const TILE: usize = 8;
+    // Panels of up to PANEL tokens, groups inner: a group's weights are decoded once per
+    // panel (the AMX kernel decodes them to bytes first) and stay in L1 across the panel's
+    // tiles, the panel's activations in L2 across the task's groups. The task's results
+    // for a panel are gathered first and then written token by token, one contiguous run
+    // per output row: writing each group's column of 16 as it comes touched a page per
+    // token per group (TLB misses: 10 % of a prompt's time).
+    const PANEL: usize = 128;
     let groups = p.groups();
     // Enough tasks for every thread to get several (load balance), each a run of groups.
     let per_task = groups
@@ -283,25 +288,25 @@ pub fn matmul_packed16(
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..groups.div_ceil(per_task))
         .into_par_iter()
-        .for_each(|task| {
+        .for_each_init(Vec::new, |res: &mut Vec<[f32; ROWS]>, task| {
             let (g0, g1) = (task * per_task, ((task + 1) * per_task).min(groups));
-            let mut res = [[0f32; ROWS]; TILE];
-            for t0 in (0..n).step_by(TILE) {
-                let tn = TILE.min(n - t0);
-                for g in g0..g1 {
-                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
-                    let rows = ROWS.min(m - g * ROWS);
-                    for (t, r) in res[..tn].iter().enumerate() {
-                        // SAFETY: `out` has n·m elements (asserted above); this task writes
-                        // only out[t·m + 16·g .. t·m + 16·g + rows] for its own groups g,
-                        // and the groups of different tasks are disjoint.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                r.as_ptr(),
-                                out_ptr.at((t0 + t) * m + g * ROWS),
-                                rows,
-                            );
-                        }
+            let (r0, r1) = (g0 * ROWS, (g1 * ROWS).min(m));
+            res.resize(PANEL * (g1 - g0), [0f32; ROWS]);
+            for t0 in (0..n).step_by(PANEL) {
+                let tn = PANEL.min(n - t0);
+                // res[(g − g0)·tn + t]: group g's sixteen results for token t0 + t.
+                for (g, res) in (g0..g1).zip(res.chunks_exact_mut(tn)) {
+                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], res);
+                }
+                for t in 0..tn {
+                    // SAFETY: `out` has n·m elements (asserted above); this task writes
+                    // only out[t·m + r0 .. t·m + r1] for its own rows [r0, r1), and the
+                    // row ranges of different tasks are disjoint.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(out_ptr.at((t0 + t) * m + r0), r1 - r0)
+                    };
+                    for (i, d) in dst.chunks_mut(ROWS).enumerate() {
+                        d.copy_from_slice(&res[i * tn + t][..d.len()]);
                     }
                 }
             }
