@@ -1,10 +1,11 @@
 //! AVX-512 VNNI kernels over the four-row K-quant layouts of `quant::repack_k`.
 //!
-//! Per 32-weight sub-block, one zmm of packed nibbles (four rows, one per 128-bit lane) is
-//! split into the low and high sixteen weights (Q6_K: with the high bit pairs ORed in), then
-//! for each of up to eight tokens `vpmaddubsw` with the broadcast activation quants and
-//! `vpdpwssd` with the rows' sub-block scales accumulate sixteen exact i32 lanes per token; the
-//! min / offset terms and the f32 scaling happen once per super-block. The weights are decoded
+//! Per 32-weight chunk, one zmm of packed nibbles (four rows, one per 128-bit lane) is split
+//! into the low and high sixteen weights (Q6_K: with the high bit pairs ORed in), then for
+//! each of up to eight tokens `vpdpbusd` with the broadcast activation quants gives one
+//! sub-block's (Q4_K) or sixteen's (Q6_K) 4-byte dots, which fit i16; `vpackssdw` pairs two
+//! of them and `vpdpwssd` with the rows' sub-block scales accumulates sixteen exact i32 lanes
+//! per token; the min / offset terms and the f32 scaling happen once per super-block. The weights are decoded
 //! once per tile of tokens. `repack_k::gemm_k_ref` does the same arithmetic in scalar and
 //! equals this bit for bit.
 
@@ -116,15 +117,52 @@ fn dpwssd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
     r
 }
 
-/// The permutation that puts i16 element `8r + s` in every element of 128-bit lane r.
+/// acc + the 4-byte dot products of unsigned `a` and signed `b` bytes, as i32 lanes
+/// (`vpdpbusd`), in `asm!` like `dpwssd`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn lane_idx(s: i16) -> __m512i {
+fn dpbusd(acc: __m512i, a: __m512i, b: __m512i) -> __m512i {
+    let mut r = acc;
+    // SAFETY: a register-only instruction of AVX-512 VNNI, which this function requires.
+    unsafe {
+        core::arch::asm!(
+            "vpdpbusd {r}, {a}, {b}",
+            r = inout(zmm_reg) r,
+            a = in(zmm_reg) a,
+            b = in(zmm_reg) b,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    r
+}
+
+/// The permutation that puts i16 element `8r + s` in elements 0..4 of 128-bit lane r and
+/// `8r + s + 1` in its elements 4..8: the scales of two sub-blocks, matching the
+/// `vpackssdw` of their sums.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn pair_idx(s: i16) -> __m512i {
     let base = _mm512_set_epi16(
-        24, 24, 24, 24, 24, 24, 24, 24, 16, 16, 16, 16, 16, 16, 16, 16, 8, 8, 8, 8, 8, 8, 8, 8, 0,
-        0, 0, 0, 0, 0, 0, 0,
+        25, 25, 25, 25, 24, 24, 24, 24, 17, 17, 17, 17, 16, 16, 16, 16, 9, 9, 9, 9, 8, 8, 8, 8, 1,
+        1, 1, 1, 0, 0, 0, 0,
     );
     _mm512_add_epi16(base, _mm512_set1_epi16(s))
+}
+
+/// One token's sums of two Q4_K sub-blocks (`w`: their low and high sixteens, in order) with
+/// the activation quants at `at` onwards, packed to i16, times the scales `sc`, added to
+/// `isum`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn pair_dot(isum: __m512i, w: [__m512i; 4], a: &ActQ8K4, at: usize, sc: __m512i) -> __m512i {
+    let z = _mm512_setzero_si512();
+    let s0 = dpbusd(dpbusd(z, w[0], bcast16(a, at)), w[1], bcast16(a, at + 16));
+    let s1 = dpbusd(
+        dpbusd(z, w[2], bcast16(a, at + 32)),
+        w[3],
+        bcast16(a, at + 48),
+    );
+    dpwssd(isum, _mm512_packs_epi32(s0, s1), sc)
 }
 
 /// T tokens of one Q4_Kx4 group.
@@ -132,7 +170,6 @@ fn lane_idx(s: i16) -> __m512i {
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `d`, `m` hold nsb entries,
 /// `qs` 9·nsb lines, `acts` T·nsb, `out` T.
-#[allow(clippy::needless_range_loop)] // s indexes the lines and the activations
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn tile_q4_k<const T: usize>(
     d: &[[half::f16; 4]],
@@ -155,18 +192,23 @@ unsafe fn tile_q4_k<const T: usize>(
             )
         };
         let mut isum = [_mm512_setzero_si512(); T];
-        for s in 0..8 {
+        for pair in 0..4 {
             // SAFETY: as above.
-            let w = unsafe { _mm512_load_si512(l[s].0.as_ptr() as *const __m512i) };
-            let lo = _mm512_and_si512(w, m4);
-            let hi = _mm512_and_si512(_mm512_srli_epi16(w, 4), m4);
-            let sc = _mm512_permutexvar_epi16(lane_idx(s as i16), scales);
+            let (w0, w1) = unsafe {
+                (
+                    _mm512_load_si512(l[2 * pair].0.as_ptr() as *const __m512i),
+                    _mm512_load_si512(l[2 * pair + 1].0.as_ptr() as *const __m512i),
+                )
+            };
+            let w = [
+                _mm512_and_si512(w0, m4),
+                _mm512_and_si512(_mm512_srli_epi16(w0, 4), m4),
+                _mm512_and_si512(w1, m4),
+                _mm512_and_si512(_mm512_srli_epi16(w1, 4), m4),
+            ];
+            let sc = _mm512_permutexvar_epi16(pair_idx(2 * pair as i16), scales);
             for (t, isum) in isum.iter_mut().enumerate() {
-                let a = &acts[t * nsb + sb];
-                let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * s));
-                let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * s + 16));
-                *isum = dpwssd(*isum, plo, sc);
-                *isum = dpwssd(*isum, phi, sc);
+                *isum = pair_dot(*isum, w, &acts[t * nsb + sb], 64 * pair, sc);
             }
         }
         let dw = rows_f32(&d[sb]);
@@ -212,36 +254,39 @@ unsafe fn tile_q6_k<const T: usize>(
             )
         };
         let mut isum = [_mm512_setzero_si512(); T];
-        for c in 0..8 {
-            // SAFETY: as above.
-            let (w, h) = unsafe {
-                (
-                    _mm512_load_si512(l[c].0.as_ptr() as *const __m512i),
-                    _mm512_load_si512(l[8 + c / 2].0.as_ptr() as *const __m512i),
-                )
-            };
-            // The high bit pairs of this chunk's two sixteens, moved to bits 4-5.
-            let (hlo, hhi) = if c % 2 == 0 {
-                (_mm512_slli_epi16(h, 4), _mm512_slli_epi16(h, 2))
-            } else {
-                (h, _mm512_srli_epi16(h, 2))
-            };
-            let lo = _mm512_or_si512(_mm512_and_si512(w, m4), _mm512_and_si512(hlo, m30));
-            let hi = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16(w, 4), m4),
-                _mm512_and_si512(hhi, m30),
-            );
-            // Sub-blocks 2c and 2c + 1 (of sixteen): in `sa` for c < 4, else in `sbh`.
-            let src = if c < 4 { sa } else { sbh };
-            let j = (2 * (c % 4)) as i16;
-            let sc_lo = _mm512_permutexvar_epi16(lane_idx(j), src);
-            let sc_hi = _mm512_permutexvar_epi16(lane_idx(j + 1), src);
+        // Two 32-weight chunks (four sixteens) per step, as Q4_K's sub-block pairs.
+        for c2 in 0..4 {
+            let mut w = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                let c = 2 * c2 + h;
+                // SAFETY: as above.
+                let (wq, hb) = unsafe {
+                    (
+                        _mm512_load_si512(l[c].0.as_ptr() as *const __m512i),
+                        _mm512_load_si512(l[8 + c2].0.as_ptr() as *const __m512i),
+                    )
+                };
+                // The high bit pairs of this chunk's two sixteens, moved to bits 4-5.
+                let (hlo, hhi) = if h == 0 {
+                    (_mm512_slli_epi16(hb, 4), _mm512_slli_epi16(hb, 2))
+                } else {
+                    (hb, _mm512_srli_epi16(hb, 2))
+                };
+                w[2 * h] = _mm512_or_si512(_mm512_and_si512(wq, m4), _mm512_and_si512(hlo, m30));
+                w[2 * h + 1] = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi16(wq, 4), m4),
+                    _mm512_and_si512(hhi, m30),
+                );
+            }
+            // Sixteens 4·c2 .. 4·c2 + 4: in `sa` for c2 < 2, else in `sbh`.
+            let src = if c2 < 2 { sa } else { sbh };
+            let j = (4 * (c2 % 2)) as i16;
+            let sc0 = _mm512_permutexvar_epi16(pair_idx(j), src);
+            let sc1 = _mm512_permutexvar_epi16(pair_idx(j + 2), src);
             for (t, isum) in isum.iter_mut().enumerate() {
                 let a = &acts[t * nsb + sb];
-                let plo = _mm512_maddubs_epi16(lo, bcast16(a, 32 * c));
-                let phi = _mm512_maddubs_epi16(hi, bcast16(a, 32 * c + 16));
-                *isum = dpwssd(*isum, plo, sc_lo);
-                *isum = dpwssd(*isum, phi, sc_hi);
+                *isum = six_dot(*isum, [w[0], w[1]], a, 64 * c2, sc0);
+                *isum = six_dot(*isum, [w[2], w[3]], a, 64 * c2 + 32, sc1);
             }
         }
         let dw = rows_f32(&d[sb]);
@@ -258,4 +303,15 @@ unsafe fn tile_q6_k<const T: usize>(
     for (o, a) in out.iter_mut().zip(acc) {
         *o = finish(a);
     }
+}
+
+/// One token's sums of two Q6_K sixteens (`w`: the 32-weight chunk's halves) with the
+/// activation quants at `at` onwards, packed to i16, times the scales `sc`, added to `isum`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+fn six_dot(isum: __m512i, w: [__m512i; 2], a: &ActQ8K4, at: usize, sc: __m512i) -> __m512i {
+    let z = _mm512_setzero_si512();
+    let s0 = dpbusd(z, w[0], bcast16(a, at));
+    let s1 = dpbusd(z, w[1], bcast16(a, at + 16));
+    dpwssd(isum, _mm512_packs_epi32(s0, s1), sc)
 }
