@@ -8,6 +8,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LCPP=${LLAMACPP_HOME:-$HOME/.cache/ledge/llamacpp}/build/bin
 [ -x "$LCPP/llama-bench" ] || { echo "llama-bench missing: run scripts/reference/build-llamacpp.sh" >&2; exit 1; }
 PP=${PP:-64}; TG=${TG:-32}; REPS=${REPS:-3}; THREADS=${THREADS:-"1 2"}
+# ledge bench's own load/time-to-first-token timings (prompt length; 0 skips them: on 7B
+# files they take minutes and llama-bench has no counterpart).
+TTFT=${TTFT:-64}
 # Extra llama-bench arguments, e.g. LLAMA_BENCH_ARGS="--repack 0" where llama.cpp's AMX
 # buffer type dies with SIGILL (a VM that lists AMX in cpuinfo but does not enable it).
 read -r -a LBARGS <<< "${LLAMA_BENCH_ARGS:-}"
@@ -18,7 +21,7 @@ for m in "$@"; do
   for t in $THREADS; do
     LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" "${LBARGS[@]}" -o json \
       > "$TMP/llama.$(basename "$m").$t.json" 2>/dev/null
-    "$ROOT/target/release/ledge" bench -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" --json \
+    "$ROOT/target/release/ledge" bench -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" --ttft-prompt "$TTFT" --json \
       > "$TMP/ledge.$(basename "$m").$t.json"
   done
 done
