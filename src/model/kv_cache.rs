@@ -3,6 +3,7 @@
 //! rounding llama.cpp applies.
 
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 pub struct KvCache {
     pub ctx: usize,
@@ -49,6 +50,20 @@ impl KvCache {
     /// Forgets positions from `len` on (e.g. to rewind to a shared prompt prefix).
     pub fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
+    }
+
+    /// Layer `layer`'s key and value rows for positions pos .. pos + n, to be written.
+    pub fn rows_mut(&mut self, layer: usize, pos: usize, n: usize) -> (&mut [f16], &mut [f16]) {
+        let (kw, vw) = (self.k_width[layer], self.v_width[layer]);
+        (
+            &mut self.k[layer][pos * kw..(pos + n) * kw],
+            &mut self.v[layer][pos * vw..(pos + n) * vw],
+        )
+    }
+
+    /// Rounds f32 keys or values to the cache's f16.
+    pub fn convert(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src);
     }
 
     pub fn store(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {

@@ -152,24 +152,74 @@ impl PackedWeights {
     }
 }
 
+/// A matmul input x (n, k), quantized at most once per packed format that asks for it:
+/// q, k and v read one quantization of the normed input, gate and up another (separate
+/// quantizations were 5-8 % of a prompt).
+struct SharedInput<'x> {
+    x: &'x [f32],
+    n: usize,
+    a16: Vec<(repack16::Kind16, Vec<repack16::Act16>)>,
+    ak: Option<Vec<crate::quant::repack_k::ActQ8K4>>,
+}
+
+impl<'x> SharedInput<'x> {
+    fn new(x: &'x [f32], n: usize) -> SharedInput<'x> {
+        SharedInput {
+            x,
+            n,
+            a16: Vec::new(),
+            ak: None,
+        }
+    }
+
+    fn acts16(&mut self, kind: repack16::Kind16, k: usize) -> &[repack16::Act16] {
+        let i = match self.a16.iter().position(|(kd, _)| *kd == kind) {
+            Some(i) => i,
+            None => {
+                let a = ops::matmul::acts16(self.x, self.n, k, kind);
+                self.a16.push((kind, a));
+                self.a16.len() - 1
+            }
+        };
+        &self.a16[i].1
+    }
+
+    fn acts_k(&mut self, k: usize) -> &[crate::quant::repack_k::ActQ8K4] {
+        let (x, n) = (self.x, self.n);
+        self.ak
+            .get_or_insert_with(|| ops::matmul_k::acts_k(x, n, k))
+    }
+}
+
 /// out = x · Wᵀ with W's packed copy where it has one, else its GGUF blocks.
 fn matmul(
     w: &TensorView,
     (packed, packed16): (Option<&PackedMatrix>, Option<&Packed16>),
-    x: &[f32],
-    n: usize,
+    input: &mut SharedInput,
     out: &mut [f32],
 ) -> Result<(), QuantError> {
+    let n = input.n;
     if let (Some(p), Some(kernel)) = (packed16, repack16::kernel()) {
-        ops::matmul::matmul_packed16(p, kernel, x, n, out);
+        let acts = input.acts16(p.kind, p.k);
+        ops::matmul::matmul_packed16_acts(p, kernel, acts, n, out);
         return Ok(());
     }
     match (packed, repack::kernel()) {
-        (Some(p), Some(kernel)) => {
-            ops::matmul::matmul_packed(p, kernel, x, n, out);
+        (Some(p), _)
+            if matches!(
+                p.kind,
+                repack::PackedKind::Q4_Kx4 | repack::PackedKind::Q6_Kx4
+            ) =>
+        {
+            let acts = input.acts_k(p.k);
+            ops::matmul_k::matmul_packed_k_acts(p, acts, n, out);
             Ok(())
         }
-        _ => ops::matmul(w, x, n, out),
+        (Some(p), Some(kernel)) => {
+            ops::matmul::matmul_packed(p, kernel, input.x, n, out);
+            Ok(())
+        }
+        _ => ops::matmul(w, input.x, n, out),
     }
 }
 
@@ -386,7 +436,19 @@ impl<'a> Model<'a> {
         }
 
         let (hk, hv) = (c.head_dim_k, c.head_dim_v);
+        // Activation buffers for the whole pass, sized for the widest layer: allocating them
+        // per layer cost page faults and zeroing on every layer of a prompt.
+        let widest = |f: &dyn Fn(&config::LayerConfig) -> usize| {
+            c.layers.iter().map(f).max().unwrap_or(0) * n
+        };
         let mut xn = vec![0f32; n * d];
+        let mut qs_buf = vec![0f32; widest(&|l| l.n_head * hk)];
+        let mut ks_buf = vec![0f32; widest(&|l| l.n_head_kv * hk)];
+        let mut vs_buf = vec![0f32; widest(&|l| l.n_head_kv * hv)];
+        let mut att_buf = vec![0f32; widest(&|l| l.n_head * hv)];
+        let mut gate_buf = vec![0f32; widest(&|l| l.n_ff)];
+        let mut up_buf = vec![0f32; widest(&|l| l.n_ff)];
+        let mut o = vec![0f32; n * d];
         // One table per distinct (base, scale): Gemma 3's local and global layers differ.
         let mut ropes: Vec<rope::RopeTable> = Vec::new();
         for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
@@ -399,20 +461,26 @@ impl<'a> Model<'a> {
                 )
             };
             // --- attention ---
-            xn.copy_from_slice(&x);
-            norm::rms_norm(&mut xn, &lw.attn_norm, c.rms_eps);
+            // The first layer norms the embeddings; later ones got their input from the
+            // previous layer's fused residual add.
+            if il == 0 {
+                norm::rms_norm_into(&x, &mut xn, &lw.attn_norm, c.rms_eps);
+            }
             observe(Some(il), MatmulInput::Attn, &xn);
-            let mut qs = vec![0f32; n * nh * hk]; // (n, n_head·hd_k)
-            let mut ks = vec![0f32; n * nkv * hk]; // (n, n_kv·hd_k)
-            let mut vs = vec![0f32; n * nkv * hv]; // (n, n_kv·hd_v)
-            matmul(&lw.wq, pk(0), &xn, n, &mut qs)?;
-            matmul(&lw.wk, pk(1), &xn, n, &mut ks)?;
-            matmul(&lw.wv, pk(2), &xn, n, &mut vs)?;
+            let qs = &mut qs_buf[..n * nh * hk]; // (n, n_head·hd_k)
+            let ks = &mut ks_buf[..n * nkv * hk]; // (n, n_kv·hd_k)
+            let vs = &mut vs_buf[..n * nkv * hv]; // (n, n_kv·hd_v)
+            {
+                let mut input = SharedInput::new(&xn, n);
+                matmul(&lw.wq, pk(0), &mut input, qs)?;
+                matmul(&lw.wk, pk(1), &mut input, ks)?;
+                matmul(&lw.wv, pk(2), &mut input, vs)?;
+            }
             if let Some(w) = &lw.q_norm {
-                norm::rms_norm(&mut qs, w, c.rms_eps);
+                norm::rms_norm(qs, w, c.rms_eps);
             }
             if let Some(w) = &lw.k_norm {
-                norm::rms_norm(&mut ks, w, c.rms_eps);
+                norm::rms_norm(ks, w, c.rms_eps);
             }
             let rt = match ropes
                 .iter()
@@ -430,22 +498,16 @@ impl<'a> Model<'a> {
                     ropes.last().unwrap()
                 }
             };
-            for t in 0..n {
-                let pos = pos0 + t;
-                for head in qs[t * nh * hk..(t + 1) * nh * hk].chunks_exact_mut(hk) {
-                    rt.apply(head, pos, q.rope_style);
-                }
-                for head in ks[t * nkv * hk..(t + 1) * nkv * hk].chunks_exact_mut(hk) {
-                    rt.apply(head, pos, q.rope_style);
-                }
-                cache.store(
-                    il,
-                    pos,
-                    &ks[t * nkv * hk..(t + 1) * nkv * hk],
-                    &vs[t * nkv * hv..(t + 1) * nkv * hv],
-                );
-            }
-            let mut att = vec![0f32; n * nh * hv]; // (n, n_head·hd_v)
+            rope_and_store(
+                rt,
+                q.rope_style,
+                (qs, ks, vs),
+                (nh * hk, nkv * hk, nkv * hv, hk),
+                cache,
+                il,
+                pos0,
+            );
+            let att = &mut att_buf[..n * nh * hv]; // (n, n_head·hd_v)
             let (kc, vc) = (&cache.k[il], &cache.v[il]);
             let window = if lc.sliding { c.sliding_window } else { None };
             let shape = attention::AttnShape {
@@ -455,30 +517,35 @@ impl<'a> Model<'a> {
                 hd_v: hv,
                 scale: c.attn_scale,
             };
-            attention::attend_positions(&qs, kc, vc, shape, pos0, n, window, &mut att);
-            let mut o = vec![0f32; n * d];
-            observe(Some(il), MatmulInput::AttnOutput, &att);
-            matmul(&lw.wo, pk(3), &att, n, &mut o)?;
+            attention::attend_positions(qs, kc, vc, shape, pos0, n, window, att);
+            observe(Some(il), MatmulInput::AttnOutput, att);
+            matmul(&lw.wo, pk(3), &mut SharedInput::new(att, n), &mut o)?;
             if let Some(w) = &lw.post_attn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            // x += o; xn = norm(x)
+            norm::add_rms_norm(&mut x, &o, &mut xn, &lw.ffn_norm, c.rms_eps);
 
             // --- feed-forward ---
-            xn.copy_from_slice(&x);
-            norm::rms_norm(&mut xn, &lw.ffn_norm, c.rms_eps);
             observe(Some(il), MatmulInput::Ffn, &xn);
-            let mut gate = vec![0f32; n * lc.n_ff]; // (n, n_ff)
-            let mut up = vec![0f32; n * lc.n_ff];
-            matmul(&lw.w_gate, pk(4), &xn, n, &mut gate)?;
-            matmul(&lw.w_up, pk(5), &xn, n, &mut up)?;
-            activation::gated(&mut gate, &up, q.gelu_ffn);
-            observe(Some(il), MatmulInput::FfnDown, &gate);
-            matmul(&lw.w_down, pk(6), &gate, n, &mut o)?;
+            let gate = &mut gate_buf[..n * lc.n_ff]; // (n, n_ff)
+            let up = &mut up_buf[..n * lc.n_ff];
+            {
+                let mut input = SharedInput::new(&xn, n);
+                matmul(&lw.w_gate, pk(4), &mut input, gate)?;
+                matmul(&lw.w_up, pk(5), &mut input, up)?;
+            }
+            activation::gated(gate, up, q.gelu_ffn);
+            observe(Some(il), MatmulInput::FfnDown, gate);
+            matmul(&lw.w_down, pk(6), &mut SharedInput::new(gate, n), &mut o)?;
             if let Some(w) = &lw.post_ffn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            // x += o, and the next layer's normed input in the same pass over x.
+            match self.layers.get(il + 1) {
+                Some(next) => norm::add_rms_norm(&mut x, &o, &mut xn, &next.attn_norm, c.rms_eps),
+                None => norm::add(&mut x, &o),
+            }
         }
         cache.len = pos0 + n;
 
@@ -491,7 +558,58 @@ impl<'a> Model<'a> {
         observe(None, MatmulInput::Output, rows);
         let mut out = vec![0f32; m * c.n_vocab];
         let po = (self.packed.output.as_ref(), self.packed.output16.as_ref());
-        matmul(&self.output, po, rows, m, &mut out)?;
+        matmul(&self.output, po, &mut SharedInput::new(rows, m), &mut out)?;
         Ok(out)
     }
+}
+
+/// Rotates each token's query and key heads and stores its keys and values in the cache,
+/// tokens split across the pool for prompts (serially it was ~3 % of a two-thread prompt).
+/// `widths` = (query row, key row, value row, key head).
+fn rope_and_store(
+    rt: &rope::RopeTable,
+    style: config::RopeStyle,
+    (qs, ks, vs): (&mut [f32], &mut [f32], &[f32]),
+    (qw, kw, vw, hk): (usize, usize, usize, usize),
+    cache: &mut KvCache,
+    layer: usize,
+    pos0: usize,
+) {
+    let n = qs.len() / qw;
+    let (kc, vc) = cache.rows_mut(layer, pos0, n);
+    let one = |t: usize,
+               q: &mut [f32],
+               k: &mut [f32],
+               v: &[f32],
+               kc: &mut [half::f16],
+               vc: &mut [half::f16]| {
+        for head in q.chunks_exact_mut(hk) {
+            rt.apply(head, pos0 + t, style);
+        }
+        for head in k.chunks_exact_mut(hk) {
+            rt.apply(head, pos0 + t, style);
+        }
+        KvCache::convert(k, kc);
+        KvCache::convert(v, vc);
+    };
+    if n < 16 {
+        for t in 0..n {
+            one(
+                t,
+                &mut qs[t * qw..(t + 1) * qw],
+                &mut ks[t * kw..(t + 1) * kw],
+                &vs[t * vw..(t + 1) * vw],
+                &mut kc[t * kw..(t + 1) * kw],
+                &mut vc[t * vw..(t + 1) * vw],
+            );
+        }
+        return;
+    }
+    qs.par_chunks_mut(qw)
+        .zip(ks.par_chunks_mut(kw))
+        .zip(vs.par_chunks(vw))
+        .zip(kc.par_chunks_mut(kw).zip(vc.par_chunks_mut(vw)))
+        .enumerate()
+        .with_min_len(8)
+        .for_each(|(t, (((q, k), v), (kc, vc)))| one(t, q, k, v, kc, vc));
 }

@@ -76,9 +76,7 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
     let kernels = simd::kernels();
     let (dot, quantize) = (B::dot(kernels), B::quantize_act(kernels));
     let mut xq = vec![B::Act::zeroed(); n * nba];
-    for (src, dst) in x.chunks_exact(k).zip(xq.chunks_exact_mut(nba)) {
-        quantize(src, dst);
-    }
+    quantize_rows(x, k, &mut xq, nba, quantize);
     // Prompts go through eight-token tiles where the set has them: each weight block is
     // decoded once per tile instead of once per token.
     let gemm = B::gemm8(kernels).filter(|_| n >= 8 && nb == nba);
@@ -189,22 +187,28 @@ pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize
     let mut acts = vec![ActQ8x4::zeroed(); n * nb];
     if p.kind == PackedKind::Q4_1x4 {
         let quantize = simd::kernels().quantize_q8_1;
-        let mut q = vec![BlockQ8_1::zeroed(); nb];
-        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-            quantize(src, &mut q);
-            for (a, b) in dst.iter_mut().zip(&q) {
-                *a = ActQ8x4::from_q8_1(b);
+        quantize_rows(x, k, &mut acts, nb, |src, dst| {
+            let mut q = [BlockQ8_1::zeroed(); 8];
+            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
+                let q = &mut q[..dst.len()];
+                quantize(src, q);
+                for (a, b) in dst.iter_mut().zip(q.iter()) {
+                    *a = ActQ8x4::from_q8_1(b);
+                }
             }
-        }
+        });
     } else {
         let quantize = simd::kernels().quantize_q8_0;
-        let mut q = vec![BlockQ8_0::zeroed(); nb];
-        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-            quantize(src, &mut q);
-            for (a, b) in dst.iter_mut().zip(&q) {
-                *a = ActQ8x4::from_q8_0(b, p.kind);
+        quantize_rows(x, k, &mut acts, nb, |src, dst| {
+            let mut q = [BlockQ8_0::zeroed(); 8];
+            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
+                let q = &mut q[..dst.len()];
+                quantize(src, q);
+                for (a, b) in dst.iter_mut().zip(q.iter()) {
+                    *a = ActQ8x4::from_q8_0(b, p.kind);
+                }
             }
-        }
+        });
     }
     const TILE: usize = 8;
     let groups_per_task = rows_per_task(n, m) / 4;
@@ -248,31 +252,92 @@ pub fn matmul_packed16(
     n: usize,
     out: &mut [f32],
 ) {
-    use crate::quant::repack16::{Act16, ROWS};
-    let (k, m) = (p.k, p.rows);
+    let acts = acts16(x, n, p.k, p.kind);
+    matmul_packed16_acts(p, kernel, &acts, n, out);
+}
+
+/// x (n, k) quantized for sixteen-row weights of `kind`: n·k/32 blocks, token-major.
+pub fn acts16(
+    x: &[f32],
+    n: usize,
+    k: usize,
+    kind: crate::quant::repack16::Kind16,
+) -> Vec<crate::quant::repack16::Act16> {
+    use crate::quant::repack16::Act16;
     assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
-    assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");
     let nb = k / 32;
     let mut acts = vec![Act16::zeroed(); n * nb];
-    if p.kind.needs_sum() {
+    if kind.needs_sum() {
         let quantize = simd::kernels().quantize_q8_1;
-        let mut q = vec![BlockQ8_1::zeroed(); nb];
-        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-            quantize(src, &mut q);
-            for (a, b) in dst.iter_mut().zip(&q) {
-                *a = Act16::from_q8_1(b);
+        quantize_rows(x, k, &mut acts, nb, |src, dst| {
+            let mut q = [BlockQ8_1::zeroed(); 8];
+            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
+                let q = &mut q[..dst.len()];
+                quantize(src, q);
+                for (a, b) in dst.iter_mut().zip(q.iter()) {
+                    *a = Act16::from_q8_1(b);
+                }
             }
-        }
+        });
     } else {
         let quantize = simd::kernels().quantize_q8_0;
-        let mut q = vec![BlockQ8_0::zeroed(); nb];
-        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-            quantize(src, &mut q);
-            for (a, b) in dst.iter_mut().zip(&q) {
-                *a = Act16::from_q8_0(b, p.kind);
+        quantize_rows(x, k, &mut acts, nb, |src, dst| {
+            let mut q = [BlockQ8_0::zeroed(); 8];
+            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
+                let q = &mut q[..dst.len()];
+                quantize(src, q);
+                for (a, b) in dst.iter_mut().zip(q.iter()) {
+                    *a = Act16::from_q8_0(b, kind);
+                }
             }
-        }
+        });
     }
+    acts
+}
+
+/// Tokens per task when a prompt's activations are quantized in parallel.
+const QUANT_TOKENS_PER_TASK: usize = 8;
+
+/// Runs `row(x row, its nb activation blocks)` for every token of x (n, k): across the pool
+/// for prompts (quantizing a 512-token input on one thread was ~6 % of a two-thread prompt,
+/// with the other thread idle), inline for a few tokens.
+pub(crate) fn quantize_rows<A: Send>(
+    x: &[f32],
+    k: usize,
+    acts: &mut [A],
+    nb: usize,
+    row: impl Fn(&[f32], &mut [A]) + Sync,
+) {
+    let n = x.len() / k;
+    if n < 2 * QUANT_TOKENS_PER_TASK {
+        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+            row(src, dst);
+        }
+        return;
+    }
+    x.par_chunks(k * QUANT_TOKENS_PER_TASK)
+        .zip(acts.par_chunks_mut(nb * QUANT_TOKENS_PER_TASK))
+        .for_each(|(x, acts)| {
+            for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
+                row(src, dst);
+            }
+        });
+}
+
+/// `matmul_packed16` over activations already quantized by `acts16` for this weight's kind
+/// (q, k and v share one quantization of their input; so do gate and up).
+pub fn matmul_packed16_acts(
+    p: &crate::quant::repack16::Packed16,
+    kernel: crate::quant::repack16::Gemm16Fn,
+    acts: &[crate::quant::repack16::Act16],
+    n: usize,
+    out: &mut [f32],
+) {
+    use crate::quant::repack16::ROWS;
+    let (k, m) = (p.k, p.rows);
+    let nb = k / 32;
+    assert_eq!(acts.len(), n * nb, "packed matmul: acts are not n×k/32");
+    assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");
     // Panels of up to PANEL tokens, groups inner: a group's weights are decoded once per
     // panel (the AMX kernel decodes them to bytes first) and stay in L1 across the panel's
     // tiles, the panel's activations in L2 across the task's groups. The task's results
@@ -305,8 +370,18 @@ pub fn matmul_packed16(
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.at((t0 + t) * m + r0), r1 - r0)
                     };
-                    for (i, d) in dst.chunks_mut(ROWS).enumerate() {
-                        d.copy_from_slice(&res[i * tn + t][..d.len()]);
+                    // Whole groups as fixed-size copies (two vector moves each): a
+                    // slice copy of 16 floats went through a libc memmove call (8 % of a
+                    // prompt).
+                    let mut groups = dst.chunks_exact_mut(ROWS);
+                    for (i, d) in groups.by_ref().enumerate() {
+                        let d: &mut [f32; ROWS] = d.try_into().expect("chunk of ROWS");
+                        *d = res[i * tn + t];
+                    }
+                    let tail = groups.into_remainder();
+                    if !tail.is_empty() {
+                        let i = (r1 - r0) / ROWS;
+                        tail.copy_from_slice(&res[i * tn + t][..tail.len()]);
                     }
                 }
             }

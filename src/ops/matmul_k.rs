@@ -20,21 +20,37 @@ const TILE: usize = 8;
 
 /// out (n, m) = x (n, k) · Wᵀ over a Q4_Kx4 or Q6_Kx4 packed W.
 pub fn matmul_packed_k(p: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-    let (k, m) = (p.k, p.rows);
+    let acts = acts_k(x, n, p.k);
+    matmul_packed_k_acts(p, &acts, n, out);
+}
+
+/// x (n, k) quantized to Q8_K for the packed K kernels: n·k/256 blocks, token-major.
+pub fn acts_k(x: &[f32], n: usize, k: usize) -> Vec<ActQ8K4> {
     assert_eq!(x.len(), n * k, "packed K matmul: x is not n×k");
-    assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
-    let kernel = repack_k::kernel().unwrap_or(repack_k::gemm_k_ref);
     let nsb = k / QK_K;
-    // acts (n, nsb): token-major.
     let quantize = simd::kernels().quantize_q8_k;
     let mut acts = vec![ActQ8K4::zeroed(); n * nsb];
-    let mut q = vec![BlockQ8K::zeroed(); nsb];
-    for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nsb)) {
-        quantize(src, &mut q);
-        for (a, b) in dst.iter_mut().zip(&q) {
-            *a = ActQ8K4::from_q8_k(b);
+    super::matmul::quantize_rows(x, k, &mut acts, nsb, |src, dst| {
+        let mut q = [BlockQ8K::zeroed(); 4];
+        for (src, dst) in src.chunks(4 * QK_K).zip(dst.chunks_mut(4)) {
+            let q = &mut q[..dst.len()];
+            quantize(src, q);
+            for (a, b) in dst.iter_mut().zip(q.iter()) {
+                *a = ActQ8K4::from_q8_k(b);
+            }
         }
-    }
+    });
+    acts
+}
+
+/// `matmul_packed_k` over activations already quantized by `acts_k` (shared by the
+/// matrices that read the same input).
+pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &mut [f32]) {
+    let (k, m) = (p.k, p.rows);
+    let nsb = k / QK_K;
+    assert_eq!(acts.len(), n * nsb, "packed K matmul: acts are not n×k/256");
+    assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
+    let kernel = repack_k::kernel().unwrap_or(repack_k::gemm_k_ref);
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..p.groups().div_ceil(GROUPS_PER_TASK))
         .into_par_iter()
