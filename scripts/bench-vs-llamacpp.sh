@@ -15,19 +15,48 @@ TTFT=${TTFT:-64}
 # mean per test: on a shared VM whose speed swings 3x within a minute, best-of-rounds is the
 # number that measures the code rather than the neighbours.
 ROUNDS=${ROUNDS:-1}
+# BANDWIDTH_MIB=N: ledge also measures this machine's read bandwidth (an N MiB buffer, right
+# before its runs) and a second table gives generation's GB/s streamed and % of it.
+BANDWIDTH_MIB=${BANDWIDTH_MIB:-0}
+# QUIET=S: before each measurement wait up to S seconds for the machine to be idle (other
+# processes using < 10 % of the CPUs over one second); the waits and any timeout are printed.
+QUIET=${QUIET:-0}
 # Extra llama-bench arguments, e.g. LLAMA_BENCH_ARGS="--repack 0" where llama.cpp's AMX
 # buffer type dies with SIGILL (a VM that lists AMX in cpuinfo but does not enable it).
 read -r -a LBARGS <<< "${LLAMA_BENCH_ARGS:-}"
 [ $# -gt 0 ] || set -- "$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$ROOT/models/gemma-3-270m-q4_k_m.gguf"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+# Busy share of all CPUs over one second, in percent (from /proc/stat).
+busy() {
+  local a b
+  read -r -a a < <(head -1 /proc/stat); sleep 1; read -r -a b < <(head -1 /proc/stat)
+  local tot=0 idle i
+  for i in 1 2 3 4 5 6 7 8; do tot=$((tot + b[i] - a[i])); done
+  idle=$((b[4] - a[4] + b[5] - a[5]))
+  echo $(( tot > 0 ? 100 * (tot - idle) / tot : 0 ))
+}
+wait_quiet() {
+  [ "$QUIET" -gt 0 ] || return 0
+  local start=$SECONDS b
+  while b=$(busy); [ "$b" -ge 10 ]; do
+    if [ $((SECONDS - start)) -ge "$QUIET" ]; then
+      echo "  not quiet after ${QUIET}s (CPUs ${b}% busy): measuring anyway ($1)" >&2; return 0
+    fi
+  done
+  [ $((SECONDS - start)) -le 1 ] || echo "  waited $((SECONDS - start))s for a quiet machine ($1)" >&2
+}
+BWARGS=()
+[ "$BANDWIDTH_MIB" -gt 0 ] && BWARGS=(--bandwidth "$BANDWIDTH_MIB")
 for r in $(seq "$ROUNDS"); do
 for m in "$@"; do
   for t in $THREADS; do
+    wait_quiet "llama-bench $(basename "$m") t=$t round $r"
     LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" "${LBARGS[@]}" -o json \
       > "$TMP/llama.$(basename "$m").$t.json.$r" 2>/dev/null
-    "$ROOT/target/release/ledge" bench -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" --ttft-prompt "$TTFT" --json \
-      > "$TMP/ledge.$(basename "$m").$t.json.$r"
+    wait_quiet "ledge $(basename "$m") t=$t round $r"
+    "$ROOT/target/release/ledge" bench -m "$m" -p "$PP" -n "$TG" -t "$t" -r "$REPS" --ttft-prompt "$TTFT" \
+      "${BWARGS[@]}" --json > "$TMP/ledge.$(basename "$m").$t.json.$r"
   done
 done
 done
@@ -53,4 +82,27 @@ for lf in sorted(glob.glob(os.path.join(d, "ledge.*.json.1"))):
             print(f"| {name} | {threads} | {test} | {l:.2f} | {v:.2f} | {v / l:.3f} |")
         else:
             print(f"| {name} | {threads} | {test} | - | {v:.2f} | - |")
+
+# Generation against the measured read bandwidth (BANDWIDTH_MIB): bytes of weights streamed
+# per token (ledge's packed copies; llama.cpp's are the same size or its GGUF blocks) × t/s.
+rows = []
+for lf in sorted(glob.glob(os.path.join(d, "ledge.*.json.*"))):
+    j = json.load(open(lf))
+    name = os.path.basename(lf)[len("ledge."):].rsplit(".", 3)[0]
+    for s in j.get("streaming") or []:
+        if s.get("read_bandwidth_gb_s"):
+            rows.append((name, s["threads"], s["test"], s["weight_bytes_per_token"], s["gb_s"],
+                         s["read_bandwidth_gb_s"], s["percent_of_bandwidth"]))
+if rows:
+    best = {}
+    for r in rows:
+        k = r[:3]
+        if k not in best or r[4] > best[k][4]:
+            best[k] = r
+    print()
+    print("| model | threads | test | weight MB/token | ledge GB/s | read bandwidth GB/s | % of bandwidth |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for k in sorted(best):
+        n, t, test, b, g, bw, pct = best[k]
+        print(f"| {n} | {t} | {test} | {b / 1e6:.1f} | {g:.2f} | {bw:.2f} | {pct:.0f}% |")
 PY
