@@ -269,3 +269,41 @@ fn smollm2_quantized_matches_llama_cpp() {
 fn gemma3_quantized_matches_llama_cpp() {
     check_quantized(GEMMA3, "gemma-3-270m-q4_k_m");
 }
+
+/// The real-model checks above under every other kernel set this CPU has (`LEDGE_SIMD=avx2`,
+/// `scalar`): the set is chosen once per process, so each runs in a child process of this
+/// test binary. These are what a user without AVX-512 gets (AVX2 now includes the
+/// sixteen-row repacked kernel) and the reference all SIMD sets are held to.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn quantized_models_match_llama_cpp_under_avx2_and_scalar() {
+    if std::env::var_os("LEDGE_SIMD").is_some() {
+        // Already a child (or the user forced a set): the plain tests cover it.
+        return;
+    }
+    let mut sets = vec!["scalar"];
+    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        sets.push("avx2");
+    }
+    let exe = std::env::current_exe().unwrap();
+    for set in sets {
+        for test in [
+            "smollm2_quantized_matches_llama_cpp",
+            "gemma3_quantized_matches_llama_cpp",
+        ] {
+            let out = std::process::Command::new(&exe)
+                .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+                .env("LEDGE_SIMD", set)
+                .output()
+                .unwrap();
+            let log = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "LEDGE_SIMD={set} {test} failed:\n{}\n{log}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            let summary: Vec<&str> = log.lines().filter(|l| l.contains("max |Δlogit|")).collect();
+            eprintln!("LEDGE_SIMD={set} {test}: {}", summary.join("; "));
+        }
+    }
+}

@@ -341,11 +341,14 @@ pub fn gemm_ref(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]])
     }
 }
 
-/// The sixteen-row kernel of this CPU, if it has one (AVX-512 VNNI).
+/// The sixteen-row kernel of the kernel set in use, if it has one (AVX-512: AMX or VNNI;
+/// AVX2).
 pub fn kernel() -> Option<Gemm16Fn> {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::kernels().name == "avx512" {
-        return super::simd::avx512_repack16::kernel();
+    match super::simd::kernels().name {
+        "avx512" => return super::simd::avx512_repack16::kernel(),
+        "avx2" => return super::simd::avx2_repack16::kernel(),
+        _ => {}
     }
     None
 }

@@ -16,6 +16,8 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2_kquants;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_repack16;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_attn;
