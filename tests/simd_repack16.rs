@@ -165,23 +165,15 @@ fn avx512_kernel_equals_reference_bits() {
     }
 }
 
-/// The AVX2 kernel (for CPUs without AVX-512) against the reference, bit for bit: every
-/// kind, tails of the four-token tile, odd row counts, Q8_0 weights at -128 and Q5_0's fifth
-/// bits in both halves of the group.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn avx2_kernel_equals_reference_bits() {
-    let Some(kernel) = ledge::quant::simd::avx2_repack16::kernel() else {
-        eprintln!("no AVX2 here: skipped");
-        return;
-    };
-    let mut rng = Rng(0x16_0a02);
+/// A kernel against the reference, bit for bit: every kind, tails of the tiles (four and
+/// eight tokens), odd row counts, Q8_0 weights at -128 (legal in a file, never made by the
+/// quantizer) and Q5_0's fifth bits in every part of the group.
+fn kernel_equals_reference_bits(name: &str, kernel: ledge::quant::repack16::Gemm16Fn, seed: u64) {
+    let mut rng = Rng(seed);
     for ty in TYPES {
         for &(k, m) in &[(32, 16), (96, 5), (320, 31), (576, 40)] {
             let mut w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             if ty == GgmlType::Q8_0 {
-                // A few weights at the extreme -128 (legal in a file, never made by the
-                // quantizer): the sign trick must still be exact.
                 for blk in w.chunks_exact_mut(34).step_by(3) {
                     blk[2 + (blk[0] as usize % 32)] = 0x80;
                 }
@@ -200,7 +192,7 @@ fn avx2_kernel_equals_reference_bits() {
                             assert_eq!(
                                 got[t][r].to_bits(),
                                 want[t][r].to_bits(),
-                                "avx2 {ty} k={k} n={n} group {g} token {t} row {r}: {} vs {}",
+                                "{name} {ty} k={k} n={n} group {g} token {t} row {r}: {} vs {}",
                                 got[t][r],
                                 want[t][r]
                             );
@@ -212,12 +204,39 @@ fn avx2_kernel_equals_reference_bits() {
     }
 }
 
-/// The packed matmul against the blocked one, and n tokens against each token alone.
+/// The AVX2 kernel (for CPUs without AVX-512).
 #[cfg(target_arch = "x86_64")]
 #[test]
+fn avx2_kernel_equals_reference_bits() {
+    match ledge::quant::simd::avx2_repack16::kernel() {
+        Some(kernel) => kernel_equals_reference_bits("avx2", kernel, 0x16_0a02),
+        None => eprintln!("no AVX2 here: skipped"),
+    }
+}
+
+/// The NEON DotProd kernel (under qemu in scripts/test.sh: with dotprod by qemu's default
+/// CPU; cortex-a72 has none and gets no kernel).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_kernel_equals_reference_bits() {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    let kernel = ledge::quant::simd::neon_repack16::kernel();
+    assert_eq!(
+        kernel.is_some(),
+        dotprod,
+        "a kernel exactly when the CPU has dotprod"
+    );
+    match kernel {
+        Some(kernel) => kernel_equals_reference_bits("neon-dotprod", kernel, 0x16_0a03),
+        None => eprintln!("no dotprod here: skipped"),
+    }
+}
+
+/// The packed matmul against the blocked one, and n tokens against each token alone.
+#[test]
 fn packed_matmul_equals_blocked_and_single_tokens() {
-    let Some(kernel) = ledge::quant::simd::avx512_repack16::kernel() else {
-        eprintln!("no AVX-512 VNNI here: skipped");
+    let Some(kernel) = ledge::quant::repack16::kernel() else {
+        eprintln!("no sixteen-row kernel in this kernel set: skipped");
         return;
     };
     let mut rng = Rng(0x16_0002);

@@ -185,3 +185,45 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
         }
     }
 }
+
+/// The AMX path of the packed matmul (prompts of ≥ 32 tokens, where AMX is usable): each
+/// element within float rounding of the reference (the integer sums are the same; only the
+/// f32 steps are grouped differently: 2e-6 of the terms' size), on supergroups cut by the
+/// row count (m = 5, 37) and tokens past the last whole tile of sixteen (49, 35).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn amx_matmul_matches_reference() {
+    if !ledge::quant::simd::avx512_amx_k::usable() || ledge::quant::repack_k::kernel().is_none() {
+        eprintln!("no AMX (or no AVX-512 VNNI) here: skipped");
+        return;
+    }
+    let mut rng = Rng(0x4b5e_ed04);
+    for ty in TYPES {
+        for &(k, m, n) in &[(256, 16, 32), (768, 37, 49), (1280, 20, 64), (2048, 5, 35)] {
+            let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
+            let view = TensorView::borrowed("w", ty, vec![k, m], &w);
+            let p = from_view(&view).unwrap();
+            let wf = view.to_f32().unwrap();
+            let x = data(&mut rng, n * k);
+            let a = acts(&x);
+            let mut got = vec![0f32; n * m];
+            ledge::ops::matmul_k::matmul_packed_k_acts(&p, &a, n, &mut got);
+            for g in 0..p.groups() {
+                let mut want = vec![[0f32; 4]; n];
+                gemm_k_ref(&p, g, &a, &mut want);
+                for t in 0..n {
+                    for r in 0..4.min(m - 4 * g) {
+                        let row = 4 * g + r;
+                        let tol = 2e-6 * magnitude(&wf, k, row, &x[t * k..(t + 1) * k]);
+                        let v = got[t * m + row];
+                        assert!(
+                            (v - want[t][r]).abs() <= tol,
+                            "{ty} k={k} m={m} n={n} token {t} row {row}: {v} vs {}",
+                            want[t][r]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -51,6 +51,10 @@ pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &
     assert_eq!(acts.len(), n * nsb, "packed K matmul: acts are not n×k/256");
     assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
     let kernel = repack_k::kernel().unwrap_or(repack_k::gemm_k_ref);
+    #[cfg(target_arch = "x86_64")]
+    if n >= AMX_MIN_TOKENS && amx_enabled() {
+        return amx(p, acts, n, out, kernel);
+    }
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..p.groups().div_ceil(GROUPS_PER_TASK))
         .into_par_iter()
@@ -79,6 +83,60 @@ pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &
                 }
             }
         });
+}
+
+/// Fewest tokens for the AMX path: it decodes each sixteen-row supergroup once per call,
+/// which only pays over a few tiles of tokens.
+#[cfg(target_arch = "x86_64")]
+const AMX_MIN_TOKENS: usize = 32;
+
+/// Whether the packed K matmuls use AMX for prompts: where the kernel set is AVX-512 with
+/// the packed K kernel and AMX is usable (`LEDGE_AMX=0` turns it off).
+#[cfg(target_arch = "x86_64")]
+fn amx_enabled() -> bool {
+    repack_k::kernel().is_some() && simd::avx512_amx_k::usable()
+}
+
+/// The AMX path: one task per sixteen-row supergroup, its whole tiles of sixteen tokens by
+/// AMX, the tokens left over by `kernel` per four-row group.
+#[cfg(target_arch = "x86_64")]
+fn amx(
+    p: &PackedMatrix,
+    acts: &[ActQ8K4],
+    n: usize,
+    out: &mut [f32],
+    kernel: repack_k::PackedKGemmFn,
+) {
+    use simd::avx512_amx_k::{self as amx, ROWS, TOKENS};
+    let (k, m) = (p.k, p.rows);
+    let nsb = k / QK_K;
+    let full = n / TOKENS * TOKENS;
+    let packed = amx::pack_acts(&acts[..full * nsb], full, nsb);
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    (0..p.groups().div_ceil(4)).into_par_iter().for_each(|sg| {
+        let mut res = vec![[0f32; ROWS]; full];
+        amx::supergroup(p, sg, &packed, &mut res);
+        let rows = ROWS.min(m - sg * ROWS);
+        let write = |t: usize, r: &[f32], row0: usize, rows: usize| {
+            // SAFETY: `out` has n·m elements (asserted by the caller); this task writes only
+            // out[t·m + row0 .. t·m + row0 + rows] within its own supergroup's rows, and the
+            // supergroups of different tasks are disjoint.
+            unsafe { std::ptr::copy_nonoverlapping(r.as_ptr(), out_ptr.at(t * m + row0), rows) };
+        };
+        for (t, r) in res.iter().enumerate() {
+            write(t, r, sg * ROWS, rows);
+        }
+        let mut tail = [[0f32; 4]; TILE];
+        for t0 in (full..n).step_by(TILE) {
+            let tn = TILE.min(n - t0);
+            for g in 4 * sg..(4 * sg + 4).min(p.groups()) {
+                kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut tail[..tn]);
+                for (t, r) in tail[..tn].iter().enumerate() {
+                    write(t0 + t, r, g * 4, 4.min(m - g * 4));
+                }
+            }
+        }
+    });
 }
 
 /// The output pointer shared by the tasks, which write disjoint parts of it.

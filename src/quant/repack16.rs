@@ -342,13 +342,17 @@ pub fn gemm_ref(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]])
 }
 
 /// The sixteen-row kernel of the kernel set in use, if it has one (AVX-512: AMX or VNNI;
-/// AVX2).
+/// AVX2; NEON with DotProd).
 pub fn kernel() -> Option<Gemm16Fn> {
     #[cfg(target_arch = "x86_64")]
     match super::simd::kernels().name {
         "avx512" => return super::simd::avx512_repack16::kernel(),
         "avx2" => return super::simd::avx2_repack16::kernel(),
         _ => {}
+    }
+    #[cfg(target_arch = "aarch64")]
+    if super::simd::kernels().name == "neon-dotprod" {
+        return super::simd::neon_repack16::kernel();
     }
     None
 }

@@ -54,15 +54,20 @@ fn has_vnni() -> bool {
 /// The AMX kernel, if this CPU has AMX-TILE/INT8 besides the VNNI set, the OS grants this
 /// process the tile state, and `LEDGE_AMX` is not `0`.
 pub fn amx_kernel() -> Option<Gemm16Fn> {
-    static USABLE: OnceLock<bool> = OnceLock::new();
-    let usable = *USABLE.get_or_init(|| {
-        std::env::var("LEDGE_AMX").map_or(true, |v| v != "0") && has_vnni() && amx_permitted()
-    });
-    if usable {
+    if amx_usable() {
         Some(gemm_amx)
     } else {
         None
     }
+}
+
+/// Whether AMX can be used: the CPU has AMX-TILE/INT8 besides the VNNI set, the OS grants
+/// this process the tile state, and `LEDGE_AMX` is not `0` (asked once).
+pub fn amx_usable() -> bool {
+    static USABLE: OnceLock<bool> = OnceLock::new();
+    *USABLE.get_or_init(|| {
+        std::env::var("LEDGE_AMX").map_or(true, |v| v != "0") && has_vnni() && amx_permitted()
+    })
 }
 
 /// CPUID.(7,0):EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), then Linux's per-process
@@ -315,12 +320,29 @@ unsafe fn decode_signed(p: &Packed16, g: usize, dst: &mut [Line64]) {
 
 /// AMX tile configuration (palette 1): 64 bytes, see the Intel SDM on LDTILECFG.
 #[repr(C, align(64))]
-struct TileCfg {
+pub(crate) struct TileCfg {
     palette: u8,
     start_row: u8,
     _reserved: [u8; 14],
     colsb: [u16; 16],
     rows: [u8; 16],
+}
+
+impl TileCfg {
+    /// Palette 1 with tiles `ids` each `rows` × `colsb` bytes, the others unused.
+    pub(crate) fn uniform(ids: &[usize], rows: u8, colsb: u16) -> TileCfg {
+        let mut cfg = TileCfg {
+            palette: 1,
+            start_row: 0,
+            _reserved: [0; 14],
+            colsb: [0; 16],
+            rows: [0; 16],
+        };
+        for &i in ids {
+            (cfg.colsb[i], cfg.rows[i]) = (colsb, rows);
+        }
+        cfg
+    }
 }
 
 /// Two blocks' integer sums: 16 tokens × 16 rows of i32 each.

@@ -20,6 +20,8 @@ pub mod avx2_repack16;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
+pub mod avx512_amx_k;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512_attn;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_math;
@@ -31,6 +33,8 @@ pub mod avx512_repack16;
 pub mod avx512_repack_k;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_repack16;
 
 pub type DotFn<W, A> = fn(&[W], &[A]) -> f32;
 pub type QuantFn<A> = fn(&[f32], &mut [A]);

@@ -197,7 +197,7 @@ fn h2f(h: f16) -> f32 {
 
 /// Four f16 → four f32 (`fcvtl`, base Advanced SIMD), exact.
 #[inline(always)]
-fn h2f_x4(h: uint16x4_t) -> float32x4_t {
+pub(crate) fn h2f_x4(h: uint16x4_t) -> float32x4_t {
     let r: float32x4_t;
     // SAFETY: a base-ISA instruction on registers only.
     unsafe {
