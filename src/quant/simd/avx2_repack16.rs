@@ -187,6 +187,13 @@ unsafe fn tile<const T: usize>(
     let no_qh = [0u64; 8];
     let mut acc = [_mm256_setzero_ps(); T];
     for b in 0..nb {
+        // The second half's pass finds the lines in cache.
+        if T == 1 && half == 0 {
+            super::prefetch(
+                qs.as_ptr().wrapping_add(b * lines + super::PREFETCH_LINES),
+                lines,
+            );
+        }
         let h = if kind == Kind16::Q5_0 {
             &qh[i0 + b]
         } else {

@@ -169,6 +169,12 @@ unsafe fn tile<const T: usize>(
     let mut acc = [_mm512_setzero_ps(); T];
     let mut w = [_mm512_setzero_si512(); 8];
     for b in 0..nb {
+        if T == 1 {
+            super::prefetch(
+                qs.as_ptr().wrapping_add(b * lines + super::PREFETCH_LINES),
+                lines,
+            );
+        }
         let line = |j: usize| {
             // SAFETY: a Line64 is 64 bytes aligned to 64, and b·lines + j < nb·lines.
             unsafe { _mm512_load_si512(qs[b * lines + j].0.as_ptr() as *const __m512i) }

@@ -11,6 +11,7 @@
 
 use core::arch::x86_64::*;
 
+use super::{prefetch, PREFETCH_LINES_K};
 use crate::quant::repack::{Line64, PackedKind, PackedMatrix};
 use crate::quant::repack_k::{lines, ActQ8K4, PackedKGemmFn};
 
@@ -182,6 +183,9 @@ unsafe fn tile_q4_k<const T: usize>(
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
+        if T == 1 {
+            prefetch(qs.as_ptr().wrapping_add(9 * sb + PREFETCH_LINES_K), 9);
+        }
         let l = &qs[9 * sb..9 * sb + 9];
         // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales, 32..64 the mins.
         let (scales, mins) = unsafe {
@@ -243,6 +247,9 @@ unsafe fn tile_q6_k<const T: usize>(
     let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
+        if T == 1 {
+            prefetch(qs.as_ptr().wrapping_add(13 * sb + PREFETCH_LINES_K), 13);
+        }
         let l = &qs[13 * sb..13 * sb + 13];
         // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales of sub-blocks
         // 0..8, 32..64 of 8..16, each [8r + j].
