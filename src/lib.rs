@@ -6,6 +6,7 @@ pub mod compress;
 pub mod convert;
 pub mod eval;
 pub mod generate;
+pub mod ggml_type;
 pub mod gguf;
 pub mod inspect;
 pub mod model;

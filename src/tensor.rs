@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::quant::{self, QuantError};
 
 /// A tensor as GGML stores it: `shape[0]` is the contiguous row length, `shape[1]` the

@@ -153,7 +153,7 @@ pub fn parse_list(s: &str) -> Result<Vec<Candidate>, CompressError> {
 /// so they are tried only when quantization alone cannot reach a size limit.
 pub fn default_ladder() -> Vec<Candidate> {
     use crate::convert::Recipe::*;
-    use crate::gguf::GgmlType;
+    use crate::ggml_type::GgmlType;
     let mut v = Vec::new();
     for t in [
         Target::Plain(GgmlType::Q8_0),

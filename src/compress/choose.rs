@@ -163,7 +163,7 @@ pub fn describe(m: &Measured) -> String {
 mod tests {
     use super::*;
     use crate::convert::Target;
-    use crate::gguf::GgmlType;
+    use crate::ggml_type::GgmlType;
 
     fn est(v: f64) -> Estimate {
         Estimate {

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::gram::{group_of, GramFile};
 use super::weighted::{column_weights, format, Params};
 use super::{ConvertError, Result};
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 
 /// A weight group's factored Hessian.
 pub struct Hessian {

@@ -27,7 +27,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 
 use super::{ConvertError, Result};
 

@@ -21,7 +21,7 @@
 
 use half::f16;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::quant::iq4::KVALUES_IQ4NL;
 use crate::quant::kquant_util::{best_index_int8, pack_scale_min_k4};
 use crate::quant::{

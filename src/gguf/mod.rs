@@ -2,12 +2,11 @@
 
 pub mod error;
 pub mod reader;
-pub mod types;
 pub mod value;
 pub mod writer;
 
+pub use crate::ggml_type::{GgmlType, TypeId};
 pub use error::{GgufError, Result};
 pub use reader::{GgufFile, TensorInfo};
-pub use types::{GgmlType, TypeId};
 pub use value::{ArrayRef, MetaArray, MetaValue, Value, ValueType};
 pub use writer::{GgufBuilder, GgufStream};

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::error::{GgufError, Result};
-use super::types::{GgmlType, TypeId};
 use super::value::{decode, ArrayRef, Value, ValueType};
+use crate::ggml_type::{GgmlType, TypeId};
 use crate::tensor::TensorView;
 
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use super::error::{GgufError, Result};
 use super::reader::GgufFile;
 use super::reader::{GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS};
-use super::types::GgmlType;
 use super::value::{MetaArray, MetaValue};
+use crate::ggml_type::GgmlType;
 
 const VERSION: u32 = 3;
 const ALIGNMENT_KEY: &str = "general.alignment";

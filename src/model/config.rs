@@ -15,13 +15,7 @@ pub enum Arch {
 
 pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
 
-/// How RoPE pairs dimensions: NORM rotates adjacent pairs (llama: the converter permuted
-/// Q/K for it), NEOX rotates dimension i with i + n_rot/2.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RopeStyle {
-    Norm,
-    Neox,
-}
+pub use crate::ops::rope::RopeStyle;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RopeScaling {

@@ -9,7 +9,7 @@ use bytemuck::Zeroable;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::quant::repack::{ActQ8x4, PackedGemmFn, PackedKind, PackedMatrix};
 use crate::quant::simd::{self, Fast};
 use crate::quant::*;

@@ -1,4 +1,10 @@
-use crate::model::config::RopeStyle;
+/// How RoPE pairs dimensions: NORM rotates adjacent pairs (llama: the converter permuted
+/// Q/K for it), NEOX rotates dimension i with i + n_rot/2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    Norm,
+    Neox,
+}
 
 /// Rotary position embedding of one head vector `x` (head_dim long; the first `n_rot`
 /// dimensions rotate) at position `pos`. Angles follow ggml: θ starts at pos·freq_scale and

@@ -35,7 +35,7 @@ pub use q6k::BlockQ6K;
 pub use q8::{BlockQ8_0, BlockQ8_1};
 pub use q8k::BlockQ8K;
 
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use half::{bf16, f16};
 
 /// Elements per super-block of the K-quants.

@@ -33,7 +33,7 @@ use half::f16;
 
 use super::float::f16_to_f32;
 use super::{cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::tensor::TensorView;
 
 /// 64 bytes, aligned to a cache line: one zmm load.

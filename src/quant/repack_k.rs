@@ -38,7 +38,7 @@ use super::float::f16_to_f32;
 use super::kquant_util::get_scale_min_k4;
 use super::repack::{Line64, PackedKind, PackedMatrix};
 use super::{cast_blocks, BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
-use crate::gguf::GgmlType;
+use crate::ggml_type::GgmlType;
 use crate::tensor::TensorView;
 
 /// One Q8_K activation super-block for the packed K kernels: the int8 quants, the sums of each
