@@ -96,9 +96,6 @@ impl PackedWeights {
     /// Repacks every matmul weight that has a packed layout for this CPU (in parallel: a
     /// 7B model's 3.8 GB take a few seconds otherwise).
     fn build(layers: &[LayerWeights], output: &TensorView) -> PackedWeights {
-        if !repack::enabled() {
-            return PackedWeights::default();
-        }
         let layers16: Vec<[Option<Packed16>; 7]> = layers
             .par_iter()
             .map(|l| {
