@@ -713,10 +713,10 @@ fn matmul_tiles_equal_single_tokens() {
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
         let x = data(&mut rng, n * k);
         let mut all = vec![0f32; n * m];
-        ledge::ops::matmul(&view, &x, n, &mut all).unwrap();
+        ledge::ops::matmul_view(&view, &x, n, &mut all).unwrap();
         for t in 0..n {
             let mut one = vec![0f32; m];
-            ledge::ops::matmul(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
+            ledge::ops::matmul_view(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
             for r in 0..m {
                 assert_eq!(
                     all[t * m + r].to_bits(),
