@@ -266,13 +266,7 @@ macro_rules! dot_test {
 }
 
 /// Sets whose legacy block dots return the scalar reference's bits.
-const EXACT_LEGACY: &[&str] = &[
-    "avx2",
-    "avx512-vnni",
-    "avx512-amx",
-    "neon",
-    "neon-dotprod",
-];
+const EXACT_LEGACY: &[&str] = &["avx2", "avx512-vnni", "avx512-amx", "neon", "neon-dotprod"];
 /// Sets whose Q2_K and IQ4_XS dots do (the reference sums those per (sub-)block too).
 const EXACT_Q2K_IQ4XS: &[&str] = &["neon", "neon-dotprod"];
 

@@ -234,24 +234,26 @@ impl<'a> Model<'a> {
         let ks = crate::quant::simd::kernels();
         let layers: Vec<LayerWeights> = views
             .into_par_iter()
-            .map(|(w, (attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm))| {
-                let [wq, wk, wv, wo, w_gate, w_up, w_down] = w.map(|v| Weight::load(v, ks));
-                LayerWeights {
-                    attn_norm,
-                    wq,
-                    wk,
-                    wv,
-                    wo,
-                    q_norm,
-                    k_norm,
-                    post_attn_norm,
-                    ffn_norm,
-                    w_gate,
-                    w_up,
-                    w_down,
-                    post_ffn_norm,
-                }
-            })
+            .map(
+                |(w, (attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm))| {
+                    let [wq, wk, wv, wo, w_gate, w_up, w_down] = w.map(|v| Weight::load(v, ks));
+                    LayerWeights {
+                        attn_norm,
+                        wq,
+                        wk,
+                        wv,
+                        wo,
+                        q_norm,
+                        k_norm,
+                        post_attn_norm,
+                        ffn_norm,
+                        w_gate,
+                        w_up,
+                        w_down,
+                        post_ffn_norm,
+                    }
+                },
+            )
             .collect();
         let output = Weight::load(output_view, ks);
         let packed = PackedSize(

@@ -41,9 +41,7 @@ pub fn gated(gate: &mut [f32], up: &[f32], use_gelu: bool) {
     const CHUNK: usize = 1 << 14;
     // The kernel set's SiLU (`LEDGE_SIMD=avx2|scalar` have none: the scalar `silu`, the
     // reference).
-    let simd_silu = crate::quant::simd::kernels()
-        .silu_mul
-        .filter(|_| !use_gelu);
+    let simd_silu = crate::quant::simd::kernels().silu_mul.filter(|_| !use_gelu);
     gate.par_chunks_mut(CHUNK)
         .zip(up.par_chunks(CHUNK))
         .for_each(|(gc, uc)| {

@@ -31,12 +31,7 @@ fn rows_per_task(n: usize, m: usize) -> usize {
 }
 
 /// out (n, m) = x (n, k) · Wᵀ where `w` has rows of length k (ggml shape [k, m]).
-pub fn matmul_view(
-    w: &TensorView,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) -> Result<(), QuantError> {
+pub fn matmul_view(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
     assert_eq!(x.len(), n * k, "matmul {}: x is not n×k", w.name);
     assert_eq!(out.len(), n * m, "matmul {}: out is not n×m", w.name);

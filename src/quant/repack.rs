@@ -185,9 +185,7 @@ impl PackedMatrix {
                     (x.d, f16::ZERO, 0)
                 }))
             }
-            GgmlType::Q4_K | GgmlType::Q6_K => {
-                super::repack_k::from_view(w)
-            }
+            GgmlType::Q4_K | GgmlType::Q6_K => super::repack_k::from_view(w),
             _ => None,
         }
     }

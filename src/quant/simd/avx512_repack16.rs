@@ -60,9 +60,7 @@ pub fn amx_kernel() -> Option<Gemm16Fn> {
 /// this process the tile state (asked once).
 pub fn amx_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
-        has_vnni() && amx_permitted()
-    })
+    *USABLE.get_or_init(|| has_vnni() && amx_permitted())
 }
 
 /// CPUID.(7,0):EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), then Linux's per-process

@@ -77,17 +77,8 @@ pub type Gemm8Fn<W, A> = fn(&[W], &[A], &[[f32; 8]], &[[f32; 8]]) -> [f32; 8];
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
 /// One query head's attention over the f16 cache (see `avx512_attn::attend`).
-pub type HeadAttnFn = fn(
-    &[f32],
-    &[f16],
-    &[f16],
-    HeadLayout,
-    f32,
-    usize,
-    usize,
-    &mut Vec<f32>,
-    &mut [f32],
-);
+pub type HeadAttnFn =
+    fn(&[f32], &[f16], &[f16], HeadLayout, f32, usize, usize, &mut Vec<f32>, &mut [f32]);
 
 /// Where one head's keys and values are in the cache: row `p` of the keys starts at
 /// `p·k_stride + k_off`, of the values at `p·v_stride + v_off`.
