@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ledge::gguf::GgmlType;
-use ledge::ops::matmul;
+use ledge::ops::matmul_view;
 use ledge::quant;
 use ledge::tensor::TensorView;
 
@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
                 g.throughput(Throughput::Bytes(w.data.len() as u64));
                 g.bench_function(
                     format!("{label}/{ty}/n{n}/{}", ledge::quant::simd::kernels().name),
-                    |b| b.iter(|| matmul(&w, &x, n, &mut out).unwrap()),
+                    |b| b.iter(|| matmul_view(&w, &x, n, &mut out).unwrap()),
                 );
             }
         }

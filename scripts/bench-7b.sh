@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Generation on the synthetic 7B shapes against this machine's memory bandwidth (issue 4):
 # makes the synthetic Llama-2-7B Q4_0 and Q4_K_M files if missing, then for threads 1 and 2
-# runs, back to back, `ledge bench --bandwidth` (LEDGE_REPACK=1 and 0; it measures the read
-# bandwidth right before loading) and llama-bench, and prints one table: tg tokens/s, weight
+# runs, back to back, `ledge bench --bandwidth` (it measures the read bandwidth right before
+# loading) and llama-bench, and prints one table: tg tokens/s, weight
 # bytes per token, GB/s streamed, % of the measured read bandwidth, ledge/llama.cpp.
 # The load average before each run is printed too: on a busy machine the numbers are noise.
 #
@@ -25,12 +25,10 @@ OUT=$(mktemp -d); trap 'rm -rf "$OUT"' EXIT
 for ty in $TYPES; do
   f="$DIR/llama7b-$ty.gguf"
   for t in $THREADS; do
-    for rp in 1 0; do
-      echo "ledge $ty t=$t LEDGE_REPACK=$rp  load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-      cut -d' ' -f1 /proc/loadavg > "$OUT/load.ledge$rp.$ty.$t"
-      LEDGE_REPACK=$rp "$LEDGE" bench -m "$f" -p 0 -n "$TG" -r "$REPS" -t "$t" --ttft-prompt 0 \
-        --bandwidth "$BW_MIB" --json > "$OUT/ledge$rp.$ty.$t.json"
-    done
+    echo "ledge $ty t=$t  load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    cut -d' ' -f1 /proc/loadavg > "$OUT/load.ledge.$ty.$t"
+    "$LEDGE" bench -m "$f" -p 0 -n "$TG" -r "$REPS" -t "$t" --ttft-prompt 0 \
+      --bandwidth "$BW_MIB" --json > "$OUT/ledge.$ty.$t.json"
     echo "llama-bench $ty t=$t  load: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     cut -d' ' -f1 /proc/loadavg > "$OUT/load.llama.$ty.$t"
     LD_LIBRARY_PATH=$LCPP "$LCPP/llama-bench" -m "$f" -p 0 -n "$TG" -r "$REPS" -t "$t" -o json \
@@ -45,21 +43,19 @@ print("| model | threads | runtime | load avg | tg t/s | weight MB/token | GB/s 
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
 for ty in types:
     for t in threads:
-        rows = {}
-        for rp in ("1", "0"):
-            j = json.load(open(os.path.join(d, f"ledge{rp}.{ty}.{t}.json")))
-            s = j["streaming"][0]
-            best = s.get("best_token_gb_s")
-            best = f"{best:.2f} ({s['best_token_percent_of_bandwidth']:.0f}%)" if best else "n/a"
-            rows[rp] = (j["results"][0]["tokens_per_second_mean"], s["weight_bytes_per_token"],
-                        s["read_bandwidth_gb_s"], load(f"ledge{rp}.{ty}.{t}"), best)
+        j = json.load(open(os.path.join(d, f"ledge.{ty}.{t}.json")))
+        s = j["streaming"][0]
+        best = s.get("best_token_gb_s")
+        best = f"{best:.2f} ({s['best_token_percent_of_bandwidth']:.0f}%)" if best else "n/a"
+        row = (j["results"][0]["tokens_per_second_mean"], s["weight_bytes_per_token"],
+               s["read_bandwidth_gb_s"], load(f"ledge.{ty}.{t}"), best)
         ll = json.load(open(os.path.join(d, f"llama.{ty}.{t}.json")))
         lts = next(r["avg_ts"] for r in ll if r["n_gen"] > 0)
-        # llama.cpp streams the GGUF blocks (its repacked Q4_0 copy has the same size): the
-        # blocked bytes per token ledge counts with LEDGE_REPACK=0; bandwidth: ledge's last run.
-        _, blocked, bw0, _, _ = rows["0"]
-        entries = [(f"ledge REPACK={rp}", *rows[rp]) for rp in ("1", "0")]
-        entries.append(("llama.cpp", lts, blocked, bw0, load(f"llama.{ty}.{t}"), "n/a"))
+        # llama.cpp streams the GGUF blocks, the same bytes as ledge's packed copies (4.5 bits
+        # per Q4_0 weight, 576 + 16 bytes per 4x256 Q4_K weights either way); bandwidth: ledge's.
+        _, nbytes, bw0, _, _ = row
+        entries = [("ledge", *row)]
+        entries.append(("llama.cpp", lts, nbytes, bw0, load(f"llama.{ty}.{t}"), "n/a"))
         for name, tps, b, bw, la, best in entries:
             gbs = b * tps / 1e9
             pct = f"{100 * gbs / bw:.0f}%" if bw else "n/a"

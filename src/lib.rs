@@ -9,6 +9,7 @@ pub mod generate;
 pub mod ggml_type;
 pub mod gguf;
 pub mod inspect;
+pub mod linalg;
 pub mod model;
 pub mod ops;
 pub mod quant;

@@ -32,10 +32,10 @@ fn one_token_long_tasks_equal_the_multi_token_split() {
         let x = data(&mut rng, n * k);
         pool.install(|| {
             let mut all = vec![0f32; n * m];
-            ledge::ops::matmul(&view, &x, n, &mut all).unwrap();
+            ledge::ops::matmul_view(&view, &x, n, &mut all).unwrap();
             for t in 0..n {
                 let mut one = vec![0f32; m];
-                ledge::ops::matmul(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
+                ledge::ops::matmul_view(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
                 let want: Vec<u32> = all[t * m..(t + 1) * m]
                     .iter()
                     .map(|v| v.to_bits())

@@ -64,7 +64,7 @@ fn sets() -> Vec<KernelSet> {
         && is_x86_feature_detected!("avx512bw")
     {
         assert!(
-            names.contains(&"avx512"),
+            names.contains(&"avx512-vnni"),
             "this CPU has AVX-512 VNNI but the avx512 set is not offered: {names:?}"
         );
     }
@@ -266,7 +266,7 @@ macro_rules! dot_test {
 }
 
 /// Sets whose legacy block dots return the scalar reference's bits.
-const EXACT_LEGACY: &[&str] = &["avx2", "avx512", "neon", "neon-dotprod"];
+const EXACT_LEGACY: &[&str] = &["avx2", "avx512-vnni", "avx512-amx", "neon", "neon-dotprod"];
 /// Sets whose Q2_K and IQ4_XS dots do (the reference sums those per (sub-)block too).
 const EXACT_Q2K_IQ4XS: &[&str] = &["neon", "neon-dotprod"];
 
@@ -502,7 +502,7 @@ fn q8_quantizers_are_exact() {
     let mut checked = 0;
     for set in sets() {
         let inputs = match set.name {
-            "avx2" | "avx512" => vec![&x],
+            "avx2" | "avx512-vnni" | "avx512-amx" => vec![&x],
             "neon" | "neon-dotprod" => vec![&x, &x_nan],
             _ => continue,
         };
@@ -707,10 +707,10 @@ fn matmul_tiles_equal_single_tokens() {
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
         let x = data(&mut rng, n * k);
         let mut all = vec![0f32; n * m];
-        ledge::ops::matmul(&view, &x, n, &mut all).unwrap();
+        ledge::ops::matmul_view(&view, &x, n, &mut all).unwrap();
         for t in 0..n {
             let mut one = vec![0f32; m];
-            ledge::ops::matmul(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
+            ledge::ops::matmul_view(&view, &x[t * k..(t + 1) * k], 1, &mut one).unwrap();
             for r in 0..m {
                 assert_eq!(
                     all[t * m + r].to_bits(),

@@ -187,7 +187,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
         let x = data(&mut rng, n * k);
         let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
         ledge::ops::matmul::matmul_packed(&p, kernel, &x, n, &mut packed);
-        ledge::ops::matmul(&view, &x, n, &mut blocked).unwrap();
+        ledge::ops::matmul_view(&view, &x, n, &mut blocked).unwrap();
         let wf = view.to_f32().unwrap();
         for i in 0..n * m {
             let (t, r) = (i / m, i % m);

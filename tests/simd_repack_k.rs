@@ -160,7 +160,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
             let x = data(&mut rng, n * k);
             let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
             ledge::ops::matmul_k::matmul_packed_k(&p, &x, n, &mut packed);
-            ledge::ops::matmul(&view, &x, n, &mut blocked).unwrap();
+            ledge::ops::matmul_view(&view, &x, n, &mut blocked).unwrap();
             for i in 0..n * m {
                 let (t, r) = (i / m, i % m);
                 let tol = 1e-6 * magnitude(&wf, k, r, &x[t * k..(t + 1) * k]);

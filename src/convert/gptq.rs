@@ -22,12 +22,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use rayon::prelude::*;
-
 use super::gram::{group_of, GramFile};
 use super::weighted::{column_weights, format, Params};
 use super::{ConvertError, Result};
 use crate::ggml_type::GgmlType;
+use crate::linalg::{cholesky_in_place, invert_lower};
 
 /// A weight group's factored Hessian.
 pub struct Hessian {
@@ -66,7 +65,7 @@ impl Hessian {
                 }
                 m[a * n + a] += damp * mean;
             }
-            if cholesky_lower(&mut m, n) {
+            if cholesky_in_place(&mut m, n).is_ok() {
                 let x = invert_lower(&m, n);
                 let mut u = vec![0f32; n * n];
                 for i in 0..n {
@@ -80,58 +79,6 @@ impl Hessian {
         }
         Err("the Gram matrix is not positive definite even with heavy damping".into())
     }
-}
-
-/// In-place Cholesky (lower triangle of `m` becomes L, m = LLᵀ); false if not positive
-/// definite. Column by column; the entries below the diagonal of one column in parallel.
-fn cholesky_lower(m: &mut [f64], n: usize) -> bool {
-    for j in 0..n {
-        let (head, tail) = m.split_at_mut((j + 1) * n);
-        let rj = &mut head[j * n..(j + 1) * n];
-        let d = rj[j] - rj[..j].iter().map(|v| v * v).sum::<f64>();
-        if d.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return false;
-        }
-        let d = d.sqrt();
-        rj[j] = d;
-        let rj = &head[j * n..j * n + j];
-        tail.par_chunks_mut(n).for_each(|ri| {
-            let s: f64 = ri[..j].iter().zip(rj).map(|(a, b)| a * b).sum();
-            ri[j] = (ri[j] - s) / d;
-        });
-    }
-    for i in 0..n {
-        for j in i + 1..n {
-            m[i * n + j] = 0.0;
-        }
-    }
-    true
-}
-
-/// The inverse of the lower-triangular `l` (row-major), lower-triangular; columns solved in
-/// parallel by forward substitution.
-fn invert_lower(l: &[f64], n: usize) -> Vec<f64> {
-    let cols: Vec<Vec<f64>> = (0..n)
-        .into_par_iter()
-        .map(|j| {
-            // x = L⁻¹ e_j; x_i = 0 for i < j.
-            let mut x = vec![0f64; n - j];
-            x[0] = 1.0 / l[j * n + j];
-            for i in j + 1..n {
-                let row = &l[i * n + j..i * n + i];
-                let s: f64 = row.iter().zip(&x[..i - j]).map(|(a, b)| a * b).sum();
-                x[i - j] = -s / l[i * n + i];
-            }
-            x
-        })
-        .collect();
-    let mut out = vec![0f64; n * n];
-    for (j, c) in cols.iter().enumerate() {
-        for (k, &v) in c.iter().enumerate() {
-            out[(j + k) * n + j] = v;
-        }
-    }
-    out
 }
 
 /// Rows quantized together: each row of U is read once per tile.

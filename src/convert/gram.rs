@@ -19,8 +19,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use super::{ConvertError, Result};
 use crate::gguf::{GgmlType, GgufBuilder, GgufFile, MetaValue};
 
@@ -62,93 +60,14 @@ impl GramEntry {
         if self.n != width {
             return;
         }
-        let t = x.len() / width;
-        // Columns of X as contiguous rows, so each entry is one long dot product.
-        let mut xt = vec![0f32; width * t];
-        for (p, row) in x.chunks_exact(width).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                xt[i * t + p] = v;
-            }
-        }
-        let n = width;
-        // Rows of the upper triangle in parallel, four at a time (each xt[j] read once per
-        // four rows); f32 sums over one chunk's positions, added into the f64 totals.
-        self.sum
-            .par_chunks_mut(4 * n)
-            .enumerate()
-            .for_each(|(bi, rows)| {
-                let i0 = 4 * bi;
-                let ni = rows.len() / n;
-                let xi: Vec<&[f32]> = (0..4)
-                    .map(|k| {
-                        let r = (i0 + k.min(ni - 1)) * t;
-                        &xt[r..r + t]
-                    })
-                    .collect();
-                let xi = [xi[0], xi[1], xi[2], xi[3]];
-                for j in i0..n {
-                    let acc = dot4(xi, &xt[j * t..(j + 1) * t]);
-                    for (k, &a) in acc.iter().enumerate().take(ni) {
-                        if j >= i0 + k {
-                            rows[k * n + j] += a as f64;
-                        }
-                    }
-                }
-            });
-        self.count += t as u64;
+        crate::linalg::add_gram_upper(&mut self.sum, x, width);
+        self.count += (x.len() / width) as u64;
     }
 
     /// Copies the upper triangle into the lower one.
     fn symmetrize(&mut self) {
-        let n = self.n;
-        for i in 0..n {
-            for j in 0..i {
-                self.sum[i * n + j] = self.sum[j * n + i];
-            }
-        }
+        crate::linalg::mirror_upper(&mut self.sum, self.n);
     }
-}
-
-/// Four dot products `xi[k]·y`, through the AVX2+FMA build of the loop where the CPU has it.
-fn dot4(xi: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { dot4_avx2(xi, y) };
-    }
-    dot4_generic(xi, y)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot4_avx2(xi: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
-    dot4_generic(xi, y)
-}
-
-/// Eight lanes per row so the compiler keeps 4×8 partial sums in registers.
-#[inline(always)]
-fn dot4_generic(xi: [&[f32]; 4], y: &[f32]) -> [f32; 4] {
-    let mut acc = [[0f32; 8]; 4];
-    let t = y.len() / 8 * 8;
-    for c in (0..t).step_by(8) {
-        let yv: &[f32; 8] = y[c..c + 8].try_into().expect("8 lanes");
-        for (a, x) in acc.iter_mut().zip(&xi) {
-            let xv: &[f32; 8] = x[c..c + 8].try_into().expect("8 lanes");
-            for l in 0..8 {
-                a[l] += xv[l] * yv[l];
-            }
-        }
-    }
-    let mut out = [0f32; 4];
-    for (k, o) in out.iter_mut().enumerate() {
-        *o = acc[k].iter().sum::<f32>()
-            + xi[k][t..]
-                .iter()
-                .zip(&y[t..])
-                .map(|(a, b)| a * b)
-                .sum::<f32>();
-    }
-    out
 }
 
 /// All groups of a model.

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 
-use super::pipeline::{SourceData, SourceTensor};
 use super::safetensors::{Checkpoint, StTensor};
+pub use super::source::hf_row_of_gguf_row;
+use super::source::{SourceData, SourceTensor};
 use super::{io_err, ConvertError, Result};
 
 /// Architectures (config.json `architectures[0]`) the converter maps.
@@ -342,15 +343,6 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
             }
         })
         .collect())
-}
-
-/// The HF row that GGUF row `r` of a Q/K matrix with `n_heads` heads of `rows / n_heads`
-/// rows comes from.
-pub fn hf_row_of_gguf_row(r: usize, rows: usize, n_heads: usize) -> usize {
-    let hd = rows / n_heads;
-    let (h, within) = (r / hd, r % hd);
-    let (i, s) = (within / 2, within % 2);
-    h * hd + s * (hd / 2) + i
 }
 
 #[cfg(test)]

@@ -15,10 +15,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::calibration::{Calibrator, ChunkObserver};
+use super::gram::{Gram, GramEntry};
 use super::{ConvertError, Result};
 use crate::gguf::{GgmlType, GgufBuilder, GgufFile, MetaArray, MetaValue};
-use crate::model::{Logits, MatmulInput, Model};
-use crate::tokenizer::Tokenizer;
+use crate::model::MatmulInput;
 
 /// Squared-activation sums of one weight's inputs.
 #[derive(Clone, Debug, Default)]
@@ -145,6 +146,57 @@ pub fn calibrate(
     Ok(calibrate_with_gram(f, text, ctx, max_chunks, progress, false)?.0)
 }
 
+/// The matmul inputs an imatrix tells apart within a block; the output matrix's input is
+/// kept at layer index n_layer, kind 0.
+const KINDS: [MatmulInput; 4] = [
+    MatmulInput::Attn,
+    MatmulInput::AttnOutput,
+    MatmulInput::Ffn,
+    MatmulInput::FfnDown,
+];
+
+/// Per (layer, input kind): the squared-activation sums and, if asked, the Gram.
+struct Sums {
+    n_layer: usize,
+    n_pos: usize,
+    acc: Vec<Vec<Entry>>,
+    grams: Vec<Vec<GramEntry>>,
+}
+
+impl ChunkObserver for Sums {
+    fn start_chunk(&mut self, n_pos: usize) {
+        self.n_pos = n_pos;
+    }
+
+    fn observe(&mut self, layer: Option<usize>, which: MatmulInput, x: &[f32]) {
+        let (l, k) = match (layer, which) {
+            (None, _) | (_, MatmulInput::Output) => (self.n_layer, 0),
+            (Some(l), w) => (l, KINDS.iter().position(|&k| k == w).unwrap_or(0)),
+        };
+        let e = &mut self.acc[l][k];
+        // Every observed matrix holds one row per position of the chunk.
+        let width = x.len() / self.n_pos;
+        if width == 0 {
+            return;
+        }
+        if e.sum2.is_empty() {
+            e.sum2 = vec![0.0; width];
+        }
+        if e.sum2.len() != width {
+            return;
+        }
+        if let Some(g) = self.grams.get_mut(l).and_then(|v| v.get_mut(k)) {
+            g.add(x, width);
+        }
+        for row in x.chunks_exact(width) {
+            for (s, &v) in e.sum2.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+            e.count += 1;
+        }
+    }
+}
+
 /// `calibrate`, also collecting each input group's Gram matrix XᵀX (for GPTQ) if `gram`.
 pub fn calibrate_with_gram(
     f: &GgufFile,
@@ -153,137 +205,92 @@ pub fn calibrate_with_gram(
     max_chunks: Option<usize>,
     progress: bool,
     gram: bool,
-) -> Result<(Imatrix, Option<super::gram::Gram>)> {
-    let model = Model::load(f).map_err(|e| ConvertError::Usage(e.to_string()))?;
-    let tok = Tokenizer::from_gguf(f).map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
-    let ids = tok.encode(text, false, false);
-    let bos = tok.bos().filter(|_| tok.add_bos());
-    let body = ctx - usize::from(bos.is_some());
-    let n_chunks = (ids.len() / body).min(max_chunks.unwrap_or(usize::MAX));
-    if n_chunks == 0 {
-        return Err(ConvertError::Usage(format!(
-            "the text has {} tokens, fewer than one chunk of {ctx}",
-            ids.len()
-        )));
-    }
-    let n_layer = model.config.n_layer;
+) -> Result<(Imatrix, Option<Gram>)> {
+    let cal = Calibrator::new(f)?;
+    let n_layer = cal.model.config.n_layer;
     let tied = f.tensor_info("output.weight").is_none();
-    // (layer, input kind) → sums; index n_layer holds the output matrix's input.
-    let kinds = [
-        MatmulInput::Attn,
-        MatmulInput::AttnOutput,
-        MatmulInput::Ffn,
-        MatmulInput::FfnDown,
-    ];
-    let mut acc: Vec<Vec<Entry>> = vec![vec![Entry::default(); kinds.len()]; n_layer + 1];
-    let mut grams: Vec<Vec<super::gram::GramEntry>> = if gram {
-        vec![vec![super::gram::GramEntry::default(); kinds.len()]; n_layer + 1]
-    } else {
-        Vec::new()
+    let mut sums = Sums {
+        n_layer,
+        n_pos: 1,
+        acc: vec![vec![Entry::default(); KINDS.len()]; n_layer + 1],
+        grams: if gram {
+            vec![vec![GramEntry::default(); KINDS.len()]; n_layer + 1]
+        } else {
+            Vec::new()
+        },
     };
-    let start = std::time::Instant::now();
-    for c in 0..n_chunks {
-        let mut chunk: Vec<u32> = bos.into_iter().collect();
-        chunk.extend_from_slice(&ids[c * body..(c + 1) * body]);
-        let mut cache = model.new_cache(ctx);
-        let n_pos = chunk.len();
-        let mut observe = |layer: Option<usize>, which: MatmulInput, x: &[f32]| {
-            let (l, k) = match (layer, which) {
-                (None, _) | (_, MatmulInput::Output) => (n_layer, 0),
-                (Some(l), w) => (l, kinds.iter().position(|&k| k == w).unwrap_or(0)),
-            };
-            let e = &mut acc[l][k];
-            // Every observed matrix holds one row per position of the chunk.
-            let width = x.len() / n_pos;
-            if width == 0 {
-                return;
-            }
-            if e.sum2.is_empty() {
-                e.sum2 = vec![0.0; width];
-            }
-            if e.sum2.len() != width {
-                return;
-            }
-            if let Some(g) = grams.get_mut(l).and_then(|v| v.get_mut(k)) {
-                g.add(x, width);
-            }
-            for row in x.chunks_exact(width) {
-                for (s, &v) in e.sum2.iter_mut().zip(row) {
-                    *s += (v as f64) * (v as f64);
-                }
-                e.count += 1;
-            }
-        };
-        model
-            .forward_observed(&mut cache, &chunk, Logits::All, &mut observe)
-            .map_err(|e| ConvertError::Usage(e.to_string()))?;
-        if progress {
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
-            eprintln!(
-                "calibrate: chunk {}/{n_chunks}, {:.0} tokens/s",
-                c + 1,
-                ((c + 1) * ctx) as f64 / secs
-            );
-        }
-    }
-    let gram = (!grams.is_empty()).then(|| {
-        let mut g = super::gram::Gram::default();
-        for (l, per) in grams.into_iter().enumerate() {
-            for (k, e) in per.into_iter().enumerate() {
-                if e.count == 0 {
-                    continue;
-                }
-                let name = if l == n_layer {
-                    "output".to_string()
-                } else {
-                    let part = match kinds[k] {
-                        MatmulInput::Attn => "attn_in",
-                        MatmulInput::AttnOutput => "attn_out",
-                        MatmulInput::Ffn => "ffn_in",
-                        _ => "ffn_down",
-                    };
-                    format!("blk.{l}.{part}")
-                };
-                g.groups.insert(name, e);
-            }
-        }
-        g
-    });
+    let label = progress.then_some("calibrate: chunk");
+    let pass = cal.run(
+        text,
+        ctx,
+        max_chunks.unwrap_or(usize::MAX),
+        label,
+        &mut sums,
+    )?;
+    let gram = (!sums.grams.is_empty()).then(|| gram_groups(sums.grams, n_layer));
     let mut im = Imatrix {
-        chunks: n_chunks as u32,
+        chunks: pass.chunks as u32,
         chunk_size: ctx as u32,
         ..Default::default()
     };
-    for (l, per) in acc.into_iter().enumerate() {
+    for (l, per) in sums.acc.into_iter().enumerate() {
         for (k, e) in per.into_iter().enumerate() {
             if e.count == 0 {
                 continue;
             }
-            let names: Vec<String> = if l == n_layer {
-                vec![if tied {
-                    "token_embd.weight"
-                } else {
-                    "output.weight"
-                }
-                .to_string()]
-            } else {
-                let parts: &[&str] = match kinds[k] {
-                    MatmulInput::Attn => &["attn_q", "attn_k", "attn_v"],
-                    MatmulInput::AttnOutput => &["attn_output"],
-                    MatmulInput::Ffn => &["ffn_gate", "ffn_up"],
-                    _ => &["ffn_down"],
-                };
-                parts
-                    .iter()
-                    .map(|p| format!("blk.{l}.{p}.weight"))
-                    .collect()
-            };
-            for n in names {
+            for n in weights_reading(l, k, n_layer, tied) {
                 im.entries.insert(n, e.clone());
             }
         }
     }
     Ok((im, gram))
+}
+
+/// The weights whose input is (layer `l`, kind `k`).
+fn weights_reading(l: usize, k: usize, n_layer: usize, tied: bool) -> Vec<String> {
+    if l == n_layer {
+        let name = if tied {
+            "token_embd.weight"
+        } else {
+            "output.weight"
+        };
+        return vec![name.to_string()];
+    }
+    let parts: &[&str] = match KINDS[k] {
+        MatmulInput::Attn => &["attn_q", "attn_k", "attn_v"],
+        MatmulInput::AttnOutput => &["attn_output"],
+        MatmulInput::Ffn => &["ffn_gate", "ffn_up"],
+        _ => &["ffn_down"],
+    };
+    parts
+        .iter()
+        .map(|p| format!("blk.{l}.{p}.weight"))
+        .collect()
+}
+
+/// The Gram entries under their group names (`gram.rs`).
+fn gram_groups(grams: Vec<Vec<GramEntry>>, n_layer: usize) -> Gram {
+    let mut g = Gram::default();
+    for (l, per) in grams.into_iter().enumerate() {
+        for (k, e) in per.into_iter().enumerate() {
+            if e.count == 0 {
+                continue;
+            }
+            let name = if l == n_layer {
+                "output".to_string()
+            } else {
+                let part = match KINDS[k] {
+                    MatmulInput::Attn => "attn_in",
+                    MatmulInput::AttnOutput => "attn_out",
+                    MatmulInput::Ffn => "ffn_in",
+                    _ => "ffn_down",
+                };
+                format!("blk.{l}.{part}")
+            };
+            g.groups.insert(name, e);
+        }
+    }
+    g
 }
 
 /// Types `quantize_weighted` implements (all the converter writes but F16/BF16/F32).

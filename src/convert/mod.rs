@@ -5,20 +5,21 @@
 //! - `vocab.rs` turns tokenizer.json + tokenizer_config.json into llama.cpp's tokenizer keys;
 //! - `recipe.rs` decides each tensor's output type (plain types and the mixed recipes);
 //! - `pipeline.rs` quantizes tensor after tensor (rows in parallel) into the streaming writer;
+//! - `source.rs`: the tensors a conversion reads (GGUF, safetensors or memory) as f32 rows;
+//! - `calibration.rs`: the one calibration loop (text → chunks → observed forward passes);
 //! - `imatrix.rs` collects calibration statistics and quantizes with importance weights;
 //! - `weighted.rs` is the importance-weighted block quantizer for every type it writes;
 //! - `gram.rs` and `gptq.rs`: input Gram matrices and GPTQ (`--method gptq`);
-//! - `prune.rs` removes FFN channels and whole blocks, ranked on calibration text;
-//! - `heads.rs`: the attention side of pruning (whole KV groups, `--prune-heads`);
+//! - `prune/` removes FFN channels, whole blocks and KV groups, ranked on calibration text;
 //! - `export.rs` goes the other way: a GGUF to an HF directory (test checkpoints).
 //!
 //! Nothing here holds the whole model: a tensor is read from the mmap, converted and written
 //! before the next one starts, so peak memory is a small multiple of the largest tensor.
 
+pub mod calibration;
 pub mod export;
 pub mod gptq;
 pub mod gram;
-pub mod heads;
 pub mod hf;
 pub mod imatrix;
 pub mod pipeline;
@@ -26,6 +27,7 @@ pub mod pre_hashes;
 pub mod prune;
 pub mod recipe;
 pub mod safetensors;
+pub mod source;
 pub mod vocab;
 pub mod weighted;
 
@@ -34,6 +36,7 @@ use std::path::PathBuf;
 use crate::gguf::{GgmlType, GgufError};
 use crate::quant::QuantError;
 
+pub use prune::heads;
 pub use recipe::{Recipe, Target};
 
 #[derive(Debug, thiserror::Error)]

@@ -15,95 +15,11 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::gguf::{GgmlType, GgufBuilder};
-use crate::quant::{self, QuantError};
-use crate::tensor::TensorView;
+use crate::quant;
 
-use super::hf::hf_row_of_gguf_row;
 use super::recipe::Plan;
-use super::safetensors::StDtype;
+pub use super::source::{SourceData, SourceTensor};
 use super::{ConvertError, Result};
-
-/// Where a tensor's values come from.
-pub enum SourceData<'a> {
-    /// A tensor of a GGUF file (any type ledge can dequantize).
-    Gguf(TensorView<'a>),
-    /// Row-major little-endian floats of a safetensors file.
-    St {
-        dtype: StDtype,
-        data: &'a [u8],
-        row_len: usize,
-        /// Q/K rows are reordered per head into llama.cpp's layout.
-        permute_heads: Option<usize>,
-    },
-    /// Values already in memory (tests, transformed tensors).
-    F32(Vec<f32>),
-}
-
-/// One output tensor: GGUF name, ggml dims (row length first), and its values.
-pub struct SourceTensor<'a> {
-    pub name: String,
-    pub dims: Vec<u64>,
-    pub data: SourceData<'a>,
-    /// The mapped file pages holding the data, dropped from this process's memory once the
-    /// tensor is converted (they are read again from the file if needed).
-    pub pages: Option<(&'a memmap2::Mmap, std::ops::Range<usize>)>,
-}
-
-impl SourceTensor<'_> {
-    fn row_len(&self) -> usize {
-        self.dims[0] as usize
-    }
-
-    fn n_rows(&self) -> usize {
-        self.dims[1..].iter().product::<u64>() as usize
-    }
-
-    /// The GGUF type of the source, if it is a GGUF tensor.
-    pub fn gguf_type(&self) -> Option<GgmlType> {
-        match &self.data {
-            SourceData::Gguf(v) => Some(v.ty),
-            _ => None,
-        }
-    }
-
-    fn source_bytes(&self) -> usize {
-        match &self.data {
-            SourceData::Gguf(v) => v.data.len(),
-            SourceData::St { data, .. } => data.len(),
-            SourceData::F32(v) => v.len() * 4,
-        }
-    }
-
-    /// Rows `first..first + out.len() / row_len` as f32, in GGUF layout.
-    fn rows_f32(&self, first: usize, out: &mut [f32]) -> std::result::Result<(), QuantError> {
-        let row_len = self.row_len();
-        match &self.data {
-            SourceData::Gguf(v) => v.dequantize_into(first, out),
-            SourceData::F32(v) => {
-                out.copy_from_slice(&v[first * row_len..first * row_len + out.len()]);
-                Ok(())
-            }
-            SourceData::St {
-                dtype,
-                data,
-                row_len,
-                permute_heads,
-            } => {
-                let rb = row_len * dtype.size();
-                let rows = self.n_rows();
-                for (k, o) in out.chunks_exact_mut(*row_len).enumerate() {
-                    let r = first + k;
-                    let src = match permute_heads {
-                        Some(h) => hf_row_of_gguf_row(r, rows, *h),
-                        None => r,
-                    };
-                    dtype.to_f32(&data[src * rb..(src + 1) * rb], o);
-                }
-                Ok(())
-            }
-        }
-    }
-}
 
 /// Source types that are not quantized: converting them loses nothing beyond the target's
 /// own rounding.

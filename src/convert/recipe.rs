@@ -123,11 +123,15 @@ impl Target {
                 GgmlType::Q8_0 => 7,
                 GgmlType::Q5_0 => 8,
                 GgmlType::Q5_1 => 9,
+                // Q2_K and IQ4_XS are not plain targets of the converter; synthetic models
+                // (`model::synth`) write them.
+                GgmlType::Q2_K => 10,
                 GgmlType::Q3_K => 11,
                 GgmlType::Q4_K => 14,
                 GgmlType::Q5_K => 16,
                 GgmlType::Q6_K => 18,
                 GgmlType::IQ4_NL => 25,
+                GgmlType::IQ4_XS => 30,
                 GgmlType::BF16 => 32,
                 _ => 0,
             },
@@ -230,6 +234,19 @@ impl FromStr for Override {
     }
 }
 
+/// llama.cpp's substitute for a 256-block type on rows its blocks do not divide: a 32-block
+/// type of similar size (other types are returned as they are).
+pub fn fallback_type(ty: GgmlType) -> GgmlType {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
+        other => other,
+    }
+}
+
 /// Everything the type choice depends on.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -260,14 +277,7 @@ impl Plan {
         if row.is_multiple_of(ty.block_size() as u64) {
             return Choice { ty, fallback: None };
         }
-        let mut to = match ty {
-            GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
-            GgmlType::Q4_K => GgmlType::Q5_0,
-            GgmlType::Q5_K => GgmlType::Q5_1,
-            GgmlType::Q6_K => GgmlType::Q8_0,
-            GgmlType::IQ4_XS => GgmlType::IQ4_NL,
-            other => other,
-        };
+        let mut to = fallback_type(ty);
         if !row.is_multiple_of(to.block_size() as u64) {
             to = GgmlType::F16;
         }

@@ -233,28 +233,13 @@ pub fn startup_table(model_name: &str, s: &Startup, peak_rss: Option<u64>) -> St
 /// output matrix once, as the matmul reads it (the packed copy's size where the model has
 /// one, else the GGUF blocks). The embedding row (a few KB) and the KV cache are left out.
 pub fn weight_bytes_per_token(model: &Model) -> u64 {
-    let mut total = 0u64;
-    for (il, l) in model.layers.iter().enumerate() {
-        let views = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
-        for (i, w) in views.iter().enumerate() {
-            let p4 = model.packed.layers.get(il).and_then(|p| p[i].as_ref());
-            let p16 = model.packed.layers16.get(il).and_then(|p| p[i].as_ref());
-            total += packed_or(w.data.len(), p4, p16);
-        }
-    }
-    let (p4, p16) = (model.packed.output.as_ref(), model.packed.output16.as_ref());
-    total + packed_or(model.output.data.len(), p4, p16)
-}
-
-/// The bytes a matmul reads: its packed copy's (a weight has at most one), else `blocks`.
-fn packed_or(
-    blocks: usize,
-    p4: Option<&crate::quant::repack::PackedMatrix>,
-    p16: Option<&crate::quant::repack16::Packed16>,
-) -> u64 {
-    p16.map(|p| p.size_bytes())
-        .or(p4.map(|p| p.size_bytes()))
-        .unwrap_or(blocks) as u64
+    model
+        .layers
+        .iter()
+        .flat_map(|l| l.matmul_weights())
+        .chain(std::iter::once(&model.output))
+        .map(|w| w.read_bytes() as u64)
+        .sum()
 }
 
 /// How fast generation streams the weights: bytes per token × tokens per second.

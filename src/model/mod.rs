@@ -13,9 +13,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::gguf::{GgmlType, GgufFile};
-use crate::ops::{self, activation, attention, norm, rope};
-use crate::quant::repack::{self, PackedMatrix};
-use crate::quant::repack16::{self, Packed16};
+use crate::ops::{activation, attention, matmul, norm, rope, Input as SharedInput, Weight};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
 pub use config::{Arch, ConfigError, ModelConfig};
@@ -47,24 +45,39 @@ pub enum ModelError {
 pub struct LayerWeights<'a> {
     pub attn_norm: Cow<'a, [f32]>,
     /// W (n_embd, n_head·hd_k)
-    pub wq: TensorView<'a>,
+    pub wq: Weight<'a>,
     /// W (n_embd, n_kv·hd_k)
-    pub wk: TensorView<'a>,
+    pub wk: Weight<'a>,
     /// W (n_embd, n_kv·hd_v)
-    pub wv: TensorView<'a>,
+    pub wv: Weight<'a>,
     /// W (n_head·hd_v, n_embd)
-    pub wo: TensorView<'a>,
+    pub wo: Weight<'a>,
     pub q_norm: Option<Cow<'a, [f32]>>,
     pub k_norm: Option<Cow<'a, [f32]>>,
     pub post_attn_norm: Option<Cow<'a, [f32]>>,
     pub ffn_norm: Cow<'a, [f32]>,
     /// W (n_embd, n_ff)
-    pub w_gate: TensorView<'a>,
+    pub w_gate: Weight<'a>,
     /// W (n_embd, n_ff)
-    pub w_up: TensorView<'a>,
+    pub w_up: Weight<'a>,
     /// W (n_ff, n_embd)
-    pub w_down: TensorView<'a>,
+    pub w_down: Weight<'a>,
     pub post_ffn_norm: Option<Cow<'a, [f32]>>,
+}
+
+impl LayerWeights<'_> {
+    /// [wq, wk, wv, wo, w_gate, w_up, w_down].
+    pub fn matmul_weights(&self) -> [&Weight<'_>; 7] {
+        [
+            &self.wq,
+            &self.wk,
+            &self.wv,
+            &self.wo,
+            &self.w_gate,
+            &self.w_up,
+            &self.w_down,
+        ]
+    }
 }
 
 pub struct Model<'a> {
@@ -73,153 +86,19 @@ pub struct Model<'a> {
     pub tok_embd: TensorView<'a>,
     pub output_norm: Cow<'a, [f32]>,
     /// (n_embd, n_vocab); the embedding matrix itself when the file ties them.
-    pub output: TensorView<'a>,
+    pub output: Weight<'a>,
     pub layers: Vec<LayerWeights<'a>>,
-    /// Load-time repacked copies of the matmul weights (`quant::repack`), used instead of the
-    /// mapped blocks where present; empty when repacking is off or the CPU has no kernel.
-    pub packed: PackedWeights,
+    /// The size of the load-time packed copies among the weights.
+    pub packed: PackedSize,
 }
 
-/// The repacked matrices of a model: per layer [wq, wk, wv, wo, w_gate, w_up, w_down], and
-/// the output matrix. `None` where a matrix keeps its GGUF blocks.
-#[derive(Default)]
-pub struct PackedWeights {
-    pub layers: Vec<[Option<PackedMatrix>; 7]>,
-    pub output: Option<PackedMatrix>,
-    /// Sixteen-row copies (`quant::repack16`), preferred where a weight has one; a weight
-    /// has at most one packed copy.
-    pub layers16: Vec<[Option<Packed16>; 7]>,
-    pub output16: Option<Packed16>,
-}
+/// Bytes held by a model's load-time packed weight copies (`Weight::packed_bytes`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PackedSize(pub usize);
 
-impl PackedWeights {
-    /// Repacks every matmul weight that has a packed layout for this CPU (in parallel: a
-    /// 7B model's 3.8 GB take a few seconds otherwise).
-    fn build(layers: &[LayerWeights], output: &TensorView) -> PackedWeights {
-        if !repack::enabled() {
-            return PackedWeights::default();
-        }
-        let layers16: Vec<[Option<Packed16>; 7]> = layers
-            .par_iter()
-            .map(|l| {
-                let m = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
-                std::array::from_fn(|i| repack16::maybe_repack(m[i]))
-            })
-            .collect();
-        let output16 = repack16::maybe_repack(output);
-        let layers = layers
-            .par_iter()
-            .zip(&layers16)
-            .map(|(l, p16)| {
-                let m = [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down];
-                std::array::from_fn(|i| {
-                    p16[i]
-                        .is_none()
-                        .then(|| repack::maybe_repack(m[i]))
-                        .flatten()
-                })
-            })
-            .collect();
-        let output = output16
-            .is_none()
-            .then(|| repack::maybe_repack(output))
-            .flatten();
-        PackedWeights {
-            layers,
-            output,
-            layers16,
-            output16,
-        }
-    }
-
-    /// Bytes held by the packed copies.
+impl PackedSize {
     pub fn size_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .flatten()
-            .chain(std::iter::once(&self.output))
-            .flatten()
-            .map(|p| p.size_bytes())
-            .sum::<usize>()
-            + self
-                .layers16
-                .iter()
-                .flatten()
-                .chain(std::iter::once(&self.output16))
-                .flatten()
-                .map(|p| p.size_bytes())
-                .sum::<usize>()
-    }
-}
-
-/// A matmul input x (n, k), quantized at most once per packed format that asks for it:
-/// q, k and v read one quantization of the normed input, gate and up another (separate
-/// quantizations were 5-8 % of a prompt).
-struct SharedInput<'x> {
-    x: &'x [f32],
-    n: usize,
-    a16: Vec<(repack16::Kind16, Vec<repack16::Act16>)>,
-    ak: Option<Vec<crate::quant::repack_k::ActQ8K4>>,
-}
-
-impl<'x> SharedInput<'x> {
-    fn new(x: &'x [f32], n: usize) -> SharedInput<'x> {
-        SharedInput {
-            x,
-            n,
-            a16: Vec::new(),
-            ak: None,
-        }
-    }
-
-    fn acts16(&mut self, kind: repack16::Kind16, k: usize) -> &[repack16::Act16] {
-        let i = match self.a16.iter().position(|(kd, _)| *kd == kind) {
-            Some(i) => i,
-            None => {
-                let a = ops::matmul::acts16(self.x, self.n, k, kind);
-                self.a16.push((kind, a));
-                self.a16.len() - 1
-            }
-        };
-        &self.a16[i].1
-    }
-
-    fn acts_k(&mut self, k: usize) -> &[crate::quant::repack_k::ActQ8K4] {
-        let (x, n) = (self.x, self.n);
-        self.ak
-            .get_or_insert_with(|| ops::matmul_k::acts_k(x, n, k))
-    }
-}
-
-/// out = x · Wᵀ with W's packed copy where it has one, else its GGUF blocks.
-fn matmul(
-    w: &TensorView,
-    (packed, packed16): (Option<&PackedMatrix>, Option<&Packed16>),
-    input: &mut SharedInput,
-    out: &mut [f32],
-) -> Result<(), QuantError> {
-    let n = input.n;
-    if let (Some(p), Some(kernel)) = (packed16, repack16::kernel()) {
-        let acts = input.acts16(p.kind, p.k);
-        ops::matmul::matmul_packed16_acts(p, kernel, acts, n, out);
-        return Ok(());
-    }
-    match (packed, repack::kernel()) {
-        (Some(p), _)
-            if matches!(
-                p.kind,
-                repack::PackedKind::Q4_Kx4 | repack::PackedKind::Q6_Kx4
-            ) =>
-        {
-            let acts = input.acts_k(p.k);
-            ops::matmul_k::matmul_packed_k_acts(p, acts, n, out);
-            Ok(())
-        }
-        (Some(p), Some(kernel)) => {
-            ops::matmul::matmul_packed(p, kernel, input.x, n, out);
-            Ok(())
-        }
-        _ => ops::matmul(w, input.x, n, out),
+        self.0
     }
 }
 
@@ -306,13 +185,13 @@ impl<'a> Model<'a> {
         let l = Loader { f };
         let (d, nv) = (config.n_embd, config.n_vocab);
         let tok_embd = l.tensor("token_embd.weight", &[d, nv])?;
-        let output = if f.tensor_info("output.weight").is_some() {
+        let output_view = if f.tensor_info("output.weight").is_some() {
             l.tensor("output.weight", &[d, nv])?
         } else {
             tok_embd.clone()
         };
         let q = config.quirks;
-        let mut layers = Vec::with_capacity(config.n_layer);
+        let mut views = Vec::with_capacity(config.n_layer);
         for (i, lc) in config.layers.iter().enumerate() {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let (hk, hv) = (config.head_dim_k, config.head_dim_v);
@@ -330,23 +209,61 @@ impl<'a> Model<'a> {
                     Ok(None)
                 }
             };
-            layers.push(LayerWeights {
-                attn_norm: l.vector(&n("attn_norm"), d)?,
-                wq: l.tensor(&n("attn_q"), &[d, lc.n_head * hk])?,
-                wk: l.tensor(&n("attn_k"), &[d, lc.n_head_kv * hk])?,
-                wv: l.tensor(&n("attn_v"), &[d, lc.n_head_kv * hv])?,
-                wo: l.tensor(&n("attn_output"), &[lc.n_head * hv, d])?,
-                q_norm: qk_norm("attn_q_norm")?,
-                k_norm: qk_norm("attn_k_norm")?,
-                post_attn_norm: post("post_attention_norm")?,
-                ffn_norm: l.vector(&n("ffn_norm"), d)?,
-                w_gate: l.tensor(&n("ffn_gate"), &[d, lc.n_ff])?,
-                w_up: l.tensor(&n("ffn_up"), &[d, lc.n_ff])?,
-                w_down: l.tensor(&n("ffn_down"), &[lc.n_ff, d])?,
-                post_ffn_norm: post("post_ffw_norm")?,
-            });
+            views.push((
+                [
+                    l.tensor(&n("attn_q"), &[d, lc.n_head * hk])?,
+                    l.tensor(&n("attn_k"), &[d, lc.n_head_kv * hk])?,
+                    l.tensor(&n("attn_v"), &[d, lc.n_head_kv * hv])?,
+                    l.tensor(&n("attn_output"), &[lc.n_head * hv, d])?,
+                    l.tensor(&n("ffn_gate"), &[d, lc.n_ff])?,
+                    l.tensor(&n("ffn_up"), &[d, lc.n_ff])?,
+                    l.tensor(&n("ffn_down"), &[lc.n_ff, d])?,
+                ],
+                (
+                    l.vector(&n("attn_norm"), d)?,
+                    qk_norm("attn_q_norm")?,
+                    qk_norm("attn_k_norm")?,
+                    post("post_attention_norm")?,
+                    l.vector(&n("ffn_norm"), d)?,
+                    post("post_ffw_norm")?,
+                ),
+            ));
         }
-        let packed = PackedWeights::build(&layers, &output);
+        // Each weight's layout, chosen once; in parallel, as repacking a 7B model's 3.8 GB
+        // takes a few seconds otherwise.
+        let ks = crate::quant::simd::kernels();
+        let layers: Vec<LayerWeights> = views
+            .into_par_iter()
+            .map(
+                |(w, (attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm))| {
+                    let [wq, wk, wv, wo, w_gate, w_up, w_down] = w.map(|v| Weight::load(v, ks));
+                    LayerWeights {
+                        attn_norm,
+                        wq,
+                        wk,
+                        wv,
+                        wo,
+                        q_norm,
+                        k_norm,
+                        post_attn_norm,
+                        ffn_norm,
+                        w_gate,
+                        w_up,
+                        w_down,
+                        post_ffn_norm,
+                    }
+                },
+            )
+            .collect();
+        let output = Weight::load(output_view, ks);
+        let packed = PackedSize(
+            layers
+                .iter()
+                .flat_map(|l| l.matmul_weights())
+                .chain(std::iter::once(&output))
+                .map(|w| w.packed_bytes())
+                .sum(),
+        );
         Ok(Model {
             packed,
             tok_embd,
@@ -453,13 +370,6 @@ impl<'a> Model<'a> {
         let mut ropes: Vec<rope::RopeTable> = Vec::new();
         for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
             let (nh, nkv) = (lc.n_head, lc.n_head_kv);
-            // [wq, wk, wv, wo, w_gate, w_up, w_down]'s packed copies, if any.
-            let pk = |i: usize| {
-                (
-                    self.packed.layers.get(il).and_then(|l| l[i].as_ref()),
-                    self.packed.layers16.get(il).and_then(|l| l[i].as_ref()),
-                )
-            };
             // --- attention ---
             // The first layer norms the embeddings; later ones got their input from the
             // previous layer's fused residual add.
@@ -472,9 +382,10 @@ impl<'a> Model<'a> {
             let vs = &mut vs_buf[..n * nkv * hv]; // (n, n_kv·hd_v)
             {
                 let mut input = SharedInput::new(&xn, n);
-                matmul(&lw.wq, pk(0), &mut input, qs)?;
-                matmul(&lw.wk, pk(1), &mut input, ks)?;
-                matmul(&lw.wv, pk(2), &mut input, vs)?;
+                // W (d, n_head·hd_k) @ xn (n, d) -> qs (n, n_head·hd_k), and likewise k, v.
+                matmul(&lw.wq, &mut input, qs)?;
+                matmul(&lw.wk, &mut input, ks)?;
+                matmul(&lw.wv, &mut input, vs)?;
             }
             if let Some(w) = &lw.q_norm {
                 norm::rms_norm(qs, w, c.rms_eps);
@@ -519,7 +430,8 @@ impl<'a> Model<'a> {
             };
             attention::attend_positions(qs, kc, vc, shape, pos0, n, window, att);
             observe(Some(il), MatmulInput::AttnOutput, att);
-            matmul(&lw.wo, pk(3), &mut SharedInput::new(att, n), &mut o)?;
+            // W (n_head·hd_v, d) @ att (n, n_head·hd_v) -> o (n, d)
+            matmul(&lw.wo, &mut SharedInput::new(att, n), &mut o)?;
             if let Some(w) = &lw.post_attn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
@@ -532,12 +444,14 @@ impl<'a> Model<'a> {
             let up = &mut up_buf[..n * lc.n_ff];
             {
                 let mut input = SharedInput::new(&xn, n);
-                matmul(&lw.w_gate, pk(4), &mut input, gate)?;
-                matmul(&lw.w_up, pk(5), &mut input, up)?;
+                // W (d, n_ff) @ xn (n, d) -> gate, up (n, n_ff)
+                matmul(&lw.w_gate, &mut input, gate)?;
+                matmul(&lw.w_up, &mut input, up)?;
             }
             activation::gated(gate, up, q.gelu_ffn);
             observe(Some(il), MatmulInput::FfnDown, gate);
-            matmul(&lw.w_down, pk(6), &mut SharedInput::new(gate, n), &mut o)?;
+            // W (n_ff, d) @ gate (n, n_ff) -> o (n, d)
+            matmul(&lw.w_down, &mut SharedInput::new(gate, n), &mut o)?;
             if let Some(w) = &lw.post_ffn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
@@ -557,8 +471,8 @@ impl<'a> Model<'a> {
         norm::rms_norm(rows, &self.output_norm, c.rms_eps);
         observe(None, MatmulInput::Output, rows);
         let mut out = vec![0f32; m * c.n_vocab];
-        let po = (self.packed.output.as_ref(), self.packed.output16.as_ref());
-        matmul(&self.output, po, &mut SharedInput::new(rows, m), &mut out)?;
+        // W (d, n_vocab) @ rows (m, d) -> out (m, n_vocab)
+        matmul(&self.output, &mut SharedInput::new(rows, m), &mut out)?;
         Ok(out)
     }
 }

@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+use crate::convert::recipe::{fallback_type, Plan};
+use crate::convert::Target;
 use crate::gguf::{GgmlType, GgufBuilder, GgufError, MetaArray, MetaValue, ValueType};
 use crate::quant;
 
@@ -102,7 +104,7 @@ pub enum SynthError {
         list = SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
     )]
     UnknownShape(String),
-    #[error("unknown type {0:?}: use a GGML type name (Q4_0, Q8_0, Q4_K, …) or Q4_K_M / Q5_K_M")]
+    #[error("unknown type {0:?}: use a GGML type name (Q4_0, Q8_0, Q4_K, …) or a recipe (Q4_K_M, Q4_K_S, …)")]
     UnknownType(String),
     #[error("type {ty} cannot hold rows of {n} weights (its blocks are {block} wide)")]
     RowLength {
@@ -116,77 +118,41 @@ pub enum SynthError {
     Quant(#[from] quant::QuantError),
 }
 
-/// Which type each tensor gets: one type for every matrix, or a llama.cpp-style mix.
+/// Which type each tensor gets: a converter target (`convert::recipe`), so a synthetic
+/// model gets exactly the types `ledge convert` would give a real one of its shape.
 #[derive(Clone, Copy, Debug)]
 pub struct TypePlan {
-    base: GgmlType,
-    /// Q4_K_M / Q5_K_M: attn_v and ffn_down at Q6_K in the layers llama.cpp gives more bits.
-    mixed: bool,
+    target: Target,
 }
 
 impl TypePlan {
+    /// A converter target name, `Q5_K_S` (plain Q5_K, as llama.cpp's name for it), or any
+    /// other GGML type ledge quantizes to.
     pub fn parse(name: &str) -> Result<TypePlan, SynthError> {
         let up = name.to_ascii_uppercase();
-        let (base, mixed) = match up.as_str() {
-            "Q4_K_M" => (GgmlType::Q4_K, true),
-            "Q5_K_M" => (GgmlType::Q5_K, true),
-            "Q4_K_S" => (GgmlType::Q4_K, false),
-            "Q5_K_S" => (GgmlType::Q5_K, false),
-            _ => (
-                GgmlType::from_name(&up)
-                    .filter(|&t| quant::is_supported(t))
-                    .ok_or_else(|| SynthError::UnknownType(name.to_string()))?,
-                false,
-            ),
+        let target = match up.as_str() {
+            "Q5_K_S" => Target::Plain(GgmlType::Q5_K),
+            _ => match up.parse::<Target>() {
+                Ok(t) => t,
+                Err(_) => Target::Plain(
+                    GgmlType::from_name(&up)
+                        .filter(|&t| quant::is_supported(t))
+                        .ok_or_else(|| SynthError::UnknownType(name.to_string()))?,
+                ),
+            },
         };
-        Ok(TypePlan { base, mixed })
+        Ok(TypePlan { target })
     }
 
-    /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
-    /// one between.
-    fn more_bits(layer: usize, n_layer: usize) -> bool {
-        layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2
-    }
-
-    fn matrix(&self, what: &str, layer: usize, n_layer: usize) -> GgmlType {
-        if self.mixed && (what == "attn_v" || what == "ffn_down") && Self::more_bits(layer, n_layer)
-        {
-            GgmlType::Q6_K
-        } else {
-            self.base
-        }
-    }
-
-    /// The output matrix: Q6_K for quantized files, as llama-quantize does.
-    fn output(&self) -> GgmlType {
-        if self.base.is_quantized() {
-            GgmlType::Q6_K
-        } else {
-            self.base
-        }
-    }
-
-    /// The GGUF `general.file_type` (llama_ftype) value.
-    fn file_type(&self) -> u32 {
-        match (self.base, self.mixed) {
-            (GgmlType::Q4_K, true) => 15,
-            (GgmlType::Q5_K, true) => 17,
-            (GgmlType::Q4_K, false) => 14,
-            (GgmlType::Q5_K, false) => 16,
-            (GgmlType::F32, _) => 0,
-            (GgmlType::F16, _) => 1,
-            (GgmlType::Q4_0, _) => 2,
-            (GgmlType::Q4_1, _) => 3,
-            (GgmlType::Q8_0, _) => 7,
-            (GgmlType::Q5_0, _) => 8,
-            (GgmlType::Q5_1, _) => 9,
-            (GgmlType::Q2_K, _) => 10,
-            (GgmlType::Q3_K, _) => 12,
-            (GgmlType::Q6_K, _) => 18,
-            (GgmlType::IQ4_NL, _) => 25,
-            (GgmlType::IQ4_XS, _) => 30,
-            (GgmlType::BF16, _) => 32,
-            _ => 0,
+    /// The converter's choice for every tensor of a model with `n_layer` blocks and `n_gqa`
+    /// query heads per KV head (the output matrix is not tied).
+    fn plan(&self, n_layer: usize, n_gqa: usize) -> Plan {
+        Plan {
+            target: self.target,
+            n_layer,
+            tied: false,
+            n_gqa,
+            overrides: Vec::new(),
         }
     }
 }
@@ -195,15 +161,9 @@ impl TypePlan {
 /// 576-wide rows of SmolLM2): a 32-block type of similar size.
 pub fn fallback(ty: GgmlType, row: usize) -> GgmlType {
     if row.is_multiple_of(ty.block_size()) {
-        return ty;
-    }
-    match ty {
-        GgmlType::Q2_K | GgmlType::Q3_K => GgmlType::Q4_0,
-        GgmlType::IQ4_XS => GgmlType::IQ4_NL,
-        GgmlType::Q4_K => GgmlType::Q5_0,
-        GgmlType::Q5_K => GgmlType::Q5_1,
-        GgmlType::Q6_K => GgmlType::Q8_0,
-        other => other,
+        ty
+    } else {
+        fallback_type(ty)
     }
 }
 
@@ -274,9 +234,16 @@ pub fn write(
     b.set("general.architecture", "llama")?;
     b.set(
         "general.name",
-        format!("synthetic llama {} ({})", s.name, opts.plan.base.name()),
+        format!(
+            "synthetic llama {} ({})",
+            s.name,
+            opts.plan.target.base().name()
+        ),
     )?;
-    b.set("general.file_type", MetaValue::U32(opts.plan.file_type()))?;
+    b.set(
+        "general.file_type",
+        MetaValue::U32(opts.plan.target.file_type()),
+    )?;
     b.set("llama.block_count", u32m(n_layer))?;
     b.set("llama.context_length", u32m(s.ctx))?;
     b.set("llama.embedding_length", u32m(s.n_embd))?;
@@ -316,34 +283,19 @@ pub fn write(
         s.n_ff as u64,
         (s.n_head_kv * head_dim) as u64,
     );
-    let p = opts.plan;
+    let types = opts.plan.plan(n_layer, s.n_head / s.n_head_kv.max(1));
+    let planned = |name: String, dims: Vec<u64>| Planned {
+        ty: types.choose(&name, &dims).ty,
+        name,
+        dims,
+    };
     let mut plan = vec![
-        Planned {
-            name: "token_embd.weight".into(),
-            ty: p.base,
-            dims: vec![d, s.n_vocab as u64],
-        },
-        Planned {
-            name: "output_norm.weight".into(),
-            ty: GgmlType::F32,
-            dims: vec![d],
-        },
-        Planned {
-            name: "output.weight".into(),
-            ty: p.output(),
-            dims: vec![d, s.n_vocab as u64],
-        },
+        planned("token_embd.weight".into(), vec![d, s.n_vocab as u64]),
+        planned("output_norm.weight".into(), vec![d]),
+        planned("output.weight".into(), vec![d, s.n_vocab as u64]),
     ];
     for l in 0..n_layer {
-        let m = |what: &str, dims: Vec<u64>| Planned {
-            name: format!("blk.{l}.{what}.weight"),
-            ty: if dims.len() == 1 {
-                GgmlType::F32
-            } else {
-                p.matrix(what, l, n_layer)
-            },
-            dims,
-        };
+        let m = |what: &str, dims: Vec<u64>| planned(format!("blk.{l}.{what}.weight"), dims);
         plan.extend([
             m("attn_norm", vec![d]),
             m("attn_q", vec![d, d]),
@@ -356,8 +308,7 @@ pub fn write(
             m("ffn_down", vec![ff, d]),
         ]);
     }
-    for t in &mut plan {
-        t.ty = fallback(t.ty, t.dims[0] as usize);
+    for t in &plan {
         let block = t.ty.block_size();
         if !(t.dims[0] as usize).is_multiple_of(block) {
             return Err(SynthError::RowLength {

@@ -39,35 +39,20 @@ pub fn gelu(x: f32) -> f32 {
 pub fn gated(gate: &mut [f32], up: &[f32], use_gelu: bool) {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 14;
-    let simd_silu = !use_gelu && simd_silu();
+    // The kernel set's SiLU (`LEDGE_SIMD=avx2|scalar` have none: the scalar `silu`, the
+    // reference).
+    let simd_silu = crate::quant::simd::kernels().silu_mul.filter(|_| !use_gelu);
     gate.par_chunks_mut(CHUNK)
         .zip(up.par_chunks(CHUNK))
         .for_each(|(gc, uc)| {
-            #[cfg(target_arch = "x86_64")]
-            if simd_silu {
-                crate::quant::simd::avx512_math::silu_mul(gc, uc);
+            if let Some(f) = simd_silu {
+                f(gc, uc);
                 return;
             }
-            let _ = simd_silu;
             for (g, &u) in gc.iter_mut().zip(uc) {
                 *g = if use_gelu { gelu(*g) } else { silu(*g) } * u;
             }
         });
-}
-
-/// Whether SiLU runs vectorized: the AVX-512 kernel set is in use (`LEDGE_SIMD=avx2|scalar`
-/// keep the scalar `silu`, the reference).
-fn simd_silu() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            crate::quant::simd::kernels().name == "avx512"
-                && crate::quant::simd::avx512_math::supported()
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    })
 }
 
 #[cfg(test)]

@@ -39,16 +39,14 @@ pub fn attend_head(
     let ks = simd::kernels();
     let g = h / (s.n_head / s.n_kv);
     let (kw, vw) = (s.n_kv * s.hd_k, s.n_kv * s.hd_v);
-    #[cfg(target_arch = "x86_64")]
-    if fast_path(s.hd_k, s.hd_v) {
-        use simd::avx512_attn::{attend, HeadLayout};
-        let l = HeadLayout {
+    if let Some(a) = fast_path(s.hd_k, s.hd_v) {
+        let l = simd::HeadLayout {
             k_stride: kw,
             k_off: g * s.hd_k,
             v_stride: vw,
             v_off: g * s.hd_v,
         };
-        attend(q, k_cache, v_cache, l, s.scale, first, pos, scores, out);
+        (a.head)(q, k_cache, v_cache, l, s.scale, first, pos, scores, out);
         return;
     }
     q16.clear();
@@ -97,7 +95,7 @@ pub fn attend_positions(
     assert_eq!(att.len(), n * nh * hv);
     let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
     #[cfg(target_arch = "x86_64")]
-    if n >= TILED_MIN_TOKENS && fast_path(hk, hv) && tiled_enabled() {
+    if n >= TILED_MIN_TOKENS && fast_path(hk, hv).is_some_and(|a| a.tiled) {
         tiled(qs, k_cache, v_cache, s, pos0, n, &first, att);
         return;
     }
@@ -127,14 +125,6 @@ pub fn attend_positions(
 /// thread busy and the per-layer key transposition would not pay.
 #[cfg(target_arch = "x86_64")]
 const TILED_MIN_TOKENS: usize = 4;
-
-/// `LEDGE_ATTN_TILED=0` keeps prompts on the per-(position, head) kernel, for comparisons.
-#[cfg(target_arch = "x86_64")]
-fn tiled_enabled() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("LEDGE_ATTN_TILED").map_or(true, |v| v != "0"))
-}
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -204,12 +194,8 @@ fn tiled(
     }
 }
 
-/// Whether the AVX-512 attention kernel runs: the AVX-512 kernel set is in use (so
-/// `LEDGE_SIMD=avx2|scalar` keep the portable path) and it handles the head sizes.
-#[cfg(target_arch = "x86_64")]
-fn fast_path(hd_k: usize, hd_v: usize) -> bool {
-    use std::sync::OnceLock;
-    static AVX512: OnceLock<bool> = OnceLock::new();
-    *AVX512.get_or_init(|| simd::kernels().name == "avx512")
-        && simd::avx512_attn::supports(hd_k, hd_v)
+/// The kernel set's attention kernel, where it handles these head sizes (`LEDGE_SIMD=avx2|
+/// scalar` have none: the portable path).
+fn fast_path(hd_k: usize, hd_v: usize) -> Option<simd::AttnKernel> {
+    simd::kernels().attn.filter(|a| (a.supports)(hd_k, hd_v))
 }

@@ -31,7 +31,7 @@ fn rows_per_task(n: usize, m: usize) -> usize {
 }
 
 /// out (n, m) = x (n, k) · Wᵀ where `w` has rows of length k (ggml shape [k, m]).
-pub fn matmul(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
+pub fn matmul_view(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
     assert_eq!(x.len(), n * k, "matmul {}: x is not n×k", w.name);
     assert_eq!(out.len(), n * m, "matmul {}: out is not n×m", w.name);
@@ -114,7 +114,7 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
             }
             for t in 0..n {
                 let src = &local[t * rows..(t + 1) * rows];
-                // SAFETY: `out` has n·m elements (asserted at the top of `matmul`) and
+                // SAFETY: `out` has n·m elements (asserted at the top of `matmul_view`) and
                 // outlives this loop; task `task` writes only
                 // out[t·m + r0 .. t·m + r1] for each token t, and the row ranges [r0, r1)
                 // of different tasks are disjoint, so no two threads write the same element

@@ -90,11 +90,10 @@ pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &
 #[cfg(target_arch = "x86_64")]
 const AMX_MIN_TOKENS: usize = 32;
 
-/// Whether the packed K matmuls use AMX for prompts: where the kernel set is AVX-512 with
-/// the packed K kernel and AMX is usable (`LEDGE_AMX=0` turns it off).
+/// Whether the packed K matmuls use AMX for prompts: the kernel set says so (`avx512-amx`).
 #[cfg(target_arch = "x86_64")]
 fn amx_enabled() -> bool {
-    repack_k::kernel().is_some() && simd::avx512_amx_k::usable()
+    simd::kernels().amx_k
 }
 
 /// The AMX path: one task per sixteen-row supergroup, its whole tiles of sixteen tokens by

@@ -9,5 +9,7 @@ pub mod matmul;
 pub mod matmul_k;
 pub mod norm;
 pub mod rope;
+pub mod weight;
 
-pub use matmul::matmul;
+pub use matmul::matmul_view;
+pub use weight::{matmul, Input, Weight};

@@ -4,7 +4,6 @@
 //! Files on disk stay standard GGUF (style lesson 5): a `PackedMatrix` is built from the
 //! canonical blocks when a model loads, and the matmul then reads it instead of the mapped
 //! blocks. Only types with a packed kernel on this CPU are repacked (Q4_0, Q4_1, Q5_0, Q8_0).
-//! Repacking is on by default; `LEDGE_REPACK=0` turns it off (see `enabled`).
 //!
 //! Layout of a group of four rows (r = 0..4) for block b (32 weights of each row):
 //! - `d[g·nb + b]` = the four rows' f16 scales;
@@ -186,9 +185,7 @@ impl PackedMatrix {
                     (x.d, f16::ZERO, 0)
                 }))
             }
-            GgmlType::Q4_K | GgmlType::Q6_K if super::repack_k::enabled() => {
-                super::repack_k::from_view(w)
-            }
+            GgmlType::Q4_K | GgmlType::Q6_K => super::repack_k::from_view(w),
             _ => None,
         }
     }
@@ -369,31 +366,17 @@ pub fn gemm_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8x4], out: &mut [[f32; 4
     }
 }
 
-/// Whether load-time repacking is on: the default; `LEDGE_REPACK=0` turns it off (the
-/// blocked kernels then read the mapped file directly, with no packed copy in memory).
-///
-/// Packed and blocked results differ by rounding only (tests/simd_repack.rs), but a model
-/// whose activations are re-quantized to 8 bits before every matmul amplifies a one-ulp
-/// difference: it flips a few roundings, which grow layer by layer. On SmolLM2 Q4_1 the two
-/// paths (like the scalar and AVX-512 sets) end up KLD ≈ 0.003 apart, PPL ±0.3% on 2k
-/// tokens with no bias either way — the same spread as between any two valid kernel sets.
-pub fn enabled() -> bool {
-    std::env::var("LEDGE_REPACK").map_or(true, |v| v != "0")
-}
-
-/// The packed kernel of this kernel set, if it has one (AVX-512 VNNI only, today).
+/// The four-row kernel of the kernel set in use: none any more, the sixteen-row layout
+/// (`repack16`) covers the same types and is faster; kept for its tests only.
 pub fn kernel() -> Option<PackedGemmFn> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::kernels().name == "avx512" {
-        return super::simd::avx512_repack::kernel();
-    }
     None
 }
 
-/// Repacks `w` if repacking is on, the CPU has a packed kernel, and the type has a layout.
+/// Repacks `w` into a K layout where the kernel set has the packed K kernel; the four-row
+/// 32-block layouts are no longer built (see `kernel`).
 pub fn maybe_repack(w: &TensorView) -> Option<PackedMatrix> {
-    if enabled() && kernel().is_some() {
-        PackedMatrix::from_view(w)
+    if super::simd::kernels().gemm_k.is_some() {
+        super::repack_k::from_view(w)
     } else {
         None
     }

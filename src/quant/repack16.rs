@@ -30,8 +30,7 @@
 //!
 //! Measured against the four-row layout (one thread, min of 20 runs, machine under load, so
 //! ratios only): Q4_0 576×1536 at 64 tokens 51 vs 30 GMAC/s, at one token 22 vs 15; Q8_0
-//! 22 vs 8 and 13 vs 11; 4096×4096 Q4_0 30 vs 20 and 15 vs 14. `LEDGE_REPACK16=0` falls back
-//! to the four-row layout, for such comparisons.
+//! 22 vs 8 and 13 vs 11; 4096×4096 Q4_0 30 vs 20 and 15 vs 14.
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -341,28 +340,14 @@ pub fn gemm_ref(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]])
     }
 }
 
-/// The sixteen-row kernel of the kernel set in use, if it has one (AVX-512: AMX or VNNI;
-/// AVX2; NEON with DotProd).
+/// The sixteen-row kernel of the kernel set in use, if it has one.
 pub fn kernel() -> Option<Gemm16Fn> {
-    #[cfg(target_arch = "x86_64")]
-    match super::simd::kernels().name {
-        "avx512" => return super::simd::avx512_repack16::kernel(),
-        "avx2" => return super::simd::avx2_repack16::kernel(),
-        _ => {}
-    }
-    #[cfg(target_arch = "aarch64")]
-    if super::simd::kernels().name == "neon-dotprod" {
-        return super::simd::neon_repack16::kernel();
-    }
-    None
+    super::simd::kernels().gemm16
 }
 
-/// Repacks `w` into the sixteen-row layout if repacking is on and this CPU has the kernel.
+/// Repacks `w` into the sixteen-row layout if the kernel set has the kernel.
 pub fn maybe_repack(w: &TensorView) -> Option<Packed16> {
-    if super::repack::enabled()
-        && kernel().is_some()
-        && std::env::var("LEDGE_REPACK16").map_or(true, |v| v != "0")
-    {
+    if kernel().is_some() {
         Packed16::from_view(w)
     } else {
         None

@@ -70,15 +70,6 @@ impl ActQ8K4 {
 /// (`acts`: t·(k/256) super-blocks, token-major), writing `out[token][row in group]`.
 pub type PackedKGemmFn = fn(&PackedMatrix, usize, &[ActQ8K4], &mut [[f32; 4]]);
 
-/// Whether the K layouts are built (on top of `repack::enabled`): the default;
-/// `LEDGE_REPACK_K=0` turns them off. Every kernel equals its reference and the reference the
-/// canonical dot; on Gemma 3 270M Q4_K_M the model's logits stay within ledge's kernel-set
-/// spread of the `LEDGE_SIMD=scalar` run (largest top-20 gap 0.94 vs 0.85 for the blocked
-/// path; held-out KLD 0.0062 vs 0.0061), see tests/model_reference.rs's `LEDGE_SPREAD`.
-pub fn enabled() -> bool {
-    std::env::var("LEDGE_REPACK_K").map_or(true, |v| v != "0")
-}
-
 /// 64-byte lines per group and super-block.
 pub const fn lines(kind: PackedKind) -> usize {
     match kind {
@@ -285,9 +276,5 @@ pub fn gemm_k_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32;
 
 /// The packed K kernel of this kernel set, if it has one (AVX-512 VNNI only, today).
 pub fn kernel() -> Option<PackedKGemmFn> {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd::kernels().name == "avx512" {
-        return super::simd::avx512_repack_k::kernel();
-    }
-    None
+    super::simd::kernels().gemm_k
 }

@@ -29,6 +29,8 @@ pub fn kernels() -> Option<KernelSet> {
     }
     Some(KernelSet {
         name: "avx2",
+        gemm16: super::avx2_repack16::kernel(),
+        prefetch_lines: PREFETCH_LINES,
         quantize_q8_0,
         quantize_q8_1,
         q4_0,

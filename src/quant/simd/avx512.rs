@@ -12,18 +12,35 @@ use core::arch::x86_64::*;
 use super::avx2::{self, block_gemm8_impl, hsum8_i32, load_q8};
 use super::*;
 
-/// The AVX-512 kernel set, if this CPU can run it.
-pub fn kernels() -> Option<KernelSet> {
-    let base = avx2::kernels()?;
+/// The AVX-512 kernel sets this CPU can run, best last: `avx512-vnni`, and `avx512-amx`
+/// (the same with the AMX GEMMs) where AMX is usable.
+pub fn kernels() -> Vec<KernelSet> {
+    let Some(base) = avx2::kernels() else {
+        return Vec::new();
+    };
     if !(is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx512vnni"))
     {
-        return None;
+        return Vec::new();
     }
-    Some(KernelSet {
+    let attn = super::avx512_attn::usable().then_some(AttnKernel {
         name: "avx512",
+        supports: super::avx512_attn::supports,
+        head: super::avx512_attn::attend,
+        tiled: true,
+    });
+    let vnni = KernelSet {
+        name: "avx512-vnni",
+        gemm16: super::avx512_repack16::vnni_kernel(),
+        gemm_k: super::avx512_repack_k::kernel(),
+        amx_k: false,
+        amx16: false,
+        attn,
+        silu_mul: super::avx512_math::supported().then_some(super::avx512_math::silu_mul as _),
+        prefetch_lines: PREFETCH_LINES,
+        prefetch_lines_k: PREFETCH_LINES_K,
         gemm8_q4_0: Some(gemm8_q4_0),
         gemm8_q4_1: Some(gemm8_q4_1),
         gemm8_q5_0: Some(gemm8_q5_0),
@@ -31,7 +48,18 @@ pub fn kernels() -> Option<KernelSet> {
         gemm8_q8_0: Some(gemm8_q8_0),
         gemm8_iq4_nl: Some(gemm8_iq4_nl),
         ..base
-    })
+    };
+    let mut v = vec![vnni];
+    if let Some(amx) = super::avx512_repack16::amx_kernel() {
+        v.push(KernelSet {
+            name: "avx512-amx",
+            gemm16: Some(amx),
+            amx16: true,
+            amx_k: vnni.gemm_k.is_some() && super::avx512_amx_k::usable(),
+            ..vnni
+        });
+    }
+    v
 }
 
 /// Σ x·y over each group of four bytes as i32 lanes (x unsigned, y signed), exact.

@@ -59,7 +59,7 @@ pub struct ActSb {
     s32: [[i16; 2 * TOKENS]; 4],
 }
 
-/// Whether the AMX K path is usable: AMX granted (and `LEDGE_AMX` not 0), AVX-512 VBMI for
+/// Whether the AMX K path is usable: AMX granted, AVX-512 VBMI for
 /// the decoding, and the packed K layouts' own kernel set.
 pub fn usable() -> bool {
     amx_usable() && is_x86_feature_detected!("avx512vbmi")

@@ -9,27 +9,24 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
-/// Where one head's keys and values are in the cache: row `p` of the keys starts at
-/// `p·k_stride + k_off`, of the values at `p·v_stride + v_off`.
-#[derive(Clone, Copy, Debug)]
-pub struct HeadLayout {
-    pub k_stride: usize,
-    pub k_off: usize,
-    pub v_stride: usize,
-    pub v_off: usize,
-}
+pub use super::HeadLayout;
 
 /// The largest key head size handled (q is rounded into a stack buffer of this size).
 const MAX_HD_K: usize = 512;
+
+/// Whether this CPU has the features the kernels need.
+pub fn usable() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("f16c")
+        && is_x86_feature_detected!("fma")
+}
 
 /// Whether `attend` handles these head sizes on this CPU.
 pub fn supports(hd_k: usize, hd_v: usize) -> bool {
     hd_k.is_multiple_of(16)
         && (16..=MAX_HD_K).contains(&hd_k)
         && matches!(hd_v, 64 | 128 | 256)
-        && is_x86_feature_detected!("avx512f")
-        && is_x86_feature_detected!("f16c")
-        && is_x86_feature_detected!("fma")
+        && usable()
 }
 
 /// q (hd_k; rounded through f16 here, as ggml does) against positions first..=pos: softmax(q·Kᵀ·scale)·V

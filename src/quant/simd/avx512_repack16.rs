@@ -13,7 +13,7 @@
 //! only the per-block scaling (convert, multiply, fused add). The integer sums are exact
 //! either way and the float steps are the same, so the AMX kernel equals `gemm_ref` bit for
 //! bit too. Measured on 576×1536 … 4096² Q4_0 / Q8_0 at 512 tokens, one thread, noisy
-//! shared host: about 1.5–2.5× the VNNI kernel. `LEDGE_AMX=0` turns it off.
+//! shared host: about 1.5–2.5× the VNNI kernel. `LEDGE_SIMD=avx512-vnni` turns it off.
 
 use core::arch::asm;
 use core::arch::x86_64::*;
@@ -28,11 +28,6 @@ pub const TILE: usize = 8;
 
 /// Tokens per AMX tile (its rows); fewer left over go through the VNNI kernel.
 pub const AMX_TOKENS: usize = 16;
-
-/// The fastest sixteen-row kernel of this CPU: AMX where it is usable, else VNNI.
-pub fn kernel() -> Option<Gemm16Fn> {
-    amx_kernel().or_else(vnni_kernel)
-}
 
 /// The VNNI kernel, if this CPU has AVX-512 F/BW/VL/VNNI (and F16C).
 pub fn vnni_kernel() -> Option<Gemm16Fn> {
@@ -51,8 +46,8 @@ fn has_vnni() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// The AMX kernel, if this CPU has AMX-TILE/INT8 besides the VNNI set, the OS grants this
-/// process the tile state, and `LEDGE_AMX` is not `0`.
+/// The AMX kernel, if this CPU has AMX-TILE/INT8 besides the VNNI set and the OS grants this
+/// process the tile state.
 pub fn amx_kernel() -> Option<Gemm16Fn> {
     if amx_usable() {
         Some(gemm_amx)
@@ -62,12 +57,10 @@ pub fn amx_kernel() -> Option<Gemm16Fn> {
 }
 
 /// Whether AMX can be used: the CPU has AMX-TILE/INT8 besides the VNNI set, the OS grants
-/// this process the tile state, and `LEDGE_AMX` is not `0` (asked once).
+/// this process the tile state (asked once).
 pub fn amx_usable() -> bool {
     static USABLE: OnceLock<bool> = OnceLock::new();
-    *USABLE.get_or_init(|| {
-        std::env::var("LEDGE_AMX").map_or(true, |v| v != "0") && has_vnni() && amx_permitted()
-    })
+    *USABLE.get_or_init(|| has_vnni() && amx_permitted())
 }
 
 /// CPUID.(7,0):EDX bits 24 (AMX-TILE) and 25 (AMX-INT8), then Linux's per-process

@@ -9,6 +9,8 @@
 
 use std::sync::OnceLock;
 
+use super::repack16::Gemm16Fn;
+use super::repack_k::PackedKGemmFn;
 use super::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -74,10 +76,57 @@ pub type Gemm8Fn<W, A> = fn(&[W], &[A], &[[f32; 8]], &[[f32; 8]]) -> [f32; 8];
 /// out += w · v, v in f16: the attention's weighted sum of cached values.
 pub type AxpyF16Fn = fn(&mut [f32], f32, &[f16]);
 
-/// The functions the matmul calls, for one ISA.
+/// One query head's attention over the f16 cache (see `avx512_attn::attend`).
+pub type HeadAttnFn =
+    fn(&[f32], &[f16], &[f16], HeadLayout, f32, usize, usize, &mut Vec<f32>, &mut [f32]);
+
+/// Where one head's keys and values are in the cache: row `p` of the keys starts at
+/// `p·k_stride + k_off`, of the values at `p·v_stride + v_off`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadLayout {
+    pub k_stride: usize,
+    pub k_off: usize,
+    pub v_stride: usize,
+    pub v_off: usize,
+}
+
+/// A vectorized attention kernel: `head` for one (position, head), and whether prompts may
+/// use the tiled kernel of the same ISA (keys transposed once per layer).
+#[derive(Clone, Copy)]
+pub struct AttnKernel {
+    pub name: &'static str,
+    /// Whether `head` handles these (hd_k, hd_v); the portable path runs otherwise.
+    pub supports: fn(usize, usize) -> bool,
+    pub head: HeadAttnFn,
+    pub tiled: bool,
+}
+
+/// gate = SiLU(gate) ⊙ up, vectorized.
+pub type SiluMulFn = fn(&mut [f32], &[f32]);
+
+/// The functions the hot loops call, for one ISA: chosen once at start-up, so that no
+/// caller asks which CPU it runs on.
 #[derive(Clone, Copy)]
 pub struct KernelSet {
     pub name: &'static str,
+    /// The sixteen-row GEMM (`quant::repack16`): where `Some`, Q4_0, Q4_1, Q5_0 and Q8_0
+    /// weights are repacked to that layout at load time.
+    pub gemm16: Option<Gemm16Fn>,
+    /// The four-row K GEMM (`quant::repack_k`): where `Some`, Q4_K and Q6_K weights are
+    /// repacked at load time.
+    pub gemm_k: Option<PackedKGemmFn>,
+    /// Whether prompts over the K layouts use AMX (`simd::avx512_amx_k`).
+    pub amx_k: bool,
+    /// Whether `gemm16` is an AMX kernel (for `describe`).
+    pub amx16: bool,
+    /// Vectorized attention; `None`: the portable per-head path.
+    pub attn: Option<AttnKernel>,
+    /// Vectorized SiLU·up; `None`: the scalar `silu`, the reference.
+    pub silu_mul: Option<SiluMulFn>,
+    /// How far ahead (64-byte lines) the one-token sixteen-row and K kernels prefetch; 0
+    /// where they do not (reported by `describe`; the kernels use the constants).
+    pub prefetch_lines: usize,
+    pub prefetch_lines_k: usize,
     pub quantize_q8_0: QuantFn<BlockQ8_0>,
     pub quantize_q8_1: QuantFn<BlockQ8_1>,
     pub quantize_q8_k: QuantFn<BlockQ8K>,
@@ -112,6 +161,14 @@ pub struct KernelSet {
 /// The scalar reference: correct everywhere, the baseline every other set is tested against.
 pub const SCALAR: KernelSet = KernelSet {
     name: "scalar",
+    gemm16: None,
+    gemm_k: None,
+    amx_k: false,
+    amx16: false,
+    attn: None,
+    silu_mul: None,
+    prefetch_lines: 0,
+    prefetch_lines_k: 0,
     quantize_q8_0: <BlockQ8_0 as QuantBlock>::quantize,
     quantize_q8_1: <BlockQ8_1 as QuantBlock>::quantize,
     quantize_q8_k: <BlockQ8K as QuantBlock>::quantize,
@@ -166,9 +223,7 @@ pub fn available() -> Vec<KernelSet> {
         v.push(k);
     }
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = avx512::kernels() {
-        v.push(k);
-    }
+    v.extend(avx512::kernels());
     #[cfg(target_arch = "aarch64")]
     {
         v.push(neon::plain_kernels());
@@ -179,8 +234,17 @@ pub fn available() -> Vec<KernelSet> {
 
 /// The names `LEDGE_SIMD` accepts. A family name picks the best set of that family the CPU
 /// has: `neon` is `neon-dotprod` where `sdot` exists, else the plain `neon` set;
-/// `neon-dotprod` asks for that one only.
-const NAMES: [&str; 5] = ["scalar", "avx2", "avx512", "neon", "neon-dotprod"];
+/// `neon-dotprod` asks for that one only; likewise `avx512` is `avx512-amx` where AMX is
+/// usable, else `avx512-vnni` (which turns AMX off).
+const NAMES: [&str; 7] = [
+    "scalar",
+    "avx2",
+    "avx512",
+    "avx512-vnni",
+    "avx512-amx",
+    "neon",
+    "neon-dotprod",
+];
 
 /// Whether set `set` answers `LEDGE_SIMD=forced`: its own name, or a variant `forced-…`.
 fn family_matches(set: &str, forced: &str) -> bool {
@@ -214,14 +278,78 @@ pub fn select(forced: Option<&str>) -> Result<KernelSet, SimdError> {
 
 static KERNELS: OnceLock<KernelSet> = OnceLock::new();
 
-/// Chooses the kernel set once (honouring `LEDGE_SIMD`). Call early to report a bad
-/// `LEDGE_SIMD` as an error; `kernels()` falls back to the best set if never called.
-pub fn init() -> Result<&'static KernelSet, SimdError> {
+/// Chooses the kernel set once: `forced` (the `--simd` flag) or else `LEDGE_SIMD`, else the
+/// best available. The start-up configuration, the only place that reads the environment;
+/// once chosen the set stays (a later call returns it).
+pub fn configure(forced: Option<&str>) -> Result<&'static KernelSet, SimdError> {
     if let Some(k) = KERNELS.get() {
         return Ok(k);
     }
-    let k = select(std::env::var("LEDGE_SIMD").ok().as_deref())?;
+    let env = std::env::var("LEDGE_SIMD").ok();
+    let k = select(forced.or(env.as_deref()))?;
     Ok(KERNELS.get_or_init(|| k))
+}
+
+/// `configure(None)`. Call early to report a bad `LEDGE_SIMD` as an error; `kernels()`
+/// falls back to the best set if never called.
+pub fn init() -> Result<&'static KernelSet, SimdError> {
+    configure(None)
+}
+
+impl KernelSet {
+    /// What this set runs, one line per part: its name, the matmul layout and kernel per
+    /// weight type, AMX, attention, activation, prefetch distances.
+    pub fn describe(&self) -> String {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let mut s = format!("kernel set: {}\n", self.name);
+        let l16 = if self.gemm16.is_some() {
+            if self.amx16 {
+                "sixteen-row repacked, AMX GEMM"
+            } else {
+                "sixteen-row repacked GEMM"
+            }
+        } else if self.gemm8_q4_0.is_some() {
+            "GGUF blocks, eight-token tiles + dots"
+        } else {
+            "GGUF blocks, dots"
+        };
+        s += &format!("matmul Q4_0 Q4_1 Q5_0 Q8_0: {l16}\n");
+        let lk = match (self.gemm_k.is_some(), self.amx_k) {
+            (true, true) => "four-row K repacked GEMM, AMX for prompts",
+            (true, false) => "four-row K repacked GEMM",
+            (false, _) if self.gemm8_q4_k.is_some() => "GGUF blocks, eight-token tiles + dots",
+            (false, _) => "GGUF blocks, dots",
+        };
+        s += &format!("matmul Q4_K Q6_K: {lk}\n");
+        let lo = if self.gemm8_q5_1.is_some() {
+            "GGUF blocks, eight-token tiles + dots"
+        } else {
+            "GGUF blocks, dots"
+        };
+        s += &format!("matmul other types: {lo}\n");
+        s += &format!("AMX: {}\n", yes(self.amx16 || self.amx_k));
+        s += &format!(
+            "attention: {}\n",
+            match self.attn {
+                Some(a) if a.tiled => format!("{} (tiled prompts)", a.name),
+                Some(a) => a.name.to_string(),
+                None => "portable".to_string(),
+            }
+        );
+        s += &format!(
+            "activation: SiLU {}, GELU table\n",
+            if self.silu_mul.is_some() {
+                "vectorized"
+            } else {
+                "scalar"
+            }
+        );
+        s += &format!(
+            "prefetch: {} lines (sixteen-row), {} lines (K)",
+            self.prefetch_lines, self.prefetch_lines_k
+        );
+        s
+    }
 }
 
 /// The kernel set in use: `LEDGE_SIMD`'s if valid (`init` reports it when it is not), else

@@ -1,4 +1,4 @@
-//! Attention-head pruning by whole KV groups (`--prune-heads N`), the part of `prune.rs`
+//! Attention-head pruning by whole KV groups (`--prune-heads N`), the part of pruning
 //! that knows the attention layout.
 //!
 //! With GQA, KV head g serves the r = n_head / n_head_kv query heads g·r … g·r + r − 1 (in

@@ -1,0 +1,115 @@
+//! One front door for a matmul weight: `Weight::load` decides its layout once, when the model
+//! loads (the one chooser, as ggml's repack.cpp), from the kernel set's GEMMs; `matmul`
+//! runs whichever layout it got, with the kernel from the same registry.
+
+use crate::quant::repack::PackedMatrix;
+use crate::quant::repack16::{self, Packed16};
+use crate::quant::repack_k::{self, ActQ8K4};
+use crate::quant::simd::KernelSet;
+use crate::quant::QuantError;
+use crate::tensor::TensorView;
+
+/// A matmul weight W (k, rows), in the layout its kernel reads.
+pub enum Weight<'a> {
+    /// The GGUF blocks, borrowed from the file: the blocked kernels.
+    Mapped(TensorView<'a>),
+    /// Q4_0 / Q4_1 / Q5_0 / Q8_0 repacked sixteen rows at a time (`quant::repack16`).
+    Rows16(Packed16),
+    /// Q4_K / Q6_K repacked four rows per super-block (`quant::repack_k`).
+    K4(PackedMatrix),
+}
+
+impl<'a> Weight<'a> {
+    /// The layout `ks` has the best kernel for: a packed copy where the set has its GEMM
+    /// and the type and shape fit, else the mapped blocks (no copy). `ks` must be the set
+    /// `matmul` will run with (`simd::kernels()`).
+    pub fn load(view: TensorView<'a>, ks: &KernelSet) -> Weight<'a> {
+        if ks.gemm16.is_some() {
+            if let Some(p) = Packed16::from_view(&view) {
+                return Weight::Rows16(p);
+            }
+        }
+        if ks.gemm_k.is_some() {
+            if let Some(p) = repack_k::from_view(&view) {
+                return Weight::K4(p);
+            }
+        }
+        Weight::Mapped(view)
+    }
+
+    /// Bytes of the load-time packed copy (0 for mapped blocks).
+    pub fn packed_bytes(&self) -> usize {
+        match self {
+            Weight::Mapped(_) => 0,
+            Weight::Rows16(p) => p.size_bytes(),
+            Weight::K4(p) => p.size_bytes(),
+        }
+    }
+
+    /// Bytes one matmul reads: the packed copy's, or the blocks'.
+    pub fn read_bytes(&self) -> usize {
+        match self {
+            Weight::Mapped(v) => v.data.len(),
+            _ => self.packed_bytes(),
+        }
+    }
+}
+
+/// A matmul input x (n, k), quantized at most once per packed format that asks for it:
+/// q, k and v read one quantization of the normed input, gate and up another (separate
+/// quantizations were 5-8 % of a prompt).
+pub struct Input<'x> {
+    x: &'x [f32],
+    n: usize,
+    a16: Vec<(repack16::Kind16, Vec<repack16::Act16>)>,
+    ak: Option<Vec<ActQ8K4>>,
+}
+
+impl<'x> Input<'x> {
+    /// x (n, k), row-major.
+    pub fn new(x: &'x [f32], n: usize) -> Input<'x> {
+        Input {
+            x,
+            n,
+            a16: Vec::new(),
+            ak: None,
+        }
+    }
+
+    fn acts16(&mut self, kind: repack16::Kind16, k: usize) -> &[repack16::Act16] {
+        let i = match self.a16.iter().position(|(kd, _)| *kd == kind) {
+            Some(i) => i,
+            None => {
+                let a = super::matmul::acts16(self.x, self.n, k, kind);
+                self.a16.push((kind, a));
+                self.a16.len() - 1
+            }
+        };
+        &self.a16[i].1
+    }
+
+    fn acts_k(&mut self, k: usize) -> &[ActQ8K4] {
+        let (x, n) = (self.x, self.n);
+        self.ak
+            .get_or_insert_with(|| super::matmul_k::acts_k(x, n, k))
+    }
+}
+
+/// W (k, m) @ x (n, k) -> out (n, m), for prompts and generation alike.
+pub fn matmul(w: &Weight, input: &mut Input, out: &mut [f32]) -> Result<(), QuantError> {
+    let n = input.n;
+    match w {
+        Weight::Mapped(v) => super::matmul::matmul_view(v, input.x, n, out),
+        Weight::Rows16(p) => {
+            let kernel = repack16::kernel().expect("a sixteen-row weight without its kernel");
+            let acts = input.acts16(p.kind, p.k);
+            super::matmul::matmul_packed16_acts(p, kernel, acts, n, out);
+            Ok(())
+        }
+        Weight::K4(p) => {
+            let acts = input.acts_k(p.k);
+            super::matmul_k::matmul_packed_k_acts(p, acts, n, out);
+            Ok(())
+        }
+    }
+}
