@@ -48,6 +48,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
             "threads: {threads}, context: {ctx}, kernels: {}",
             kernels.name
         );
+        eprintln!("{}", kernels.describe());
     }
     let ids = tokenizer.encode(&args.prompt, true, true);
     let mut gen = Generator::new(&model, &tokenizer, args.sampler, ctx);
