@@ -86,10 +86,18 @@ mod tests {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let field = |key: &str| -> u64 {
             let line = status.lines().find_map(|l| l.strip_prefix(key)).unwrap();
-            line.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
+            line.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024
         };
         let (peak, rss) = (field("VmHWM:"), field("VmRSS:"));
-        assert!(rss >= 60 << 20, "the 64 MiB vector is resident: rss {rss} ({touched})");
+        assert!(
+            rss >= 60 << 20,
+            "the 64 MiB vector is resident: rss {rss} ({touched})"
+        );
         assert!(peak >= rss, "peak {peak} < rss {rss}");
         assert_eq!(peak_rss_bytes().map(|p| p >= 60 << 20), Some(true));
         drop(v);
