@@ -253,3 +253,111 @@ fn bench_reports_pp_and_tg_as_json_and_table() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("| pp4 |") && !text.contains("tg"), "{text}");
 }
+
+fn stderr_of(args: &[&str]) -> (bool, String) {
+    let out = ledge().args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn simd_flag_chooses_the_kernel_set_before_or_after_the_command() {
+    let m = model(SMOLLM2);
+    let m = m.to_str().unwrap();
+    let run = ["-m", m, "-p", "Hi", "-n", "2", "--temp", "0", "-v"];
+    for args in [
+        [&["--simd", "scalar", "run"][..], &run].concat(),
+        [&["run"][..], &run, &["--simd", "scalar"]].concat(),
+    ] {
+        let (ok, err) = stderr_of(&args);
+        assert!(ok, "{err}");
+        assert!(err.contains("kernel set: scalar"), "{err}");
+    }
+    let (ok, err) = stderr_of(&["--simd", "bogus", "run", "-m", m, "-p", "Hi"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--simd bogus") && err.contains("scalar, avx2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sampling_values_out_of_range_name_the_flag_and_the_range() {
+    for (flag, value, range) in [
+        ("--top-p", "2", "must be in [0, 1], got 2"),
+        ("--min-p", "-0.1", "must be in [0, 1], got -0.1"),
+        ("--temp", "-1", "must be >= 0, got -1"),
+        ("--repeat-penalty", "0", "must be > 0, got 0"),
+        ("--top-k", "-5", "must be >= 0, got -5"),
+        ("--temp", "NaN", "must be >= 0, got NaN"),
+    ] {
+        let (ok, err) = stderr_of(&["run", "-p", "hi", flag, value]);
+        assert!(!ok, "{flag} {value}");
+        assert!(err.contains(flag) && err.contains(range), "{err}");
+    }
+}
+
+#[test]
+fn top_level_help_has_one_line_per_command_and_details_stay_with_the_command() {
+    let out = ledge().arg("--help").output().unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    // A summary that wrapped would add a line that does not start with a command's name.
+    let names: Vec<&str> = commands
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "run",
+            "chat",
+            "bench",
+            "eval",
+            "report",
+            "compress",
+            "serve",
+            "synth",
+            "convert",
+            "quantize",
+            "calibrate",
+            "export-hf",
+            "inspect",
+            "help"
+        ],
+        "{help}"
+    );
+    assert!(!help.contains("llama-perplexity"), "{help}");
+    let out = ledge().args(["eval", "--help"]).output().unwrap();
+    let long = String::from_utf8(out.stdout).unwrap();
+    assert!(long.contains("llama-perplexity"), "{long}");
+}
+
+#[test]
+fn eval_progress_in_a_log_is_a_few_plain_lines() {
+    let text = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/eval/botchan-excerpt.txt");
+    let out = ledge()
+        .args(["eval", "-m"])
+        .arg(model(SMOLLM2))
+        .arg("-f")
+        .arg(&text)
+        .args(["-c", "64", "--chunks", "4", "-t", "1"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\r'), "{err:?}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(" chunks ")).collect();
+    assert!((2..=12).contains(&lines.len()), "{err}");
+    assert!(lines[0].contains("0/4 chunks"), "{err}");
+    assert!(lines.last().unwrap().contains("4/4 chunks"), "{err}");
+}

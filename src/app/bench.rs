@@ -1,28 +1,55 @@
 //! `ledge bench`: load a model and print the llama-bench-style table (or JSON).
 
-use std::path::PathBuf;
+use clap::Args;
 
+use super::{ModelArg, Threads};
 use crate::eval::bench;
 use crate::gguf::GgufFile;
 use crate::model::Model;
 
+/// Measure prompt processing (pp) and generation (tg) speed, like llama-bench.
+///
+/// Each test runs --repetitions times and reports the mean ± standard deviation of
+/// tokens/s; a second table gives the load time and time to first token, cold and warm.
+#[derive(Args, Debug)]
 pub struct BenchArgs {
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Prompt lengths to time (comma-separated; 0 skips).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     pub pp: Vec<usize>,
+    /// Generation lengths to time (comma-separated; 0 skips).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
     pub tg: Vec<usize>,
+    /// Repetitions per test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
     pub reps: usize,
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Print JSON instead of the markdown tables.
+    #[arg(long)]
     pub json: bool,
-    /// Prompt length for the time-to-first-token measurement (0 skips start-up timings).
+    /// Prompt tokens for the time-to-first-token and load timings (0 skips them).
+    #[arg(long, default_value_t = 64)]
     pub ttft_prompt: usize,
-    /// Also measure the memory read bandwidth (`eval::bandwidth`) with a buffer of this many
-    /// MiB, and print the tg tests' streaming rate as a share of it; without a model, only
-    /// the bandwidth is measured.
+    /// Also measure the memory read bandwidth (buffer of MIB MiB, default 2048) and print
+    /// tg's weight bytes/token, GB/s and % of it; without -m, only the bandwidth.
+    #[arg(long = "bandwidth", value_name = "MIB", num_args = 0..=1, default_missing_value = "2048")]
     pub bandwidth_mib: Option<usize>,
 }
 
 pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
-    let threads = super::init_threads(args.threads);
+    let threads = args.threads.init();
     // Measured before the model is loaded: the buffer is freed again before the weights
     // take their memory.
     let bandwidth = match args.bandwidth_mib {
@@ -34,7 +61,7 @@ pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
         }
         None => Vec::new(),
     };
-    let path = match args.model {
+    let path = match args.model.path {
         Some(p) => p,
         None if args.bandwidth_mib.is_some() => {
             if args.json {

@@ -3,21 +3,33 @@
 //! processed.
 
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
 
+use clap::Args;
+
+use super::Generation;
 use crate::generate::chat::{ChatTemplate, Message};
-use crate::generate::{GenerateOptions, Generator, SamplerConfig};
+use crate::generate::{GenerateOptions, Generator};
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
+/// Talk with a model, formatted with its chat template.
+///
+/// Reads one message per line from stdin and streams each reply; an empty line or the end of
+/// input quits. The whole conversation is re-rendered with the model's chat template every
+/// turn, and the KV cache keeps the shared prefix, so only the new turn is processed.
+#[derive(Args, Debug)]
 pub struct ChatArgs {
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub generation: Generation,
+    /// A system message to start the conversation with.
+    #[arg(long)]
     pub system: Option<String>,
+    /// Most tokens per reply.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 512)]
     pub n_predict: usize,
-    pub sampler: SamplerConfig,
-    pub threads: Option<usize>,
-    pub ctx: Option<usize>,
+    /// Print speed after each reply.
+    #[arg(short, long)]
     pub verbose: bool,
 }
 
@@ -26,11 +38,8 @@ pub fn chat(
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let path = match args.model {
-        Some(p) => p,
-        None => super::default_model()?,
-    };
-    super::init_threads(args.threads);
+    let path = args.generation.model.resolve()?;
+    args.generation.threads.init();
     crate::quant::simd::init()?;
     let file = GgufFile::open(&path)?;
     let model = Model::load(&file)?;
@@ -42,8 +51,8 @@ pub fn chat(
             path.display()
         );
     }
-    let ctx = args.ctx.unwrap_or(model.config.ctx_train.min(4096)).max(1);
-    let mut gen = Generator::new(&model, &tokenizer, args.sampler, ctx);
+    let ctx = args.generation.ctx_for(&model.config);
+    let mut gen = Generator::new(&model, &tokenizer, args.generation.sampling.into(), ctx);
     let cancel = gen.cancel_flag();
     let _ = ctrlc::set_handler(move || cancel.store(true, std::sync::atomic::Ordering::Relaxed));
     eprintln!(

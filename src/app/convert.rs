@@ -1,56 +1,161 @@
-//! `ledge convert`, `ledge quantize` and `ledge export-hf`.
+//! `ledge convert` and `ledge quantize`.
 
 use std::path::PathBuf;
 
-use crate::convert::export::{export_hf, ExportOptions};
+use clap::Args;
+
 use crate::convert::gptq::Gptq;
 use crate::convert::gram::GramFile;
-use crate::convert::imatrix::{calibrate_with_gram, Imatrix};
+use crate::convert::imatrix::Imatrix;
 use crate::convert::pipeline::Summary;
+use crate::convert::prune::PruneFlags;
 use crate::convert::recipe::Override;
-use crate::convert::safetensors::StDtype;
 use crate::convert::{self, ConvertError, ConvertOptions, Target};
-use crate::gguf::GgufFile;
 
+/// Convert a Hugging Face model folder (or a GGUF) to a GGUF of the given type.
+///
+/// A folder needs config.json, *.safetensors and tokenizer.json. A recipe (Q4_K_M, …)
+/// gives different tensors different types. The pruning flags remove FFN channels, KV
+/// groups or whole blocks on the way, guided by calibration text.
+#[derive(Args, Debug)]
 pub struct ConvertArgs {
+    /// The HF folder (config.json, *.safetensors, tokenizer.json) or a GGUF file.
     pub input: PathBuf,
+    /// The GGUF to write.
+    #[arg(short, long)]
     pub output: PathBuf,
+    /// F32, F16, BF16, Q8_0, Q6_K, Q5_K, Q5_1, Q5_0, Q4_K, Q4_1, Q4_0, Q3_K, IQ4_NL, or
+    /// a recipe: Q5_K_M, Q4_K_M, Q4_K_S, Q3_K_M, Q2_K.
+    #[arg(short = 't', long = "type", value_name = "TYPE", default_value = "F16")]
     pub target: String,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// Re-quantize a GGUF (from F32/F16/BF16; a quantized one with --allow-requantize).
+///
+/// Takes the same per-tensor, imatrix, GPTQ and pruning flags as `ledge convert`.
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The GGUF to re-quantize.
+    pub input: PathBuf,
+    /// The GGUF to write.
+    pub output: PathBuf,
+    /// The type or recipe (see `ledge convert --help`).
+    #[arg(value_name = "TYPE")]
+    pub target: String,
+    #[command(flatten)]
+    pub quant: QuantArgs,
+}
+
+/// The quantization and pruning flags `ledge convert` and `ledge quantize` share.
+#[derive(Args, Debug)]
+pub struct QuantArgs {
+    /// Give tensors whose name matches REGEX this type (repeatable; first match wins).
+    #[arg(long = "tensor-type", value_name = "REGEX=TYPE")]
     pub tensor_types: Vec<String>,
+    /// Allow re-quantizing tensors that are already quantized.
+    #[arg(long)]
     pub allow_requantize: bool,
-    pub threads: Option<usize>,
+    /// Calibration statistics (from `ledge calibrate` or llama-imatrix) for
+    /// importance-weighted quantization.
+    #[arg(long)]
     pub imatrix: Option<PathBuf>,
-    /// "rtn" or "gptq".
+    /// rtn (round to nearest, importance-weighted with --imatrix) or gptq (needs --gram).
+    #[arg(long, default_value = "rtn")]
     pub method: String,
+    /// Input Gram matrices from `ledge calibrate --gram` (for --method gptq).
+    #[arg(long)]
     pub gram: Option<PathBuf>,
+    /// GPTQ damping, relative to the mean of diag(H).
+    #[arg(long, default_value_t = 0.01)]
     pub damp: f64,
-    pub prune: crate::convert::prune::PruneFlags,
+    /// Worker threads (default: one per physical core).
+    // Long only: -t is --type here.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Remove this fraction (0 < F < 1) of FFN channels (needs --calib).
+    ///
+    /// Channels are ranked by calibration importance ‖W_down[:,c]‖·rms(h_c); kept counts
+    /// round to 32 (256 for K-quants).
+    #[arg(long, value_name = "F")]
+    pub prune_ffn: Option<f32>,
+    /// layer: the same fraction in every block (default); global: ranked across blocks.
+    ///
+    /// global gives per-layer n_ff, which ledge runs but llama.cpp's llama loader does not
+    /// accept.
+    #[arg(long, value_name = "layer|global")]
+    pub prune_scope: Option<String>,
+    /// Skip the least-squares re-fit of ffn_down after --prune-ffn.
+    #[arg(long)]
+    pub no_refit: bool,
+    /// Drop the N blocks whose output is most similar to their input (needs --calib).
+    #[arg(long, value_name = "N")]
+    pub prune_layers: Option<usize>,
+    /// Drop these blocks (original indices, comma-separated); the rest are renumbered.
+    #[arg(long, value_name = "I,J", value_delimiter = ',')]
+    pub drop_layers: Vec<usize>,
+    /// Calibration text for --prune-ffn / --prune-layers (plain UTF-8).
+    #[arg(long, value_name = "FILE")]
+    pub calib: Option<PathBuf>,
+    /// Most calibration chunks of 256 tokens for pruning (default 16).
+    #[arg(long, value_name = "N")]
+    pub calib_chunks: Option<usize>,
+    /// Ridge of the ffn_down re-fit, toward the unpruned weights (default 0.1).
+    ///
+    /// Relative to the mean diagonal of the kept channels' Gram matrix; a large one means
+    /// no re-fit.
+    #[arg(long, value_name = "R")]
+    pub refit_ridge: Option<f64>,
+    /// Remove N whole KV groups (a KV head and the query heads sharing it) from every block.
+    ///
+    /// The N with the least calibration contribution through attn_output (needs --calib);
+    /// attn_output is re-fit unless --no-refit.
+    #[arg(long, value_name = "N")]
+    pub prune_heads: Option<usize>,
 }
 
-fn options(a: &ConvertArgs) -> Result<ConvertOptions, ConvertError> {
-    let target: Target = a.target.parse()?;
-    let overrides = a
-        .tensor_types
-        .iter()
-        .map(|s| s.parse::<Override>())
-        .collect::<Result<Vec<_>, _>>()?;
-    super::init_threads(a.threads);
-    Ok(ConvertOptions {
-        target,
-        overrides,
-        allow_requantize: a.allow_requantize,
-        progress: true,
-        imatrix: match &a.imatrix {
-            Some(p) => Some(std::sync::Arc::new(Imatrix::load(p)?)),
-            None => None,
-        },
-        gptq: gptq_options(a)?,
-        prune: a.prune.spec()?,
-    })
-}
+impl QuantArgs {
+    /// The pipeline's options for `target`, checked.
+    fn options(&self, target: &str) -> Result<ConvertOptions, ConvertError> {
+        let target: Target = target.parse()?;
+        let overrides = self
+            .tensor_types
+            .iter()
+            .map(|s| s.parse::<Override>())
+            .collect::<Result<Vec<_>, _>>()?;
+        super::init_threads(self.threads);
+        Ok(ConvertOptions {
+            target,
+            overrides,
+            allow_requantize: self.allow_requantize,
+            progress: true,
+            imatrix: match &self.imatrix {
+                Some(p) => Some(std::sync::Arc::new(Imatrix::load(p)?)),
+                None => None,
+            },
+            gptq: self.gptq()?,
+            prune: self.prune_flags().spec()?,
+        })
+    }
 
-fn gptq_options(a: &ConvertArgs) -> Result<Option<std::sync::Arc<Gptq>>, ConvertError> {
-    match (a.method.to_ascii_lowercase().as_str(), &a.gram) {
+    // PruneFlags is convert's own (clap-free) type; this is the one place flags map onto it.
+    fn prune_flags(&self) -> PruneFlags {
+        PruneFlags {
+            ffn: self.prune_ffn,
+            scope: self.prune_scope.clone(),
+            no_refit: self.no_refit,
+            prune_layers: self.prune_layers,
+            drop_layers: self.drop_layers.clone(),
+            calib: self.calib.clone(),
+            calib_chunks: self.calib_chunks,
+            refit_ridge: self.refit_ridge,
+            heads: self.prune_heads,
+        }
+    }
+
+    fn gptq(&self) -> Result<Option<std::sync::Arc<Gptq>>, ConvertError> {
+        match (self.method.to_ascii_lowercase().as_str(), &self.gram) {
         ("rtn", None) => Ok(None),
         ("rtn", Some(_)) => Err(ConvertError::Usage(
             "--gram is only used by --method gptq".into(),
@@ -59,111 +164,87 @@ fn gptq_options(a: &ConvertArgs) -> Result<Option<std::sync::Arc<Gptq>>, Convert
             "--method gptq needs --gram FILE (input Gram matrices: `ledge calibrate -m MODEL --text FILE -o X.imatrix --gram X.gram.gguf`)".into(),
         )),
         ("gptq", Some(p)) => {
-            if !(a.damp.is_finite() && a.damp > 0.0) {
+            if !(self.damp.is_finite() && self.damp > 0.0) {
                 return Err(ConvertError::Usage(format!(
                     "--damp {}: expected a positive number (e.g. 0.01)",
-                    a.damp
+                    self.damp
                 )));
             }
             Ok(Some(std::sync::Arc::new(Gptq::new(
                 GramFile::open(p)?,
-                a.damp,
+                self.damp,
             ))))
         }
         (m, _) => Err(ConvertError::Usage(format!(
             "--method {m:?}: expected rtn or gptq"
         ))),
     }
+    }
 }
 
 fn report(s: &Summary) -> String {
     let types: Vec<String> = s.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
-    format!(
-        "wrote {} ({} tensors: {}; {:.2} MiB) in {:.1} s{}\n",
+    let mut out = format!(
+        "wrote {} ({} tensors: {}; {:.2} MiB) in {:.1} s",
         s.path.display(),
         s.n_tensors,
         types.join(", "),
         s.file_bytes as f64 / (1 << 20) as f64,
         s.seconds,
-        if s.fallbacks.is_empty() {
-            String::new()
-        } else {
-            format!("; {} tensors fell back to another type", s.fallbacks.len())
-        }
-    ) + &if s.weighted + s.unweighted.len() > 0 {
-        let mut m = format!("imatrix: {} tensors importance-weighted", s.weighted);
-        if !s.unweighted.is_empty() {
-            m += &format!(
-                "; not weighted ({} tensors: no statistics, or a type without a weighted quantizer yet): {}",
-                s.unweighted.len(),
-                s.unweighted.join(", ")
-            );
-        }
-        m + "\n"
-    } else {
-        String::new()
-    } + &if s.gptq + s.not_gptq.len() > 0 {
-        let mut m = format!("gptq: {} tensors", s.gptq);
-        if !s.not_gptq.is_empty() {
-            m += &format!(
-                "; not gptq ({} tensors: no Gram statistics or no codec): {}",
-                s.not_gptq.len(),
-                s.not_gptq.join(", ")
-            );
-        }
-        m + "\n"
-    } else {
-        String::new()
-    }
-}
-
-/// `ledge calibrate -m MODEL --text FILE -o OUT.imatrix`.
-pub fn calibrate(
-    model: PathBuf,
-    text: PathBuf,
-    out: PathBuf,
-    ctx: usize,
-    chunks: Option<usize>,
-    threads: Option<usize>,
-) -> Result<String, ConvertError> {
-    calibrate_gram(model, text, out, ctx, chunks, threads, None)
-}
-
-/// `ledge calibrate ... [--gram OUT.gram.gguf]`.
-pub fn calibrate_gram(
-    model: PathBuf,
-    text: PathBuf,
-    out: PathBuf,
-    ctx: usize,
-    chunks: Option<usize>,
-    threads: Option<usize>,
-    gram_out: Option<PathBuf>,
-) -> Result<String, ConvertError> {
-    super::init_threads(threads);
-    let f = GgufFile::open(&model)?;
-    let t = std::fs::read_to_string(&text).map_err(|source| ConvertError::Io {
-        path: text.clone(),
-        source,
-    })?;
-    let (mut im, gram) = calibrate_with_gram(&f, &t, ctx, chunks, true, gram_out.is_some())?;
-    im.datasets = vec![text.display().to_string()];
-    im.save(&out)?;
-    let mut msg = format!(
-        "wrote {} ({} weights, {} chunks of {ctx} tokens)\n",
-        out.display(),
-        im.entries.len(),
-        im.chunks
     );
-    if let (Some(mut g), Some(p)) = (gram, gram_out) {
-        g.save(&p)?;
-        msg += &format!("wrote {} ({} input groups)\n", p.display(), g.groups.len());
+    if !s.fallbacks.is_empty() {
+        out += &format!("; {} tensors fell back to another type", s.fallbacks.len());
     }
-    Ok(msg)
+    out += "\n";
+    out += &coverage(
+        "imatrix",
+        "importance-weighted",
+        s.weighted,
+        "not weighted",
+        "no statistics, or a type without a weighted quantizer yet",
+        &s.unweighted,
+    );
+    out += &coverage(
+        "gptq",
+        "",
+        s.gptq,
+        "not gptq",
+        "no Gram statistics or no codec",
+        &s.not_gptq,
+    );
+    out
+}
+
+/// "imatrix: 30 tensors importance-weighted; not weighted (2 tensors: why): a, b", or
+/// nothing when the method was not used.
+fn coverage(
+    method: &str,
+    done_as: &str,
+    done: usize,
+    not: &str,
+    why: &str,
+    missed: &[String],
+) -> String {
+    if done + missed.len() == 0 {
+        return String::new();
+    }
+    let mut m = format!("{method}: {done} tensors");
+    if !done_as.is_empty() {
+        m += &format!(" {done_as}");
+    }
+    if !missed.is_empty() {
+        m += &format!(
+            "; {not} ({} tensors: {why}): {}",
+            missed.len(),
+            missed.join(", ")
+        );
+    }
+    m + "\n"
 }
 
 /// `ledge convert HF_DIR|MODEL.gguf -o OUT.gguf --type T`.
 pub fn convert(a: ConvertArgs) -> Result<String, ConvertError> {
-    let opts = options(&a)?;
+    let opts = a.quant.options(&a.target)?;
     let s = if a.input.is_dir() {
         convert::convert_hf(&a.input, &a.output, &opts)?
     } else {
@@ -173,46 +254,7 @@ pub fn convert(a: ConvertArgs) -> Result<String, ConvertError> {
 }
 
 /// `ledge quantize IN.gguf OUT.gguf T`.
-pub fn quantize(a: ConvertArgs) -> Result<String, ConvertError> {
-    let opts = options(&a)?;
+pub fn quantize(a: QuantizeArgs) -> Result<String, ConvertError> {
+    let opts = a.quant.options(&a.target)?;
     Ok(report(&convert::quantize_gguf(&a.input, &a.output, &opts)?))
-}
-
-/// `ledge export-hf MODEL.gguf -o DIR --dtype f16`.
-pub fn export(
-    model: PathBuf,
-    out: PathBuf,
-    dtype: &str,
-    shard_mb: Option<u64>,
-) -> Result<String, ConvertError> {
-    let dtype = match dtype.to_ascii_lowercase().as_str() {
-        "f32" => StDtype::F32,
-        "f16" => StDtype::F16,
-        "bf16" => StDtype::BF16,
-        other => {
-            return Err(ConvertError::Usage(format!(
-                "--dtype {other:?}: expected f32, f16 or bf16"
-            )))
-        }
-    };
-    let f = GgufFile::open(&model)?;
-    let files = export_hf(
-        &f,
-        &out,
-        &ExportOptions {
-            dtype,
-            shard_bytes: shard_mb.map(|m| m << 20),
-            progress: true,
-        },
-    )?;
-    let mut s = format!("wrote {}:\n", out.display());
-    for p in files {
-        let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
-        s += &format!(
-            "  {} ({:.2} MiB)\n",
-            p.file_name().unwrap_or_default().to_string_lossy(),
-            len as f64 / (1 << 20) as f64
-        );
-    }
-    Ok(s)
 }

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::AppError;
+use clap::Args;
+
+use super::{AppError, ModelArg, Threads};
 use crate::eval::perplexity::{self, vocab_fingerprint};
 use crate::eval::progress::Progress;
 use crate::eval::{Baseline, EvalOptions, EvalResult, SavedLogits};
@@ -11,16 +13,43 @@ use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
+/// Perplexity over a text, and KL divergence against a baseline.
+///
+/// Perplexity follows llama-perplexity's protocol: the text is cut into chunks of --ctx
+/// tokens and the second half of each chunk is scored. Against a baseline model (same
+/// tokenizer) or its saved logits, also the KL divergence, top-token agreement and RMS Δp.
+#[derive(Args, Debug)]
 pub struct EvalArgs {
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The evaluation text (UTF-8); optional with --baseline-logits, which holds its tokens.
+    #[arg(short = 'f', long)]
     pub text: Option<PathBuf>,
+    /// Tokens per chunk; the second half of each chunk is scored.
+    #[arg(short, long, default_value_t = 512)]
     pub ctx: usize,
+    /// Evaluate at most this many chunks (default: all the text holds).
+    #[arg(long)]
     pub chunks: Option<usize>,
+    /// A baseline model to compare with (same tokenizer): exact KL divergence.
+    #[arg(long)]
     pub baseline: Option<PathBuf>,
+    /// Baseline logits saved by --save-logits (KL divergence over their top-k).
+    #[arg(long, conflicts_with = "baseline")]
     pub baseline_logits: Option<PathBuf>,
+    /// Save this model's top-k logits per scored position, to serve as a baseline.
+    #[arg(long)]
     pub save_logits: Option<PathBuf>,
+    /// Tokens kept per position by --save-logits (8·k+16 bytes a position).
+    ///
+    /// KLD from saved logits is a lower bound; measured gap on SmolLM2 Q4_0 vs Q4_1: 22% at
+    /// k=64, 11% at 256, 4.4% at 1024.
+    #[arg(long, default_value_t = 1024)]
     pub top_k: usize,
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Print JSON instead of text.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -81,16 +110,8 @@ pub fn check_same_vocab(
 }
 
 pub fn eval(args: EvalArgs) -> Result<String, Box<dyn std::error::Error>> {
-    if args.baseline.is_some() && args.baseline_logits.is_some() {
-        return Err(
-            AppError::Other("give --baseline or --baseline-logits, not both".into()).into(),
-        );
-    }
-    let path = match args.model {
-        Some(p) => p,
-        None => super::default_model()?,
-    };
-    super::init_threads(args.threads);
+    let path = args.model.resolve()?;
+    args.threads.init();
     crate::quant::simd::init()?;
     let file = open_gguf(&path)?;
     let (model, tok) = load(&path, &file)?;

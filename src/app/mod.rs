@@ -1,15 +1,26 @@
-//! What the command line does, as library functions: main.rs only parses arguments.
+//! What the command line does, as library functions. Each command's module holds its
+//! arguments (one clap `Args` struct, with the help text) next to the code that runs it;
+//! main.rs only lists the commands. The groups several commands share are here.
 
 pub mod bench;
+pub mod calibrate;
 pub mod chat;
 pub mod compress;
 pub mod convert;
 pub mod eval;
+pub mod export;
+pub mod inspect;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod synth;
 
 use std::path::{Path, PathBuf};
+
+use clap::Args;
+
+use crate::generate::sampler::Limits;
+use crate::generate::SamplerConfig;
 
 /// The model `ledge run` uses without `-m`.
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -20,6 +31,133 @@ pub enum AppError {
     NoDefaultModel(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// `-m/--model`, for the commands that fall back to the default model.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ModelArg {
+    /// The GGUF model (default: models/SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
+    pub path: Option<PathBuf>,
+}
+
+impl ModelArg {
+    /// The path given, or the default model's.
+    pub fn resolve(&self) -> Result<PathBuf, AppError> {
+        self.path.clone().map_or_else(default_model, Ok)
+    }
+}
+
+/// `-t/--threads`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct Threads {
+    /// Worker threads (default: one per physical core).
+    #[arg(short = 't', long = "threads", value_name = "N")]
+    pub n: Option<usize>,
+}
+
+impl Threads {
+    /// Sizes the global pool (see `init_threads`); returns its size.
+    pub fn init(&self) -> usize {
+        init_threads(self.n)
+    }
+}
+
+/// What `ledge run` and `ledge chat` share: the model, threads, context and sampling.
+#[derive(Args, Clone, Debug)]
+pub struct Generation {
+    #[command(flatten)]
+    pub model: ModelArg,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Context size in tokens (default: the model's, at most 4096).
+    #[arg(short, long)]
+    pub ctx: Option<usize>,
+    #[command(flatten)]
+    pub sampling: Sampling,
+}
+
+impl Generation {
+    /// The context asked for, else the model's trained one capped at 4096: the KV cache is
+    /// allocated whole, and a 128k-token one would take gigabytes few prompts need.
+    pub fn ctx_for(&self, config: &crate::model::ModelConfig) -> usize {
+        self.ctx.unwrap_or(config.ctx_train.min(4096)).max(1)
+    }
+}
+
+/// The sampling flags of `ledge run` and `ledge chat`. Values outside a setting's `Limits`
+/// are refused while parsing, with the flag and the range in the message.
+#[derive(Args, Clone, Debug)]
+pub struct Sampling {
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::TEMPERATURE))]
+    pub temp: f32,
+    /// Keep the k most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true, value_parser = count)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p.
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::TOP_P))]
+    pub top_p: f32,
+    /// Drop tokens less likely than min-p × the most likely one.
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::MIN_P))]
+    pub min_p: f32,
+    /// Penalize recently seen tokens (1 = off; above 1 discourages repeats).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::REPEAT_PENALTY))]
+    pub repeat_penalty: f32,
+    /// Subtracted from a token's logit per occurrence in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::PENALTY))]
+    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit once if it occurs in the window.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true,
+          value_parser = |s: &str| within(s, Limits::PENALTY))]
+    pub presence_penalty: f32,
+    /// How many recent tokens the penalties consider.
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = count)]
+    pub penalty_last_n: usize,
+    /// Random seed: the same seed and settings give the same text.
+    #[arg(long, default_value_t = 0x5EED)]
+    pub seed: u64,
+}
+
+/// A number within `limits`; clap puts the flag's name before the message.
+fn within(s: &str, limits: Limits) -> Result<f32, String> {
+    let x: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a number, got {s}"))?;
+    limits.check(x)
+}
+
+/// A count, with a range message for a negative one rather than "invalid digit".
+fn count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) if n < 0 => Err(format!("must be >= 0, got {n}")),
+        _ => s
+            .trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, got {s}")),
+    }
+}
+
+impl From<Sampling> for SamplerConfig {
+    fn from(s: Sampling) -> Self {
+        SamplerConfig {
+            temperature: s.temp,
+            top_k: s.top_k,
+            top_p: s.top_p,
+            min_p: s.min_p,
+            repeat_penalty: s.repeat_penalty,
+            frequency_penalty: s.frequency_penalty,
+            presence_penalty: s.presence_penalty,
+            penalty_window: s.penalty_last_n,
+            seed: s.seed,
+        }
+    }
 }
 
 /// Finds the default model: `$LEDGE_MODELS`, then ./models, then models/ beside the
@@ -80,38 +218,4 @@ pub fn init_threads(threads: Option<usize>) -> usize {
         .num_threads(n)
         .build_global();
     rayon::current_num_threads()
-}
-
-/// `ledge synth`: writes a random-weight model of a known shape, with a progress line.
-pub fn synth(
-    arch: &str,
-    shape: &str,
-    ty: &str,
-    output: &std::path::Path,
-    layers: Option<usize>,
-    seed: u64,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use crate::model::synth;
-    if arch != "llama" {
-        return Err(format!("synth: unsupported architecture {arch:?} (llama)").into());
-    }
-    let shape = synth::shape(shape)
-        .ok_or_else(|| synth::SynthError::UnknownShape(shape.to_string()))?
-        .clone();
-    let opts = synth::SynthOptions {
-        shape,
-        plan: synth::TypePlan::parse(ty)?,
-        layers,
-        seed,
-    };
-    let t0 = std::time::Instant::now();
-    let path = synth::write(&opts, output, &mut |i, n, bytes| {
-        let mb = bytes as f64 / 1e6;
-        eprint!(
-            "\rsynth: {i}/{n} tensors, {mb:.0} MB, {:.0} MB/s   ",
-            mb / t0.elapsed().as_secs_f64().max(1e-3)
-        );
-    })?;
-    eprintln!("\nsynth: wrote {}", path.display());
-    Ok(())
 }

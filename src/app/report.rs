@@ -4,22 +4,47 @@
 use std::path::{Path, PathBuf};
 
 use super::eval::{check_same_vocab, load, open_gguf, read_text};
-use super::AppError;
+use clap::Args;
+
+use super::{AppError, Threads};
 use crate::eval::perplexity::{tokenize_text, vocab_fingerprint};
 use crate::eval::progress::Progress;
 use crate::eval::report::{self, Row};
 use crate::eval::{bench, sys, Baseline, EvalOptions};
 
+/// Compare variants of a model with its baseline: a table, a chart and JSON.
+///
+/// Evaluates the baseline and each variant on one text (perplexity, KL divergence against
+/// the baseline, top-token agreement) and times their speed, then writes report.md (the
+/// table), report.svg (size against KL divergence and speed) and report.json into a folder.
+#[derive(Args, Debug)]
 pub struct ReportArgs {
+    /// The variant GGUF files.
+    #[arg(required = true)]
     pub variants: Vec<PathBuf>,
+    /// The reference model the variants are compared with.
+    #[arg(long)]
     pub baseline: PathBuf,
+    /// The evaluation text (UTF-8).
+    #[arg(short = 'f', long)]
     pub text: PathBuf,
+    /// Output folder.
+    #[arg(short, long)]
     pub out: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored.
+    #[arg(short, long, default_value_t = 512)]
     pub ctx: usize,
+    /// Evaluate at most this many chunks.
+    #[arg(long)]
     pub chunks: Option<usize>,
+    /// Prompt length for the pp speed column (0 skips).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 128)]
     pub pp: usize,
+    /// Generation length for the tg speed column (0 skips).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 32)]
     pub tg: usize,
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: Threads,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AppError> {
@@ -57,7 +82,7 @@ pub fn report(args: ReportArgs) -> Result<String, Box<dyn std::error::Error>> {
         )
         .into());
     }
-    super::init_threads(args.threads);
+    args.threads.init();
     crate::quant::simd::init()?;
     let text = read_text(&args.text)?;
     let n = args.variants.len() + 1;

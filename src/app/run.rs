@@ -1,39 +1,51 @@
 //! `ledge run`: load a model, encode a prompt, stream the generated text to stdout.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::time::Instant;
 
-use crate::generate::{GenerateOptions, Generator, SamplerConfig};
+use clap::Args;
+
+use super::Generation;
+use crate::generate::{GenerateOptions, Generator};
 use crate::gguf::GgufFile;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
+/// Generate text from a prompt, streaming tokens as they are produced.
+///
+/// The prompt is echoed, then the continuation; timings (prompt and generation speed, time
+/// to first token) go to stderr. Ctrl-C stops after the current token.
+#[derive(Args, Debug)]
 pub struct RunArgs {
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub generation: Generation,
+    /// The prompt.
+    #[arg(short, long)]
     pub prompt: String,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     pub n_predict: usize,
-    pub sampler: SamplerConfig,
-    pub threads: Option<usize>,
-    pub ctx: Option<usize>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
     pub stop: Vec<String>,
+    /// Drop the start of a prompt longer than the context instead of failing.
+    #[arg(long)]
     pub truncate: bool,
+    /// Print model details, the kernels chosen, and why generation stopped.
+    #[arg(short, long)]
     pub verbose: bool,
 }
 
 pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error::Error>> {
-    let path = match args.model {
-        Some(p) => p,
-        None => super::default_model()?,
-    };
-    let threads = super::init_threads(args.threads);
+    let path = args.generation.model.resolve()?;
+    let threads = args.generation.threads.init();
     let kernels = crate::quant::simd::init()?;
     let t0 = Instant::now();
     let file = GgufFile::open(&path)?;
     let model = Model::load(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let c = &model.config;
-    let ctx = args.ctx.unwrap_or(c.ctx_train.min(4096)).max(1);
+    let ctx = args.generation.ctx_for(c);
     if args.verbose {
         eprintln!(
             "model: {} ({}, {} layers, d={}, vocab {}), loaded in {:.0} ms",
@@ -51,7 +63,7 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
         eprintln!("{}", kernels.describe());
     }
     let ids = tokenizer.encode(&args.prompt, true, true);
-    let mut gen = Generator::new(&model, &tokenizer, args.sampler, ctx);
+    let mut gen = Generator::new(&model, &tokenizer, args.generation.sampling.into(), ctx);
     let cancel = gen.cancel_flag();
     // Ctrl-C stops generation after the current token; the summary still prints. A second
     // handler cannot be installed (tests), which only loses that nicety.

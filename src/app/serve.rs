@@ -2,22 +2,50 @@
 //! Ctrl-C, then shut down gracefully.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Args;
+
+use super::{ModelArg, Threads};
 use crate::server::{serve as serve_http, ServeOptions};
 
+/// Serve the OpenAI-compatible HTTP API.
+///
+/// Endpoints: /v1/chat/completions, /v1/completions (both also streamed), /v1/models,
+/// /health and /metrics. Runs until SIGTERM or Ctrl-C, then lets running requests finish
+/// for --shutdown-grace seconds.
+#[derive(Args, Debug)]
 pub struct ServeArgs {
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Requests generating at once, each with its own KV cache.
+    #[arg(long, default_value_t = 1)]
     pub parallel: usize,
+    /// Requests that may wait for a free slot; more are refused with 503.
+    #[arg(long, default_value_t = 16)]
     pub queue: usize,
+    /// Context size per slot in tokens (default: the model's, at most 4096).
+    #[arg(short, long)]
     pub ctx: Option<usize>,
+    /// Require `Authorization: Bearer KEY` (or set LEDGE_API_KEY).
+    #[arg(long)]
     pub api_key: Option<String>,
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub threads: Threads,
+    /// Largest request body in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
+    /// Largest max_tokens a request may ask for (default: the context size).
+    #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Seconds running requests may go on after SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 10.0)]
     pub shutdown_grace: f64,
 }
 
@@ -46,14 +74,11 @@ async fn termination() {
 }
 
 pub fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
-    let model = match args.model {
-        Some(p) => p,
-        None => super::default_model()?,
-    };
+    let model = args.model.resolve()?;
     if !model.exists() {
         return Err(format!("model file {} does not exist", model.display()).into());
     }
-    let threads = super::init_threads(args.threads);
+    let threads = args.threads.init();
     let kernels = crate::quant::simd::init()?;
     let addr: SocketAddr = format!("{}:{}", args.host, args.port)
         .parse()

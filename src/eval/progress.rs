@@ -1,15 +1,29 @@
-//! A progress bar with an ETA on stderr, for evaluations that take minutes. On a terminal it
-//! redraws one line; otherwise (logs, CI) it prints a line at every tenth of the work.
+//! A progress bar with an ETA on stderr, for work that takes minutes (evaluations, the
+//! compress search, synth). On a terminal, indicatif redraws one line. Elsewhere (a log, CI)
+//! a redrawn line would leave thousands of carriage returns, so it prints plain lines
+//! instead: at the start, at every tenth of the work, after a minute without one, and at the
+//! end.
 
 use std::io::{IsTerminal, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A log line at least this often, so a slow tenth does not look like a hang.
+const HEARTBEAT: Duration = Duration::from_secs(60);
 
 pub struct Progress {
     label: String,
     unit: &'static str,
     start: Instant,
+    /// Whether stderr is a terminal, for the live bar.
     tty: bool,
+    /// The live bar, made at the first update (when the total is known: drawn before, it
+    /// would flash "0/0").
+    bar: Option<ProgressBar>,
+    /// For plain lines: the tenth and the time of the last one printed.
     last_tenth: usize,
+    last_line: Instant,
 }
 
 /// "1:05" or "1:02:03".
@@ -22,66 +36,111 @@ pub fn clock(secs: f64) -> String {
     }
 }
 
-/// The bar's text for `done` of `total` after `elapsed` seconds.
+/// The plain line for `done` of `total` after `elapsed` seconds.
 pub fn line(label: &str, unit: &str, done: usize, total: usize, elapsed: f64) -> String {
-    const WIDTH: usize = 30;
     let frac = if total == 0 {
         1.0
     } else {
         done as f64 / total as f64
     };
-    let filled = (frac * WIDTH as f64).round() as usize;
-    let bar: String = (0..WIDTH)
-        .map(|i| if i < filled { '#' } else { '-' })
-        .collect();
     let eta = if done == 0 {
         "?".to_string()
     } else {
-        clock(elapsed / done as f64 * (total - done) as f64)
+        clock(elapsed / done as f64 * total.saturating_sub(done) as f64)
     };
     format!(
-        "{label} [{bar}] {done}/{total} {unit} {:3.0}%  elapsed {}  ETA {eta}",
+        "{label}: {done}/{total} {unit} {:3.0}%  elapsed {}  ETA {eta}",
         frac * 100.0,
         clock(elapsed)
     )
 }
 
+fn live_bar(label: &str, unit: &str, total: usize) -> ProgressBar {
+    let style = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} {msg} {percent:>3}%  elapsed {elapsed_precise}  ETA {eta_precise}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("##-");
+    ProgressBar::with_draw_target(Some(total as u64), ProgressDrawTarget::hidden())
+        .with_style(style)
+        .with_prefix(label.to_string())
+        .with_message(unit.to_string())
+}
+
 impl Progress {
     pub fn new(label: impl Into<String>, unit: &'static str) -> Progress {
+        Progress::with_tty(label.into(), unit, std::io::stderr().is_terminal())
+    }
+
+    fn with_tty(label: String, unit: &'static str, tty: bool) -> Progress {
         Progress {
-            label: label.into(),
+            label,
             unit,
             start: Instant::now(),
-            tty: std::io::stderr().is_terminal(),
+            tty,
+            bar: None,
             last_tenth: usize::MAX,
+            last_line: Instant::now(),
         }
     }
 
+    /// `done` of `total` are finished; 0 restarts the clock (setup before it is not work).
     pub fn update(&mut self, done: usize, total: usize) {
         if done == 0 {
             self.start = Instant::now();
         }
-        let text = line(
-            &self.label,
-            self.unit,
-            done,
-            total,
-            self.start.elapsed().as_secs_f64(),
-        );
-        let mut err = std::io::stderr().lock();
         if self.tty {
-            let _ = write!(err, "\r\x1b[2K{text}");
-            if done == total {
-                let _ = writeln!(err);
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = live_bar(&self.label, self.unit, total);
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                bar
+            });
+            bar.set_length(total as u64);
+            if done == 0 {
+                bar.reset();
             }
-        } else {
-            let tenth = done * 10 / total.max(1);
-            if tenth != self.last_tenth {
-                self.last_tenth = tenth;
-                let _ = writeln!(err, "{text}");
+            bar.set_position(done as u64);
+            if done >= total {
+                bar.finish();
+            }
+            return;
+        }
+        if self.plain_line_due(done, total) {
+            let text = line(
+                &self.label,
+                self.unit,
+                done,
+                total,
+                self.start.elapsed().as_secs_f64(),
+            );
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{text}");
+            let _ = err.flush();
+        }
+    }
+}
+
+impl Progress {
+    fn plain_line_due(&mut self, done: usize, total: usize) -> bool {
+        let tenth = done * 10 / total.max(1);
+        let due =
+            tenth != self.last_tenth || done >= total || self.last_line.elapsed() >= HEARTBEAT;
+        if due {
+            self.last_tenth = tenth;
+            self.last_line = Instant::now();
+        }
+        due
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        // Stopped early (an error): keep the bar where it got to instead of erasing it.
+        if let Some(bar) = &self.bar {
+            if !bar.is_finished() {
+                bar.abandon();
             }
         }
-        let _ = err.flush();
     }
 }
 
@@ -98,5 +157,14 @@ mod tests {
         assert!(line("eval", "chunks", 0, 20, 0.0).contains("ETA ?"));
         assert_eq!(clock(3725.0), "1:02:05");
         assert_eq!(clock(65.4), "1:05");
+    }
+
+    #[test]
+    fn off_a_terminal_a_line_per_tenth() {
+        let mut p = Progress::with_tty("t".into(), "steps", false);
+        let due: Vec<usize> = (0..=1000)
+            .filter(|&done| p.plain_line_due(done, 1000))
+            .collect();
+        assert_eq!(due, (0..=10).map(|t| t * 100).collect::<Vec<_>>());
     }
 }

@@ -48,6 +48,93 @@ impl SamplerConfig {
     }
 }
 
+/// The values a setting accepts. Outside them the chain misbehaves rather than fails: a
+/// negative temperature or top-p turns sampling greedy, a zero repeat penalty divides by
+/// zero, a negative one flips the sign of the logits, a NaN poisons the softmax. So front
+/// ends (the CLI's flags, `SamplerConfig::check`) refuse them by name.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    pub lo: f32,
+    /// Whether `lo` itself is excluded.
+    pub lo_open: bool,
+    pub hi: f32,
+}
+
+impl Limits {
+    pub const TEMPERATURE: Limits = Limits::closed(0.0, f32::INFINITY);
+    pub const TOP_P: Limits = Limits::closed(0.0, 1.0);
+    pub const MIN_P: Limits = Limits::closed(0.0, 1.0);
+    pub const REPEAT_PENALTY: Limits = Limits {
+        lo: 0.0,
+        lo_open: true,
+        hi: f32::INFINITY,
+    };
+    /// Frequency and presence penalties: negative ones favour repeats, which is allowed.
+    pub const PENALTY: Limits = Limits::closed(f32::NEG_INFINITY, f32::INFINITY);
+
+    const fn closed(lo: f32, hi: f32) -> Limits {
+        Limits {
+            lo,
+            lo_open: false,
+            hi,
+        }
+    }
+
+    pub fn contains(self, x: f32) -> bool {
+        let above = if self.lo_open {
+            x > self.lo
+        } else {
+            x >= self.lo
+        };
+        x.is_finite() && above && x <= self.hi
+    }
+
+    /// `x`, or "must be in [0, 1], got 2".
+    pub fn check(self, x: f32) -> Result<f32, String> {
+        if self.contains(x) {
+            Ok(x)
+        } else {
+            Err(format!("must be {self}, got {x}"))
+        }
+    }
+}
+
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = if self.lo_open { ">" } else { ">=" };
+        match (self.lo.is_finite(), self.hi.is_finite()) {
+            (true, true) => {
+                let open = if self.lo_open { '(' } else { '[' };
+                write!(f, "in {open}{}, {}]", self.lo, self.hi)
+            }
+            (true, false) => write!(f, "{op} {}", self.lo),
+            (false, true) => write!(f, "<= {}", self.hi),
+            (false, false) => write!(f, "a finite number"),
+        }
+    }
+}
+
+impl SamplerConfig {
+    /// Whether every setting is within its `Limits`; the error names the first that is not.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, limits, x) in [
+            ("temperature", Limits::TEMPERATURE, self.temperature),
+            ("top_p", Limits::TOP_P, self.top_p),
+            ("min_p", Limits::MIN_P, self.min_p),
+            (
+                "repeat_penalty",
+                Limits::REPEAT_PENALTY,
+                self.repeat_penalty,
+            ),
+            ("frequency_penalty", Limits::PENALTY, self.frequency_penalty),
+            ("presence_penalty", Limits::PENALTY, self.presence_penalty),
+        ] {
+            limits.check(x).map_err(|e| format!("{name} {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
 #[derive(Clone, Debug)]
 pub struct Rng {
@@ -221,6 +308,30 @@ mod tests {
         (0..100)
             .map(|i| ((i * 37 % 100) as f32 * 0.1).sin() * 4.0)
             .collect()
+    }
+
+    #[test]
+    fn limits_name_the_range_and_the_value() {
+        assert_eq!(
+            Limits::TOP_P.check(2.0).unwrap_err(),
+            "must be in [0, 1], got 2"
+        );
+        assert_eq!(
+            Limits::REPEAT_PENALTY.check(0.0).unwrap_err(),
+            "must be > 0, got 0"
+        );
+        assert_eq!(
+            Limits::TEMPERATURE.check(-0.5).unwrap_err(),
+            "must be >= 0, got -0.5"
+        );
+        assert!(Limits::PENALTY.check(f32::NAN).is_err());
+        assert_eq!(Limits::MIN_P.check(0.0), Ok(0.0));
+        assert!(SamplerConfig::default().check().is_ok());
+        let bad = SamplerConfig {
+            min_p: 1.5,
+            ..Default::default()
+        };
+        assert_eq!(bad.check().unwrap_err(), "min_p must be in [0, 1], got 1.5");
     }
 
     #[test]

@@ -1,0 +1,26 @@
+//! `ledge inspect`: what a GGUF file holds.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::gguf::GgufFile;
+
+/// Show what a GGUF file holds: architecture, hyperparameters, tokenizer, tensors.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// The GGUF file.
+    pub file: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn inspect(a: InspectArgs) -> Result<String, Box<dyn std::error::Error>> {
+    let f = GgufFile::open(&a.file)?;
+    Ok(if a.json {
+        serde_json::to_string_pretty(&crate::inspect::report_json(&f))? + "\n"
+    } else {
+        crate::inspect::report_text(&f)
+    })
+}
