@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use super::repack16::Gemm16Fn;
-use super::repack_k::PackedKGemmFn;
+use super::repack_k::GemmKFn;
 use super::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -27,8 +27,6 @@ pub mod avx512_amx_k;
 pub mod avx512_attn;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_math;
-#[cfg(target_arch = "x86_64")]
-pub mod avx512_repack;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_repack16;
 #[cfg(target_arch = "x86_64")]
@@ -53,7 +51,7 @@ pub(crate) const PREFETCH_LINES_K: usize = 128;
 /// callers form `at` with `wrapping_add`, so running past the matrix is harmless.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub(crate) fn prefetch(at: *const repack::Line64, n: usize) {
+pub(crate) fn prefetch(at: *const super::line64::Line64, n: usize) {
     for j in 0..n {
         // SAFETY: a prefetch is only a hint; it reads nothing the program sees.
         unsafe {
@@ -114,7 +112,7 @@ pub struct KernelSet {
     pub gemm16: Option<Gemm16Fn>,
     /// The four-row K GEMM (`quant::repack_k`): where `Some`, Q4_K and Q6_K weights are
     /// repacked at load time.
-    pub gemm_k: Option<PackedKGemmFn>,
+    pub gemm_k: Option<GemmKFn>,
     /// Whether prompts over the K layouts use AMX (`simd::avx512_amx_k`).
     pub amx_k: bool,
     /// Whether `gemm16` is an AMX kernel (for `describe`).
