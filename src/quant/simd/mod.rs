@@ -34,6 +34,8 @@ pub mod avx512_repack_k;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 #[cfg(target_arch = "aarch64")]
+mod neon_f16;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_repack16;
 
 /// How far ahead (64-byte lines) the sixteen-row kernels prefetch their weights when
