@@ -279,8 +279,9 @@ pub fn select(forced: Option<&str>) -> Result<KernelSet, SimdError> {
 static KERNELS: OnceLock<KernelSet> = OnceLock::new();
 
 /// Chooses the kernel set once: `forced` (the `--simd` flag) or else `LEDGE_SIMD`, else the
-/// best available. The start-up configuration, the only place that reads the environment;
-/// once chosen the set stays (a later call returns it).
+/// best available. The start-up configuration, the only place that reads the environment
+/// (`kernels()` comes here too when nothing configured it); once chosen the set stays (a
+/// later call returns it).
 pub fn configure(forced: Option<&str>) -> Result<&'static KernelSet, SimdError> {
     if let Some(k) = KERNELS.get() {
         return Ok(k);
@@ -352,14 +353,14 @@ impl KernelSet {
     }
 }
 
-/// The kernel set in use: `LEDGE_SIMD`'s if valid (`init` reports it when it is not), else
-/// the best available.
+/// The kernel set in use: the one `configure` chose, configuring it now if no start-up code
+/// did (a library user, a test: `LEDGE_SIMD` still applies); the best available where
+/// `LEDGE_SIMD` is invalid (`init` reports that, where the binary calls it).
 pub fn kernels() -> &'static KernelSet {
-    KERNELS.get_or_init(|| {
-        select(std::env::var("LEDGE_SIMD").ok().as_deref())
-            .or_else(|_| select(None))
-            .unwrap_or(SCALAR)
-    })
+    match configure(None) {
+        Ok(k) => k,
+        Err(_) => KERNELS.get_or_init(|| select(None).unwrap_or(SCALAR)),
+    }
 }
 
 /// Links a weight type to its entries in a kernel set.
