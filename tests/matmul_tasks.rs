@@ -2,12 +2,13 @@
 //! (ops::matmul's `rows_per_task`): a one-token matmul over many rows, in a pool of an odd
 //! thread count so the last task is short, must give each row exactly the bits the same
 //! token gets inside a multi-token call (same kernel per row, only the split differs), for
-//! the blocked path and, where the CPU has it, the packed path.
+//! the blocked path and, where the kernel set packs the type, the packed layout.
 
 mod common;
 
 use common::Rng;
 use ledge::gguf::GgmlType;
+use ledge::ops::{matmul, Input, Weight};
 use ledge::quant::quantize_to_vec;
 use ledge::tensor::TensorView;
 
@@ -43,22 +44,16 @@ fn one_token_long_tasks_equal_the_multi_token_split() {
                 let got: Vec<u32> = one.iter().map(|v| v.to_bits()).collect();
                 assert_eq!(got, want, "{ty} blocked, token {t}");
             }
-            #[cfg(target_arch = "x86_64")]
-            if let (Some(kernel), Some(p)) = (
-                ledge::quant::simd::avx512_repack::kernel(),
-                ledge::quant::repack::PackedMatrix::from_view(&view),
-            ) {
+            // The layout the kernel set loads this weight in (sixteen-row, four-row K), where
+            // it packs one.
+            let weight = Weight::load(view.clone(), ledge::quant::simd::kernels());
+            if weight.packed_bytes() > 0 {
                 let mut all = vec![0f32; n * m];
-                ledge::ops::matmul::matmul_packed(&p, kernel, &x, n, &mut all);
+                matmul(&weight, &mut Input::new(&x, n), &mut all).unwrap();
                 for t in 0..n {
                     let mut one = vec![0f32; m];
-                    ledge::ops::matmul::matmul_packed(
-                        &p,
-                        kernel,
-                        &x[t * k..(t + 1) * k],
-                        1,
-                        &mut one,
-                    );
+                    let xt = &x[t * k..(t + 1) * k];
+                    matmul(&weight, &mut Input::new(xt, 1), &mut one).unwrap();
                     let want: Vec<u32> = all[t * m..(t + 1) * m]
                         .iter()
                         .map(|v| v.to_bits())

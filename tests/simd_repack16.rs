@@ -11,7 +11,7 @@ mod common;
 use bytemuck::Zeroable;
 use common::Rng;
 use ledge::gguf::GgmlType;
-use ledge::quant::repack16::{gemm_ref, Act16, Kind16, Packed16, ROWS};
+use ledge::quant::repack16::{gemm_ref, Act16, Gemm16Fn, Kind16, Packed16, ROWS};
 use ledge::quant::*;
 use ledge::tensor::TensorView;
 
@@ -168,7 +168,7 @@ fn avx512_kernel_equals_reference_bits() {
 /// A kernel against the reference, bit for bit: every kind, tails of the tiles (four and
 /// eight tokens), odd row counts, Q8_0 weights at -128 (legal in a file, never made by the
 /// quantizer) and Q5_0's fifth bits in every part of the group.
-fn kernel_equals_reference_bits(name: &str, kernel: ledge::quant::repack16::Gemm16Fn, seed: u64) {
+fn kernel_equals_reference_bits(name: &str, kernel: Gemm16Fn, seed: u64) {
     let mut rng = Rng(seed);
     for ty in TYPES {
         for &(k, m) in &[(32, 16), (96, 5), (320, 31), (576, 40)] {
@@ -232,10 +232,16 @@ fn neon_kernel_equals_reference_bits() {
     }
 }
 
+/// The sixteen-row matmul over x (n, k), its activations quantized as `ops::Input` does.
+fn matmul16(p: &Packed16, kernel: Gemm16Fn, x: &[f32], n: usize, out: &mut [f32]) {
+    let acts = ledge::ops::act::acts16(x, n, p.k, p.kind, ledge::quant::simd::kernels());
+    ledge::ops::matmul::matmul_packed16(p, kernel, &acts, n, out);
+}
+
 /// The packed matmul against the blocked one, and n tokens against each token alone.
 #[test]
 fn packed_matmul_equals_blocked_and_single_tokens() {
-    let Some(kernel) = ledge::quant::repack16::kernel() else {
+    let Some(kernel) = ledge::quant::simd::kernels().gemm16 else {
         eprintln!("no sixteen-row kernel in this kernel set: skipped");
         return;
     };
@@ -247,7 +253,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
             let p = Packed16::from_view(&view).unwrap();
             let x = data(&mut rng, n * k);
             let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
-            ledge::ops::matmul::matmul_packed16(&p, kernel, &x, n, &mut packed);
+            matmul16(&p, kernel, &x, n, &mut packed);
             ledge::ops::matmul_view(&view, &x, n, &mut blocked).unwrap();
             let wf = view.to_f32().unwrap();
             for i in 0..n * m {
@@ -263,7 +269,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
             for t in 0..n {
                 let mut one = vec![0f32; m];
                 let xt = &x[t * k..(t + 1) * k];
-                ledge::ops::matmul::matmul_packed16(&p, kernel, xt, 1, &mut one);
+                matmul16(&p, kernel, xt, 1, &mut one);
                 for r in 0..m {
                     assert_eq!(
                         one[r].to_bits(),

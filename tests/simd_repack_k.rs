@@ -12,8 +12,7 @@ mod common;
 use bytemuck::Zeroable;
 use common::Rng;
 use ledge::gguf::GgmlType;
-use ledge::quant::repack::PackedKind;
-use ledge::quant::repack_k::{from_view, gemm_k_ref, ActQ8K4};
+use ledge::quant::repack_k::{gemm_ref, ActK, GemmKFn, KindK, PackedK};
 use ledge::quant::*;
 use ledge::tensor::TensorView;
 
@@ -42,8 +41,8 @@ fn q8k(x: &[f32]) -> Vec<BlockQ8K> {
     q
 }
 
-fn acts(x: &[f32]) -> Vec<ActQ8K4> {
-    q8k(x).iter().map(ActQ8K4::from_q8_k).collect()
+fn acts(x: &[f32]) -> Vec<ActK> {
+    q8k(x).iter().map(ActK::from_q8_k).collect()
 }
 
 /// 2·max|w|·Σ|x| of row `r`: the size of the terms its dot sums (cancellation can make the
@@ -78,15 +77,19 @@ fn reference_equals_canonical_dot() {
         for &(k, m, n) in &[(256, 1, 1), (256, 5, 3), (768, 7, 9), (1280, 13, 17)] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = from_view(&view).unwrap();
-            assert!(matches!(p.kind, PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4));
+            let p = PackedK::from_view(&view).unwrap();
+            let want = match ty {
+                GgmlType::Q4_K => KindK::Q4_K,
+                _ => KindK::Q6_K,
+            };
+            assert_eq!(p.kind, want);
             assert_eq!(p.groups(), m.div_ceil(4));
             let x = data(&mut rng, n * k);
             let a = acts(&x);
             let wf = view.to_f32().unwrap();
             for g in 0..p.groups() {
                 let mut out = vec![[0f32; 4]; n];
-                gemm_k_ref(&p, g, &a, &mut out);
+                gemm_ref(&p, g, &a, &mut out);
                 for t in 0..n {
                     for r in 0..4.min(m - 4 * g) {
                         let xt = &x[t * k..(t + 1) * k];
@@ -123,11 +126,11 @@ fn avx512_kernel_equals_reference_bits() {
         ] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = from_view(&view).unwrap();
+            let p = PackedK::from_view(&view).unwrap();
             let a = acts(&data(&mut rng, n * k));
             for g in 0..p.groups() {
                 let (mut want, mut got) = (vec![[0f32; 4]; n], vec![[0f32; 4]; n]);
-                gemm_k_ref(&p, g, &a, &mut want);
+                gemm_ref(&p, g, &a, &mut want);
                 kernel(&p, g, &a, &mut got);
                 for t in 0..n {
                     for r in 0..4 {
@@ -145,21 +148,30 @@ fn avx512_kernel_equals_reference_bits() {
     }
 }
 
+/// The packed K matmul over x (n, k), its activations quantized as `ops::Input` does.
+fn matmul_k(p: &PackedK, kernel: GemmKFn, amx: bool, x: &[f32], n: usize, out: &mut [f32]) {
+    let acts = ledge::ops::act::acts_k(x, n, p.k, ledge::quant::simd::kernels());
+    ledge::ops::matmul_k::matmul_packed_k(p, kernel, amx, &acts, n, out);
+}
+
 /// The packed matmul against the blocked one (1, 3, 8, 17 tokens), and n tokens against each
-/// token alone. Runs with whichever packed K kernel this CPU has (the reference otherwise).
+/// token alone. Runs with the kernel set's packed K kernel and AMX choice (the reference
+/// kernel where the set has none).
 #[test]
 fn packed_matmul_equals_blocked_and_single_tokens() {
+    let ks = ledge::quant::simd::kernels();
+    let (kernel, amx) = (ks.gemm_k.unwrap_or(gemm_ref), ks.amx_k);
     let mut rng = Rng(0x4b5e_ed03);
     let (k, m) = (768, 37);
     for ty in TYPES {
         let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-        let p = from_view(&view).unwrap();
+        let p = PackedK::from_view(&view).unwrap();
         let wf = view.to_f32().unwrap();
         for n in [1, 3, 8, 17] {
             let x = data(&mut rng, n * k);
             let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
-            ledge::ops::matmul_k::matmul_packed_k(&p, &x, n, &mut packed);
+            matmul_k(&p, kernel, amx, &x, n, &mut packed);
             ledge::ops::matmul_view(&view, &x, n, &mut blocked).unwrap();
             for i in 0..n * m {
                 let (t, r) = (i / m, i % m);
@@ -173,7 +185,7 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
             }
             for t in 0..n {
                 let mut one = vec![0f32; m];
-                ledge::ops::matmul_k::matmul_packed_k(&p, &x[t * k..(t + 1) * k], 1, &mut one);
+                matmul_k(&p, kernel, amx, &x[t * k..(t + 1) * k], 1, &mut one);
                 for r in 0..m {
                     assert_eq!(
                         one[r].to_bits(),
@@ -193,24 +205,25 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn amx_matmul_matches_reference() {
-    if !ledge::quant::simd::avx512_amx_k::usable() || ledge::quant::repack_k::kernel().is_none() {
+    let kernel = ledge::quant::simd::avx512_repack_k::kernel();
+    let Some(kernel) = kernel.filter(|_| ledge::quant::simd::avx512_amx_k::usable()) else {
         eprintln!("no AMX (or no AVX-512 VNNI) here: skipped");
         return;
-    }
+    };
     let mut rng = Rng(0x4b5e_ed04);
     for ty in TYPES {
         for &(k, m, n) in &[(256, 16, 32), (768, 37, 49), (1280, 20, 64), (2048, 5, 35)] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = from_view(&view).unwrap();
+            let p = PackedK::from_view(&view).unwrap();
             let wf = view.to_f32().unwrap();
             let x = data(&mut rng, n * k);
             let a = acts(&x);
             let mut got = vec![0f32; n * m];
-            ledge::ops::matmul_k::matmul_packed_k_acts(&p, &a, n, &mut got);
+            ledge::ops::matmul_k::matmul_packed_k(&p, kernel, true, &a, n, &mut got);
             for g in 0..p.groups() {
                 let mut want = vec![[0f32; 4]; n];
-                gemm_k_ref(&p, g, &a, &mut want);
+                gemm_ref(&p, g, &a, &mut want);
                 for t in 0..n {
                     for r in 0..4.min(m - 4 * g) {
                         let row = 4 * g + r;

@@ -1,16 +1,19 @@
-//! Quantized matrix multiplication: W (k, m) @ x (n, k) → out (n, m).
+//! Quantized matrix multiplication: W (k, m) @ x (n, k) → out (n, m), over the GGUF blocks
+//! (`matmul_view`) and over the sixteen-row layout (`matmul_packed16`); the four-row K
+//! layout has `matmul_k`.
 //!
 //! The activations are quantized once per call to the weight type's dot partner (Q8_0, Q8_1
-//! or Q8_K, as ggml does), then every weight row is dotted with every token's activations,
-//! with the kernels of the set chosen at start-up (`quant::simd`).
+//! or Q8_K, as ggml does; `act`), then every weight row is dotted with every token's
+//! activations, with the kernels of the set chosen at start-up (`quant::simd`).
 //! Rows are split across the rayon pool; each weight row is read once for all `n` tokens.
 
 use bytemuck::Zeroable;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::act::quantize_rows;
 use crate::ggml_type::GgmlType;
-use crate::quant::repack::{ActQ8x4, PackedGemmFn, PackedKind, PackedMatrix};
+use crate::quant::repack16::{Act16, Gemm16Fn, Packed16, ROWS};
 use crate::quant::simd::{self, Fast};
 use crate::quant::*;
 use crate::tensor::TensorView;
@@ -21,7 +24,7 @@ const ROWS_PER_TASK: usize = 16;
 /// Rows per task for `n` tokens over `m` rows: `ROWS_PER_TASK` for prompts, and for
 /// generation (n = 1) about eight contiguous tasks per thread, so that each task streams a
 /// long run of weights (the hardware prefetcher's best case) while stealing still balances
-/// a shared machine; a multiple of four (the packed groups).
+/// a shared machine; rounded up to a multiple of four.
 fn rows_per_task(n: usize, m: usize) -> usize {
     if n > 1 {
         return ROWS_PER_TASK;
@@ -128,10 +131,11 @@ fn typed<B: Fast>(w: &TensorView, x: &[f32], n: usize, out: &mut [f32]) -> Resul
     Ok(())
 }
 
-/// The output pointer shared by the matmul's tasks, which write disjoint parts of it.
+/// The output pointer shared by a matmul's tasks (here and in `matmul_k`), which write
+/// disjoint parts of it.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: only used inside `typed`, whose tasks write disjoint ranges (see there).
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: only used by matmuls whose tasks write disjoint ranges (see each use).
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
@@ -139,7 +143,7 @@ unsafe impl Sync for OutPtr {}
 impl OutPtr {
     /// # Safety
     /// `i` must be within the output slice the pointer came from.
-    unsafe fn at(self, i: usize) -> *mut f32 {
+    pub(super) unsafe fn at(self, i: usize) -> *mut f32 {
         // SAFETY: the caller keeps i in bounds.
         unsafe { self.0.add(i) }
     }
@@ -171,169 +175,11 @@ fn tile_scales<B: Fast>(xq: &[B::Act], tiles: usize, nba: usize) -> (Vec<[f32; 8
     (dy, sy)
 }
 
-/// out (n, m) = x (n, k) · Wᵀ over a load-time repacked W (`quant::repack`): the
-/// activations are quantized once to Q8_0 and laid out for the packed kernel, then tasks of
-/// `ROWS_PER_TASK` rows run the kernel on tiles of up to eight tokens, each weight group
-/// decoded once per tile.
-pub fn matmul_packed(p: &PackedMatrix, kernel: PackedGemmFn, x: &[f32], n: usize, out: &mut [f32]) {
-    if matches!(p.kind, PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4) {
-        return super::matmul_k::matmul_packed_k(p, x, n, out);
-    }
-    let (k, m) = (p.k, p.rows);
-    assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
-    assert_eq!(out.len(), n * m, "packed matmul: out is not n×m");
-    let nb = k / 32;
-    // acts (n, nb): token-major; Q8_1 for Q4_1 (its minimum needs the sums), else Q8_0.
-    let mut acts = vec![ActQ8x4::zeroed(); n * nb];
-    if p.kind == PackedKind::Q4_1x4 {
-        let quantize = simd::kernels().quantize_q8_1;
-        quantize_rows(x, k, &mut acts, nb, |src, dst| {
-            let mut q = [BlockQ8_1::zeroed(); 8];
-            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
-                let q = &mut q[..dst.len()];
-                quantize(src, q);
-                for (a, b) in dst.iter_mut().zip(q.iter()) {
-                    *a = ActQ8x4::from_q8_1(b);
-                }
-            }
-        });
-    } else {
-        let quantize = simd::kernels().quantize_q8_0;
-        quantize_rows(x, k, &mut acts, nb, |src, dst| {
-            let mut q = [BlockQ8_0::zeroed(); 8];
-            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
-                let q = &mut q[..dst.len()];
-                quantize(src, q);
-                for (a, b) in dst.iter_mut().zip(q.iter()) {
-                    *a = ActQ8x4::from_q8_0(b, p.kind);
-                }
-            }
-        });
-    }
-    const TILE: usize = 8;
-    let groups_per_task = rows_per_task(n, m) / 4;
-    let out_ptr = OutPtr(out.as_mut_ptr());
-    (0..p.groups().div_ceil(groups_per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let g1 = ((task + 1) * groups_per_task).min(p.groups());
-            let mut res = [[0f32; 4]; TILE];
-            // Tokens outer, groups inner: the task's few groups of weights stay in L1 while
-            // each tile of activations is used by all of them.
-            for t0 in (0..n).step_by(TILE) {
-                let tn = TILE.min(n - t0);
-                for g in task * groups_per_task..g1 {
-                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], &mut res[..tn]);
-                    let rows = 4.min(m - g * 4);
-                    for (t, r) in res[..tn].iter().enumerate() {
-                        // SAFETY: `out` has n·m elements (asserted above); this task writes
-                        // only out[t·m + 4·g .. t·m + 4·g + rows] for its own groups g, and
-                        // the groups of different tasks are disjoint.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                r.as_ptr(),
-                                out_ptr.at((t0 + t) * m + g * 4),
-                                rows,
-                            );
-                        }
-                    }
-                }
-            }
-        });
-}
-
-/// out (n, m) = x (n, k) · Wᵀ over a sixteen-row packed W (`quant::repack16`): the
-/// activations are quantized once (Q8_1 for Q4_1, else Q8_0), then each task runs the kernel
-/// over its groups of sixteen rows for panels of up to 128 tokens.
-pub fn matmul_packed16(
-    p: &crate::quant::repack16::Packed16,
-    kernel: crate::quant::repack16::Gemm16Fn,
-    x: &[f32],
-    n: usize,
-    out: &mut [f32],
-) {
-    let acts = acts16(x, n, p.k, p.kind);
-    matmul_packed16_acts(p, kernel, &acts, n, out);
-}
-
-/// x (n, k) quantized for sixteen-row weights of `kind`: n·k/32 blocks, token-major.
-pub fn acts16(
-    x: &[f32],
-    n: usize,
-    k: usize,
-    kind: crate::quant::repack16::Kind16,
-) -> Vec<crate::quant::repack16::Act16> {
-    use crate::quant::repack16::Act16;
-    assert_eq!(x.len(), n * k, "packed matmul: x is not n×k");
-    let nb = k / 32;
-    let mut acts = vec![Act16::zeroed(); n * nb];
-    if kind.needs_sum() {
-        let quantize = simd::kernels().quantize_q8_1;
-        quantize_rows(x, k, &mut acts, nb, |src, dst| {
-            let mut q = [BlockQ8_1::zeroed(); 8];
-            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
-                let q = &mut q[..dst.len()];
-                quantize(src, q);
-                for (a, b) in dst.iter_mut().zip(q.iter()) {
-                    *a = Act16::from_q8_1(b);
-                }
-            }
-        });
-    } else {
-        let quantize = simd::kernels().quantize_q8_0;
-        quantize_rows(x, k, &mut acts, nb, |src, dst| {
-            let mut q = [BlockQ8_0::zeroed(); 8];
-            for (src, dst) in src.chunks(8 * 32).zip(dst.chunks_mut(8)) {
-                let q = &mut q[..dst.len()];
-                quantize(src, q);
-                for (a, b) in dst.iter_mut().zip(q.iter()) {
-                    *a = Act16::from_q8_0(b, kind);
-                }
-            }
-        });
-    }
-    acts
-}
-
-/// Tokens per task when a prompt's activations are quantized in parallel.
-const QUANT_TOKENS_PER_TASK: usize = 8;
-
-/// Runs `row(x row, its nb activation blocks)` for every token of x (n, k): across the pool
-/// for prompts (quantizing a 512-token input on one thread was ~6 % of a two-thread prompt,
-/// with the other thread idle), inline for a few tokens.
-pub(crate) fn quantize_rows<A: Send>(
-    x: &[f32],
-    k: usize,
-    acts: &mut [A],
-    nb: usize,
-    row: impl Fn(&[f32], &mut [A]) + Sync,
-) {
-    let n = x.len() / k;
-    if n < 2 * QUANT_TOKENS_PER_TASK {
-        for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-            row(src, dst);
-        }
-        return;
-    }
-    x.par_chunks(k * QUANT_TOKENS_PER_TASK)
-        .zip(acts.par_chunks_mut(nb * QUANT_TOKENS_PER_TASK))
-        .for_each(|(x, acts)| {
-            for (src, dst) in x.chunks_exact(k).zip(acts.chunks_exact_mut(nb)) {
-                row(src, dst);
-            }
-        });
-}
-
-/// `matmul_packed16` over activations already quantized by `acts16` for this weight's kind
-/// (q, k and v share one quantization of their input; so do gate and up).
-pub fn matmul_packed16_acts(
-    p: &crate::quant::repack16::Packed16,
-    kernel: crate::quant::repack16::Gemm16Fn,
-    acts: &[crate::quant::repack16::Act16],
-    n: usize,
-    out: &mut [f32],
-) {
-    use crate::quant::repack16::ROWS;
+/// out (n, m) = x (n, k) · Wᵀ over a sixteen-row packed W (`quant::repack16`), x quantized
+/// for its kind by `act::acts16` (q, k and v share one quantization of their input; so do
+/// gate and up): each task runs `kernel` over its groups of sixteen rows for panels of up
+/// to 128 tokens.
+pub fn matmul_packed16(p: &Packed16, kernel: Gemm16Fn, acts: &[Act16], n: usize, out: &mut [f32]) {
     let (k, m) = (p.k, p.rows);
     let nb = k / 32;
     assert_eq!(acts.len(), n * nb, "packed matmul: acts are not n×k/32");

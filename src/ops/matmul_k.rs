@@ -1,60 +1,43 @@
 //! Quantized matrix multiplication over the load-time repacked K-quant layouts
 //! (`quant::repack_k`): W (k, m) @ x (n, k) → out (n, m).
 //!
-//! The activations are quantized once per call to Q8_K and laid out for the packed kernel;
-//! tasks of a few four-row groups then run the kernel on tiles of up to eight tokens, each
-//! weight super-block decoded once per tile. With one token (generation) the same kernel
+//! The activations are quantized once per input to Q8_K and laid out for the packed kernel
+//! (`act::acts_k`); tasks of a few four-row groups then run the kernel on tiles of up to
+//! eight tokens, each weight super-block decoded once per tile. With one token (generation) the same kernel
 //! streams the packed rows once, split across the rayon pool.
 
-use bytemuck::Zeroable;
 use rayon::prelude::*;
 
-use crate::quant::repack::PackedMatrix;
-use crate::quant::repack_k::{self, ActQ8K4};
-use crate::quant::{simd, BlockQ8K, QK_K};
+use super::matmul::OutPtr;
+use crate::quant::repack_k::{ActK, GemmKFn, PackedK};
+use crate::quant::QK_K;
 
 /// Four-row groups per parallel task (16 rows, as the other matmuls).
 const GROUPS_PER_TASK: usize = 4;
 /// Tokens per kernel call.
 const TILE: usize = 8;
 
-/// out (n, m) = x (n, k) · Wᵀ over a Q4_Kx4 or Q6_Kx4 packed W.
-pub fn matmul_packed_k(p: &PackedMatrix, x: &[f32], n: usize, out: &mut [f32]) {
-    let acts = acts_k(x, n, p.k);
-    matmul_packed_k_acts(p, &acts, n, out);
-}
-
-/// x (n, k) quantized to Q8_K for the packed K kernels: n·k/256 blocks, token-major.
-pub fn acts_k(x: &[f32], n: usize, k: usize) -> Vec<ActQ8K4> {
-    assert_eq!(x.len(), n * k, "packed K matmul: x is not n×k");
-    let nsb = k / QK_K;
-    let quantize = simd::kernels().quantize_q8_k;
-    let mut acts = vec![ActQ8K4::zeroed(); n * nsb];
-    super::matmul::quantize_rows(x, k, &mut acts, nsb, |src, dst| {
-        let mut q = [BlockQ8K::zeroed(); 4];
-        for (src, dst) in src.chunks(4 * QK_K).zip(dst.chunks_mut(4)) {
-            let q = &mut q[..dst.len()];
-            quantize(src, q);
-            for (a, b) in dst.iter_mut().zip(q.iter()) {
-                *a = ActQ8K4::from_q8_k(b);
-            }
-        }
-    });
-    acts
-}
-
-/// `matmul_packed_k` over activations already quantized by `acts_k` (shared by the
-/// matrices that read the same input).
-pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &mut [f32]) {
+/// out (n, m) = x (n, k) · Wᵀ over a Q4_K or Q6_K packed W, x quantized by `act::acts_k`
+/// (shared by the matrices that read the same input), with the kernel set's `kernel` and,
+/// where `amx` (the set's `amx_k`), its AMX path for prompts.
+pub fn matmul_packed_k(
+    p: &PackedK,
+    kernel: GemmKFn,
+    amx: bool,
+    acts: &[ActK],
+    n: usize,
+    out: &mut [f32],
+) {
     let (k, m) = (p.k, p.rows);
     let nsb = k / QK_K;
     assert_eq!(acts.len(), n * nsb, "packed K matmul: acts are not n×k/256");
     assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
-    let kernel = repack_k::kernel().unwrap_or(repack_k::gemm_k_ref);
     #[cfg(target_arch = "x86_64")]
-    if n >= AMX_MIN_TOKENS && amx_enabled() {
-        return amx(p, acts, n, out, kernel);
+    if amx && n >= AMX_MIN_TOKENS {
+        return amx_matmul(p, acts, n, out, kernel);
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = amx;
     let out_ptr = OutPtr(out.as_mut_ptr());
     (0..p.groups().div_ceil(GROUPS_PER_TASK))
         .into_par_iter()
@@ -90,23 +73,11 @@ pub fn matmul_packed_k_acts(p: &PackedMatrix, acts: &[ActQ8K4], n: usize, out: &
 #[cfg(target_arch = "x86_64")]
 const AMX_MIN_TOKENS: usize = 32;
 
-/// Whether the packed K matmuls use AMX for prompts: the kernel set says so (`avx512-amx`).
-#[cfg(target_arch = "x86_64")]
-fn amx_enabled() -> bool {
-    simd::kernels().amx_k
-}
-
 /// The AMX path: one task per sixteen-row supergroup, its whole tiles of sixteen tokens by
 /// AMX, the tokens left over by `kernel` per four-row group.
 #[cfg(target_arch = "x86_64")]
-fn amx(
-    p: &PackedMatrix,
-    acts: &[ActQ8K4],
-    n: usize,
-    out: &mut [f32],
-    kernel: repack_k::PackedKGemmFn,
-) {
-    use simd::avx512_amx_k::{self as amx, ROWS, TOKENS};
+fn amx_matmul(p: &PackedK, acts: &[ActK], n: usize, out: &mut [f32], kernel: GemmKFn) {
+    use crate::quant::simd::avx512_amx_k::{self as amx, ROWS, TOKENS};
     let (k, m) = (p.k, p.rows);
     let nsb = k / QK_K;
     let full = n / TOKENS * TOKENS;
@@ -136,21 +107,4 @@ fn amx(
             }
         }
     });
-}
-
-/// The output pointer shared by the tasks, which write disjoint parts of it.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: only used inside `matmul_packed_k`, whose tasks write disjoint ranges.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// # Safety
-    /// `i` must be within the output slice the pointer came from.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: the caller keeps i in bounds.
-        unsafe { self.0.add(i) }
-    }
 }

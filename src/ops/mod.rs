@@ -3,6 +3,7 @@
 //! Numerics follow ggml's CPU backend where it matters for matching llama.cpp's tokens
 //! (f64 sums in norms and softmax, RoPE angles by repeated multiplication, GELU through f16).
 
+pub mod act;
 pub mod activation;
 pub mod attention;
 pub mod matmul;

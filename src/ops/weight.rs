@@ -1,11 +1,10 @@
-//! One front door for a matmul weight: `Weight::load` decides its layout once, when the model
-//! loads (the one chooser, as ggml's repack.cpp), from the kernel set's GEMMs; `matmul`
-//! runs whichever layout it got, with the kernel from the same registry.
+//! One front door for a matmul weight: `Weight::load` decides its layout and GEMM kernel
+//! once, when the model loads (the one chooser, as ggml's repack.cpp), from the kernel set;
+//! `matmul` runs whichever layout it got with the kernel chosen with it.
 
-use crate::quant::repack::PackedMatrix;
-use crate::quant::repack16::{self, Packed16};
-use crate::quant::repack_k::{self, ActQ8K4};
-use crate::quant::simd::KernelSet;
+use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16};
+use crate::quant::repack_k::{ActK, GemmKFn, PackedK};
+use crate::quant::simd::{self, KernelSet};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
 
@@ -14,24 +13,34 @@ pub enum Weight<'a> {
     /// The GGUF blocks, borrowed from the file: the blocked kernels.
     Mapped(TensorView<'a>),
     /// Q4_0 / Q4_1 / Q5_0 / Q8_0 repacked sixteen rows at a time (`quant::repack16`).
-    Rows16(Packed16),
-    /// Q4_K / Q6_K repacked four rows per super-block (`quant::repack_k`).
-    K4(PackedMatrix),
+    Rows16 { p: Packed16, gemm: Gemm16Fn },
+    /// Q4_K / Q6_K repacked four rows per super-block (`quant::repack_k`); `amx`: prompts
+    /// take the AMX path.
+    K4 {
+        p: PackedK,
+        gemm: GemmKFn,
+        amx: bool,
+    },
 }
 
 impl<'a> Weight<'a> {
     /// The layout `ks` has the best kernel for: a packed copy where the set has its GEMM
-    /// and the type and shape fit, else the mapped blocks (no copy). `ks` must be the set
-    /// `matmul` will run with (`simd::kernels()`).
+    /// and the type and shape fit, else the mapped blocks (no copy). The mapped blocks and
+    /// the activations are handled by the set in use (`simd::kernels()`), so `ks` should be
+    /// that set.
     pub fn load(view: TensorView<'a>, ks: &KernelSet) -> Weight<'a> {
-        if ks.gemm16.is_some() {
+        if let Some(gemm) = ks.gemm16 {
             if let Some(p) = Packed16::from_view(&view) {
-                return Weight::Rows16(p);
+                return Weight::Rows16 { p, gemm };
             }
         }
-        if ks.gemm_k.is_some() {
-            if let Some(p) = repack_k::from_view(&view) {
-                return Weight::K4(p);
+        if let Some(gemm) = ks.gemm_k {
+            if let Some(p) = PackedK::from_view(&view) {
+                return Weight::K4 {
+                    p,
+                    gemm,
+                    amx: ks.amx_k,
+                };
             }
         }
         Weight::Mapped(view)
@@ -41,8 +50,8 @@ impl<'a> Weight<'a> {
     pub fn packed_bytes(&self) -> usize {
         match self {
             Weight::Mapped(_) => 0,
-            Weight::Rows16(p) => p.size_bytes(),
-            Weight::K4(p) => p.size_bytes(),
+            Weight::Rows16 { p, .. } => p.size_bytes(),
+            Weight::K4 { p, .. } => p.size_bytes(),
         }
     }
 
@@ -61,8 +70,8 @@ impl<'a> Weight<'a> {
 pub struct Input<'x> {
     x: &'x [f32],
     n: usize,
-    a16: Vec<(repack16::Kind16, Vec<repack16::Act16>)>,
-    ak: Option<Vec<ActQ8K4>>,
+    a16: Vec<(Kind16, Vec<Act16>)>,
+    ak: Option<Vec<ActK>>,
 }
 
 impl<'x> Input<'x> {
@@ -76,11 +85,11 @@ impl<'x> Input<'x> {
         }
     }
 
-    fn acts16(&mut self, kind: repack16::Kind16, k: usize) -> &[repack16::Act16] {
+    fn acts16(&mut self, kind: Kind16, k: usize) -> &[Act16] {
         let i = match self.a16.iter().position(|(kd, _)| *kd == kind) {
             Some(i) => i,
             None => {
-                let a = super::matmul::acts16(self.x, self.n, k, kind);
+                let a = super::act::acts16(self.x, self.n, k, kind, simd::kernels());
                 self.a16.push((kind, a));
                 self.a16.len() - 1
             }
@@ -88,10 +97,10 @@ impl<'x> Input<'x> {
         &self.a16[i].1
     }
 
-    fn acts_k(&mut self, k: usize) -> &[ActQ8K4] {
+    fn acts_k(&mut self, k: usize) -> &[ActK] {
         let (x, n) = (self.x, self.n);
         self.ak
-            .get_or_insert_with(|| super::matmul_k::acts_k(x, n, k))
+            .get_or_insert_with(|| super::act::acts_k(x, n, k, simd::kernels()))
     }
 }
 
@@ -100,15 +109,14 @@ pub fn matmul(w: &Weight, input: &mut Input, out: &mut [f32]) -> Result<(), Quan
     let n = input.n;
     match w {
         Weight::Mapped(v) => super::matmul::matmul_view(v, input.x, n, out),
-        Weight::Rows16(p) => {
-            let kernel = repack16::kernel().expect("a sixteen-row weight without its kernel");
+        Weight::Rows16 { p, gemm } => {
             let acts = input.acts16(p.kind, p.k);
-            super::matmul::matmul_packed16_acts(p, kernel, acts, n, out);
+            super::matmul::matmul_packed16(p, *gemm, acts, n, out);
             Ok(())
         }
-        Weight::K4(p) => {
+        Weight::K4 { p, gemm, amx } => {
             let acts = input.acts_k(p.k);
-            super::matmul_k::matmul_packed_k_acts(p, acts, n, out);
+            super::matmul_k::matmul_packed_k(p, *gemm, *amx, acts, n, out);
             Ok(())
         }
     }

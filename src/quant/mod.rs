@@ -10,6 +10,7 @@
 pub mod float;
 pub mod iq4;
 pub mod kquant_util;
+pub mod line64;
 pub mod q2k;
 pub mod q3k;
 pub mod q4;
@@ -19,7 +20,6 @@ pub mod q5k;
 pub mod q6k;
 pub mod q8;
 pub mod q8k;
-pub mod repack;
 pub mod repack16;
 pub mod repack_k;
 pub mod simd;

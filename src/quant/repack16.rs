@@ -7,7 +7,7 @@
 //! (an embedded `{1to16}` memory broadcast, no extra instruction) advances sixteen rows by
 //! four weights, and the sixteen sums come out one per row: no horizontal reduction, and
 //! the per-block scaling (convert, scale, accumulate) is done once per row instead of once
-//! per quarter-row as with the four-row layout of `quant::repack`.
+//! per quarter-row as with the four-row layout ledge had first (one row per 128-bit lane).
 //!
 //! Layout of group g (rows 16g..16g+16) and block b (weights 32b..32b+32 of each row):
 //! - `d[g·nb + b]` = the sixteen rows' f16 scales (`m`: Q4_1's minimums, likewise);
@@ -28,15 +28,15 @@
 //! Rows past the last multiple of sixteen are padded with zero rows (scale 0) whose
 //! results are never written out.
 //!
-//! Measured against the four-row layout (one thread, min of 20 runs, machine under load, so
-//! ratios only): Q4_0 576×1536 at 64 tokens 51 vs 30 GMAC/s, at one token 22 vs 15; Q8_0
-//! 22 vs 8 and 13 vs 11; 4096×4096 Q4_0 30 vs 20 and 15 vs 14.
+//! Measured against that four-row layout before it was retired (one thread, min of 20
+//! runs, machine under load, so ratios only): Q4_0 576×1536 at 64 tokens 51 vs 30 GMAC/s,
+//! at one token 22 vs 15; Q8_0 22 vs 8 and 13 vs 11; 4096×4096 Q4_0 30 vs 20 and 15 vs 14.
 
 use bytemuck::{Pod, Zeroable};
 use half::f16;
 
 use super::float::f16_to_f32;
-use super::repack::Line64;
+use super::line64::Line64;
 use super::{cast_blocks, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ8_0, BlockQ8_1};
 use crate::ggml_type::GgmlType;
 use crate::tensor::TensorView;
@@ -337,19 +337,5 @@ pub fn gemm_ref(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]])
             }
         }
         *o = acc;
-    }
-}
-
-/// The sixteen-row kernel of the kernel set in use, if it has one.
-pub fn kernel() -> Option<Gemm16Fn> {
-    super::simd::kernels().gemm16
-}
-
-/// Repacks `w` into the sixteen-row layout if the kernel set has the kernel.
-pub fn maybe_repack(w: &TensorView) -> Option<Packed16> {
-    if kernel().is_some() {
-        Packed16::from_view(w)
-    } else {
-        None
     }
 }

@@ -1,32 +1,31 @@
 //! Load-time repacked layouts for the K-quants Q4_K and Q6_K: four rows interleaved per
-//! 256-weight super-block, so that one 512-bit load feeds four rows (as `repack` does for the
-//! 32-blocks), with the 6-bit Q4_K scales and mins decoded to bytes at load time.
+//! 256-weight super-block, so that one 512-bit load feeds four rows, with the 6-bit Q4_K
+//! scales and mins decoded to bytes at load time.
 //!
-//! A `PackedMatrix` of kind `Q4_Kx4` or `Q6_Kx4` keeps its data in the same vectors as the
-//! 32-block layouts, indexed by super-block `i = group·(k/256) + sb`:
-//! - Q4_Kx4 (9 lines per super-block, 576 + 16 bytes per 4×256 weights, as the GGUF blocks'
+//! A `PackedK` keeps its data indexed by super-block `i = group·(k/256) + sb`:
+//! - Q4_K (9 lines per super-block, 576 + 16 bytes per 4×256 weights, as the GGUF blocks'
 //!   576 + 16): `d[i]`, `m[i]` = the four rows' d and dmin; line `9i + s` (s = 0..8, the
 //!   32-weight sub-block) holds in 128-bit lane r row r's 16 bytes with byte j's low nibble =
 //!   weight 32s + j, high nibble = weight 32s + 16 + j; line `9i + 8` holds the sub-block
 //!   scales as bytes `[8r + s]` and the mins as bytes `[32 + 8r + s]`.
-//! - Q6_Kx4 (13 lines per super-block, the GGUF blocks' 840 bytes for 4×256 weights): `d[i]`
-//!   = the rows' d; lines `13i + c` (c = 0..8) the low nibbles as in Q4_Kx4; line
+//! - Q6_K (13 lines per super-block, the GGUF blocks' 840 bytes for 4×256 weights): `d[i]`
+//!   = the rows' d; lines `13i + c` (c = 0..8) the low nibbles as for Q4_K; line
 //!   `13i + 8 + p` (p = 0..4) the high bit pairs of weights 64p.. 64p+64: byte j of lane r
 //!   holds those of weight 64p + j in bits 0-1, 64p + 16 + j in bits 2-3, 64p + 32 + j in
 //!   bits 4-5, 64p + 48 + j in bits 6-7; line `13i + 12` the sixteen-weight sub-block scales
 //!   (i8) as bytes `[8r + j]` for j < 8 and `[32 + 8r + j - 8]` for j ≥ 8.
 //!
-//! The activations are Q8_K (`ActQ8K4`: its quants, scale, per-16 sums and per-32 sums). The
+//! The activations are Q8_K (`ActK`: its quants, scale, per-16 sums and per-32 sums). The
 //! kernels take 4-byte dot products of the unsigned weights (Q4_K's nibble, Q6_K's q + 32)
 //! with the int8 activations (`vpdpbusd`), per 32-weight sub-block (Q4_K: at most
 //! 8·15·128 per i32 lane) or sixteen (Q6_K: 4·63·128), which therefore fit i16: two such
 //! sums are packed to i16 (`vpackssdw`, no saturation) and multiplied by their sub-blocks'
-//! scales into four i32 lanes per row and super-block (`vpdpwssd`; see `gemm_k_ref` for
+//! scales into four i32 lanes per row and super-block (`vpdpwssd`; see `gemm_ref` for
 //! which weights each lane holds), all exact integer arithmetic, two multiply uops per 64
 //! weights and token fewer than `vpmaddubsw` + `vpdpwssd`. The min (Q4_K) and offset (Q6_K)
 //! terms come from the activation sums, also in integers. Per super-block and lane, then
 //! acc += isum·(d·dy) (and acc −= imin·(dmin·dy) for Q4_K) in f32; each row's four lanes are
-//! summed at the end. `gemm_k_ref` does exactly this in scalar (bit-identical to the kernel);
+//! summed at the end. `gemm_ref` does exactly this in scalar (bit-identical to the kernel);
 //! both are also checked against the canonical `vec_dot` within rounding.
 //!
 //! Rows past the last multiple of four are padded with zero rows (scales 0).
@@ -36,27 +35,73 @@ use half::f16;
 
 use super::float::f16_to_f32;
 use super::kquant_util::get_scale_min_k4;
-use super::repack::{Line64, PackedKind, PackedMatrix};
+use super::line64::Line64;
 use super::{cast_blocks, BlockQ4K, BlockQ6K, BlockQ8K, QK_K};
 use crate::ggml_type::GgmlType;
 use crate::tensor::TensorView;
+
+/// Which weight type a four-row K matrix holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindK {
+    /// 592 bytes per 4×256 weights (4.625 bits per weight).
+    Q4_K,
+    /// 840 bytes per 4×256 weights (6.5625 bits per weight).
+    Q6_K,
+}
+
+impl KindK {
+    /// 64-byte lines per group and super-block.
+    pub const fn lines(self) -> usize {
+        match self {
+            KindK::Q4_K => 9,
+            KindK::Q6_K => 13,
+        }
+    }
+}
+
+/// A Q4_K or Q6_K weight matrix W (k, rows) in the four-row interleaved layout.
+pub struct PackedK {
+    pub kind: KindK,
+    /// Row length (weights per row), a multiple of 256.
+    pub k: usize,
+    /// Real rows (the last group may be padded).
+    pub rows: usize,
+    /// `[group·nsb + sb]`: the four rows' super-block scales d.
+    pub d: Vec<[f16; 4]>,
+    /// `[group·nsb + sb]`: the four rows' dmin (Q4_K only, else empty).
+    pub m: Vec<[f16; 4]>,
+    /// `[(group·nsb + sb)·lines + line]`.
+    pub qs: Vec<Line64>,
+}
+
+impl PackedK {
+    /// Groups of four rows (the last one possibly padded).
+    pub fn groups(&self) -> usize {
+        self.rows.div_ceil(4)
+    }
+
+    /// Bytes of the packed copy.
+    pub fn size_bytes(&self) -> usize {
+        (self.d.len() + self.m.len()) * 8 + self.qs.len() * 64
+    }
+}
 
 /// One Q8_K activation super-block for the packed K kernels: the int8 quants, the sums of each
 /// 16 (`bsums`, for Q6_K's offset) and of each 32 (`sums32`, for Q4_K's mins), the scale.
 #[repr(C, align(64))]
 #[derive(Clone, Copy, Pod, Zeroable)]
-pub struct ActQ8K4 {
+pub struct ActK {
     pub qs: [i8; QK_K],
     pub bsums: [i16; 16],
     pub sums32: [i16; 8],
     pub d: f32,
     pub _pad: [f32; 3],
 }
-const _: () = assert!(std::mem::size_of::<ActQ8K4>() == 320);
+const _: () = assert!(std::mem::size_of::<ActK>() == 320);
 
-impl ActQ8K4 {
-    pub fn from_q8_k(a: &BlockQ8K) -> ActQ8K4 {
-        ActQ8K4 {
+impl ActK {
+    pub fn from_q8_k(a: &BlockQ8K) -> ActK {
+        ActK {
             qs: a.qs,
             bsums: a.bsums,
             sums32: std::array::from_fn(|s| a.bsums[2 * s] + a.bsums[2 * s + 1]),
@@ -68,127 +113,119 @@ impl ActQ8K4 {
 
 /// The packed K kernel's signature: group `g` of `p` against `t` tokens' activations
 /// (`acts`: t·(k/256) super-blocks, token-major), writing `out[token][row in group]`.
-pub type PackedKGemmFn = fn(&PackedMatrix, usize, &[ActQ8K4], &mut [[f32; 4]]);
+pub type GemmKFn = fn(&PackedK, usize, &[ActK], &mut [[f32; 4]]);
 
-/// 64-byte lines per group and super-block.
-pub const fn lines(kind: PackedKind) -> usize {
-    match kind {
-        PackedKind::Q6_Kx4 => 13,
-        _ => 9,
-    }
-}
-
-/// Repacks a Q4_K or Q6_K tensor whose rows are whole super-blocks; `None` otherwise.
-#[allow(clippy::needless_range_loop)] // c, s, j index several arrays at once
-pub fn from_view(w: &TensorView) -> Option<PackedMatrix> {
-    let (k, rows) = (w.row_len(), w.n_rows());
-    if k % QK_K != 0 || w.shape.len() > 2 {
-        return None;
-    }
-    let nsb = k / QK_K;
-    let groups = rows.div_ceil(4);
-    match w.ty {
-        GgmlType::Q4_K => {
-            let owned;
-            let blocks: &[BlockQ4K] = match cast_blocks(&w.data) {
-                Ok(b) => b,
-                Err(_) => {
-                    owned = bytemuck::pod_collect_to_vec::<u8, BlockQ4K>(&w.data);
-                    &owned
-                }
-            };
-            let mut d = vec![[f16::ZERO; 4]; groups * nsb];
-            let mut m = vec![[f16::ZERO; 4]; groups * nsb];
-            let mut qs = vec![Line64([0; 64]); groups * nsb * 9];
-            for row in 0..rows {
-                let (g, r) = (row / 4, row % 4);
-                for sb in 0..nsb {
-                    let x = &blocks[row * nsb + sb];
-                    let i = g * nsb + sb;
-                    d[i][r] = x.d;
-                    m[i][r] = x.dmin;
-                    let lines = &mut qs[9 * i..9 * i + 9];
-                    for s in 0..8 {
-                        for j in 0..16 {
-                            let lo = super::q4k::nibble(&x.qs, 32 * s + j);
-                            let hi = super::q4k::nibble(&x.qs, 32 * s + 16 + j);
-                            lines[s].0[16 * r + j] = lo | hi << 4;
-                        }
-                        let (sc, mn) = get_scale_min_k4(s, &x.scales);
-                        lines[8].0[8 * r + s] = sc;
-                        lines[8].0[32 + 8 * r + s] = mn;
-                    }
-                }
-            }
-            Some(PackedMatrix {
-                kind: PackedKind::Q4_Kx4,
-                k,
-                rows,
-                d,
-                m,
-                qh: Vec::new(),
-                qs,
-            })
+impl PackedK {
+    /// Repacks a Q4_K or Q6_K tensor whose rows are whole super-blocks; `None` otherwise.
+    #[allow(clippy::needless_range_loop)] // c, s, j index several arrays at once
+    pub fn from_view(w: &TensorView) -> Option<PackedK> {
+        let (k, rows) = (w.row_len(), w.n_rows());
+        if k % QK_K != 0 || w.shape.len() > 2 {
+            return None;
         }
-        GgmlType::Q6_K => {
-            let owned;
-            let blocks: &[BlockQ6K] = match cast_blocks(&w.data) {
-                Ok(b) => b,
-                Err(_) => {
-                    owned = bytemuck::pod_collect_to_vec::<u8, BlockQ6K>(&w.data);
-                    &owned
-                }
-            };
-            let mut d = vec![[f16::ZERO; 4]; groups * nsb];
-            let mut qs = vec![Line64([0; 64]); groups * nsb * 13];
-            for row in 0..rows {
-                let (g, r) = (row / 4, row % 4);
-                for sb in 0..nsb {
-                    let x = &blocks[row * nsb + sb];
-                    let i = g * nsb + sb;
-                    d[i][r] = x.d;
-                    let lines = &mut qs[13 * i..13 * i + 13];
-                    // q + 32 in 0..=63: the unsigned stored value.
-                    let q = |e: usize| (super::q6k::q6(x, e) + 32) as u8;
-                    for c in 0..8 {
-                        for j in 0..16 {
-                            lines[c].0[16 * r + j] =
-                                (q(32 * c + j) & 0xF) | (q(32 * c + 16 + j) & 0xF) << 4;
+        let nsb = k / QK_K;
+        let groups = rows.div_ceil(4);
+        match w.ty {
+            GgmlType::Q4_K => {
+                let owned;
+                let blocks: &[BlockQ4K] = match cast_blocks(&w.data) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        owned = bytemuck::pod_collect_to_vec::<u8, BlockQ4K>(&w.data);
+                        &owned
+                    }
+                };
+                let mut d = vec![[f16::ZERO; 4]; groups * nsb];
+                let mut m = vec![[f16::ZERO; 4]; groups * nsb];
+                let mut qs = vec![Line64([0; 64]); groups * nsb * 9];
+                for row in 0..rows {
+                    let (g, r) = (row / 4, row % 4);
+                    for sb in 0..nsb {
+                        let x = &blocks[row * nsb + sb];
+                        let i = g * nsb + sb;
+                        d[i][r] = x.d;
+                        m[i][r] = x.dmin;
+                        let lines = &mut qs[9 * i..9 * i + 9];
+                        for s in 0..8 {
+                            for j in 0..16 {
+                                let lo = super::q4k::nibble(&x.qs, 32 * s + j);
+                                let hi = super::q4k::nibble(&x.qs, 32 * s + 16 + j);
+                                lines[s].0[16 * r + j] = lo | hi << 4;
+                            }
+                            let (sc, mn) = get_scale_min_k4(s, &x.scales);
+                            lines[8].0[8 * r + s] = sc;
+                            lines[8].0[32 + 8 * r + s] = mn;
                         }
                     }
-                    for p in 0..4 {
-                        for j in 0..16 {
-                            let h = |o: usize| q(64 * p + o + j) >> 4;
-                            lines[8 + p].0[16 * r + j] =
-                                h(0) | h(16) << 2 | h(32) << 4 | h(48) << 6;
-                        }
-                    }
-                    for j in 0..16 {
-                        let at = if j < 8 { 8 * r + j } else { 32 + 8 * r + j - 8 };
-                        lines[12].0[at] = x.scales[j] as u8;
-                    }
                 }
+                Some(PackedK {
+                    kind: KindK::Q4_K,
+                    k,
+                    rows,
+                    d,
+                    m,
+                    qs,
+                })
             }
-            Some(PackedMatrix {
-                kind: PackedKind::Q6_Kx4,
-                k,
-                rows,
-                d,
-                m: Vec::new(),
-                qh: Vec::new(),
-                qs,
-            })
+            GgmlType::Q6_K => {
+                let owned;
+                let blocks: &[BlockQ6K] = match cast_blocks(&w.data) {
+                    Ok(b) => b,
+                    Err(_) => {
+                        owned = bytemuck::pod_collect_to_vec::<u8, BlockQ6K>(&w.data);
+                        &owned
+                    }
+                };
+                let mut d = vec![[f16::ZERO; 4]; groups * nsb];
+                let mut qs = vec![Line64([0; 64]); groups * nsb * 13];
+                for row in 0..rows {
+                    let (g, r) = (row / 4, row % 4);
+                    for sb in 0..nsb {
+                        let x = &blocks[row * nsb + sb];
+                        let i = g * nsb + sb;
+                        d[i][r] = x.d;
+                        let lines = &mut qs[13 * i..13 * i + 13];
+                        // q + 32 in 0..=63: the unsigned stored value.
+                        let q = |e: usize| (super::q6k::q6(x, e) + 32) as u8;
+                        for c in 0..8 {
+                            for j in 0..16 {
+                                lines[c].0[16 * r + j] =
+                                    (q(32 * c + j) & 0xF) | (q(32 * c + 16 + j) & 0xF) << 4;
+                            }
+                        }
+                        for p in 0..4 {
+                            for j in 0..16 {
+                                let h = |o: usize| q(64 * p + o + j) >> 4;
+                                lines[8 + p].0[16 * r + j] =
+                                    h(0) | h(16) << 2 | h(32) << 4 | h(48) << 6;
+                            }
+                        }
+                        for j in 0..16 {
+                            let at = if j < 8 { 8 * r + j } else { 32 + 8 * r + j - 8 };
+                            lines[12].0[at] = x.scales[j] as u8;
+                        }
+                    }
+                }
+                Some(PackedK {
+                    kind: KindK::Q6_K,
+                    k,
+                    rows,
+                    d,
+                    m: Vec::new(),
+                    qs,
+                })
+            }
+            _ => None,
         }
-        _ => None,
     }
 }
 
 /// The unsigned stored value of weight `e` (0..256) of row `r` in super-block lines `l`.
-fn stored(kind: PackedKind, l: &[Line64], r: usize, e: usize) -> i32 {
+fn stored(kind: KindK, l: &[Line64], r: usize, e: usize) -> i32 {
     let (c, j) = (e / 32, e % 32);
     let byte = l[c].0[16 * r + j % 16];
     let nib = if j < 16 { byte & 0xF } else { byte >> 4 };
-    if kind == PackedKind::Q4_Kx4 {
+    if kind == KindK::Q4_K {
         return nib as i32;
     }
     let h = l[8 + e / 64].0[16 * r + j % 16];
@@ -197,9 +234,9 @@ fn stored(kind: PackedKind, l: &[Line64], r: usize, e: usize) -> i32 {
 }
 
 /// The scale of row `r`'s sub-block `s` (Q4_K: of 32 weights; Q6_K: of 16).
-fn sub_scale(kind: PackedKind, l: &[Line64], r: usize, s: usize) -> i32 {
+fn sub_scale(kind: KindK, l: &[Line64], r: usize, s: usize) -> i32 {
     match kind {
-        PackedKind::Q6_Kx4 => {
+        KindK::Q6_K => {
             let at = if s < 8 { 8 * r + s } else { 32 + 8 * r + s - 8 };
             l[12].0[at] as i8 as i32
         }
@@ -209,9 +246,9 @@ fn sub_scale(kind: PackedKind, l: &[Line64], r: usize, s: usize) -> i32 {
 
 /// The scalar reference of the packed K kernels: the same integer lanes and the same f32
 /// operations in the same order as `simd::avx512_repack_k`, so the results are bit-identical.
-pub fn gemm_k_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32; 4]]) {
+pub fn gemm_ref(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     let nsb = p.k / QK_K;
-    let nl = lines(p.kind);
+    let nl = p.kind.lines();
     assert_eq!(
         acts.len(),
         out.len() * nsb,
@@ -233,12 +270,12 @@ pub fn gemm_k_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32;
                 let mut isum = 0i32;
                 for c in 0..8 {
                     let (s, es) = match p.kind {
-                        PackedKind::Q6_Kx4 => (2 * c + q / 2, [32 * c + 8 * q, 32 * c + 8 * q + 4]),
+                        KindK::Q6_K => (2 * c + q / 2, [32 * c + 8 * q, 32 * c + 8 * q + 4]),
                         _ if c % 2 != q / 2 => continue,
                         _ => (c, [32 * c + 8 * (q % 2), 32 * c + 16 + 8 * (q % 2)]),
                     };
                     let n = match p.kind {
-                        PackedKind::Q6_Kx4 => 4,
+                        KindK::Q6_K => 4,
                         _ => 8,
                     };
                     let mut dot = 0i32;
@@ -250,7 +287,7 @@ pub fn gemm_k_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32;
                     isum += sub_scale(p.kind, l, r, s) * dot;
                 }
                 let dd = f16_to_f32(p.d[i][r]) * a.d;
-                if p.kind == PackedKind::Q6_Kx4 {
+                if p.kind == KindK::Q6_K {
                     let mut ioff = 0i32;
                     for h in 0..2 {
                         for jj in [2 * q, 2 * q + 1] {
@@ -272,9 +309,4 @@ pub fn gemm_k_ref(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32;
             *v = ((acc[4 * r] + acc[4 * r + 1]) + acc[4 * r + 2]) + acc[4 * r + 3];
         }
     }
-}
-
-/// The packed K kernel of this kernel set, if it has one (AVX-512 VNNI only, today).
-pub fn kernel() -> Option<PackedKGemmFn> {
-    super::simd::kernels().gemm_k
 }

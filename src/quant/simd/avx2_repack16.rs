@@ -13,7 +13,7 @@
 
 use core::arch::x86_64::*;
 
-use crate::quant::repack::Line64;
+use crate::quant::line64::Line64;
 use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
 
 /// Tokens per tile: one accumulator each beside eight decoded weight registers.

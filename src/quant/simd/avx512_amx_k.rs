@@ -1,4 +1,4 @@
-//! AMX kernel for the packed K-quant layouts of `quant::repack_k` (Q4_Kx4, Q6_Kx4): sixteen
+//! AMX kernel for the packed K-quant layouts of `quant::repack_k` (Q4_K, Q6_K): sixteen
 //! rows (four four-row groups, a "supergroup") × sixteen tokens per tile, for prompts.
 //!
 //! Why a different arithmetic from the VNNI kernel: a K-quant weight is d·sc·q (− dmin·m for
@@ -27,8 +27,8 @@ use bytemuck::{Pod, Zeroable};
 
 use super::avx512_repack16::{amx_usable, TileCfg};
 use crate::quant::float::f16_to_f32;
-use crate::quant::repack::{Line64, PackedKind, PackedMatrix};
-use crate::quant::repack_k::{lines, ActQ8K4};
+use crate::quant::line64::Line64;
+use crate::quant::repack_k::{ActK, KindK, PackedK};
 
 /// Tokens per tile (the second operand's columns).
 pub const TOKENS: usize = 16;
@@ -67,7 +67,7 @@ pub fn usable() -> bool {
 
 /// The activations of the whole tiles among `n` tokens (`acts`: token-major, nsb
 /// super-blocks each) as `ActSb`s, `[tile·nsb + sb]`.
-pub fn pack_acts(acts: &[ActQ8K4], n: usize, nsb: usize) -> Vec<ActSb> {
+pub fn pack_acts(acts: &[ActK], n: usize, nsb: usize) -> Vec<ActSb> {
     assert_eq!(acts.len(), n * nsb, "amx K: activations are not n×k/256");
     let tiles = n / TOKENS;
     let mut out = vec![ActSb::zeroed(); tiles * nsb];
@@ -95,16 +95,11 @@ pub fn pack_acts(acts: &[ActQ8K4], n: usize, nsb: usize) -> Vec<ActSb> {
 ///
 /// # Panics
 /// If AMX is not `usable()`, or the sizes disagree.
-pub fn supergroup(p: &PackedMatrix, sg: usize, acts: &[ActSb], out: &mut [[f32; ROWS]]) {
+pub fn supergroup(p: &PackedK, sg: usize, acts: &[ActSb], out: &mut [[f32; ROWS]]) {
     thread_local! {
         static DECODED: RefCell<Vec<WeightSb>> = const { RefCell::new(Vec::new()) };
     }
     assert!(usable(), "amx K kernel without AMX");
-    assert!(
-        matches!(p.kind, PackedKind::Q4_Kx4 | PackedKind::Q6_Kx4),
-        "amx K kernel on {:?}",
-        p.kind
-    );
     let nsb = p.k / 256;
     assert!(sg * 4 < p.groups(), "amx K: supergroup {sg} out of range");
     assert!(
@@ -131,10 +126,10 @@ pub fn supergroup(p: &PackedMatrix, sg: usize, acts: &[ActSb], out: &mut [[f32; 
 /// # Safety
 /// AVX-512 F/BW/VL and VBMI must be available; `dst` holds k/256 entries.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vbmi")]
-unsafe fn decode(p: &PackedMatrix, sg: usize, dst: &mut [WeightSb]) {
+unsafe fn decode(p: &PackedK, sg: usize, dst: &mut [WeightSb]) {
     let nsb = p.k / 256;
-    let nl = lines(p.kind);
-    let q6 = p.kind == PackedKind::Q6_Kx4;
+    let nl = p.kind.lines();
+    let q6 = p.kind == KindK::Q6_K;
     let m4 = _mm512_set1_epi8(0x0F);
     let m3 = _mm512_set1_epi8(0x03);
     let low7 = _mm512_set1_epi16(0x7F);
@@ -288,9 +283,9 @@ struct Sums([[[i32; TOKENS]; ROWS]; 2]);
 /// AMX-TILE/INT8 with the tile state permitted, and the AVX-512 VNNI set; `w` holds nsb
 /// super-blocks, `acts` out.len()/16·nsb, out.len() a multiple of 16.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tiles(kind: PackedKind, w: &[WeightSb], acts: &[ActSb], out: &mut [[f32; ROWS]]) {
+unsafe fn tiles(kind: KindK, w: &[WeightSb], acts: &[ActSb], out: &mut [[f32; ROWS]]) {
     let nsb = w.len();
-    let q4 = kind == PackedKind::Q4_Kx4;
+    let q4 = kind == KindK::Q4_K;
     let cfg = TileCfg::uniform(&[0, 1, 2, 3, 4], 16, 64);
     // SAFETY: cfg is a valid palette-1 configuration (AMX checked by the caller).
     unsafe { asm!("ldtilecfg [{}]", in(reg) &cfg, options(nostack, readonly)) };

@@ -3,7 +3,7 @@
 //! kept in zmm registers for the whole pass instead of loaded and stored once per position.
 //! Same numerics as `ops::attention::attend_head`'s portable path (q and the probabilities
 //! rounded to f16, f64 softmax sum) except the summation order of the dots and of the
-//! output, so it equals that path within rounding (tests/simd_repack.rs).
+//! output, so it equals that path within rounding (tests/simd_avx512.rs).
 
 use core::arch::x86_64::*;
 

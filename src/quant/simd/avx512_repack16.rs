@@ -20,7 +20,7 @@ use core::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use crate::quant::repack::Line64;
+use crate::quant::line64::Line64;
 use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
 
 /// Tokens per tile: eight accumulators beside up to eight decoded weight registers.
@@ -151,7 +151,7 @@ unsafe fn tile<const T: usize>(
     m: &[[half::f16; ROWS]],
     qh: &[[u64; 8]],
     i0: usize,
-    qs: &[crate::quant::repack::Line64],
+    qs: &[Line64],
     acts: &[Act16],
     out: &mut [[f32; ROWS]],
 ) {

@@ -6,20 +6,20 @@
 //! sub-block's (Q4_K) or sixteen's (Q6_K) 4-byte dots, which fit i16; `vpackssdw` pairs two
 //! of them and `vpdpwssd` with the rows' sub-block scales accumulates sixteen exact i32 lanes
 //! per token; the min / offset terms and the f32 scaling happen once per super-block. The weights are decoded
-//! once per tile of tokens. `repack_k::gemm_k_ref` does the same arithmetic in scalar and
+//! once per tile of tokens. `repack_k::gemm_ref` does the same arithmetic in scalar and
 //! equals this bit for bit.
 
 use core::arch::x86_64::*;
 
 use super::{prefetch, PREFETCH_LINES_K};
-use crate::quant::repack::{Line64, PackedKind, PackedMatrix};
-use crate::quant::repack_k::{lines, ActQ8K4, PackedKGemmFn};
+use crate::quant::line64::Line64;
+use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
 
 /// Tokens per tile: eight f32 accumulators and eight i32 super-block sums in zmm registers.
 pub const TILE: usize = 8;
 
 /// The packed K kernel, if this CPU has AVX-512 F/BW/VL/VNNI.
-pub fn kernel() -> Option<PackedKGemmFn> {
+pub fn kernel() -> Option<GemmKFn> {
     if is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
@@ -33,7 +33,7 @@ pub fn kernel() -> Option<PackedKGemmFn> {
 }
 
 /// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
-fn gemm(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32; 4]]) {
+fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),
@@ -41,23 +41,23 @@ fn gemm(p: &PackedMatrix, g: usize, acts: &[ActQ8K4], out: &mut [[f32; 4]]) {
         "packed K gemm: activations for the wrong k"
     );
     assert!(g < p.groups(), "packed K gemm: group {g} out of range");
-    let nl = lines(p.kind);
+    let nl = p.kind.lines();
     let d = &p.d[g * nsb..(g + 1) * nsb];
     let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
     for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
         macro_rules! tile {
             ($($t:literal)*) => {
                 match (p.kind, o.len()) {
-                    $((PackedKind::Q4_Kx4, $t) => {
+                    $((KindK::Q4_K, $t) => {
                         // SAFETY: `kernel()` checked the features; d, m: nsb entries of this
                         // group, qs: 9·nsb lines, chunk: t·nsb (checked above).
                         unsafe { tile_q4_k::<$t>(d, &p.m[g * nsb..(g + 1) * nsb], qs, chunk, o) }
                     })*
-                    $((PackedKind::Q6_Kx4, $t) => {
+                    $((KindK::Q6_K, $t) => {
                         // SAFETY: as above, with 13·nsb lines.
                         unsafe { tile_q6_k::<$t>(d, qs, chunk, o) }
                     })*
-                    _ => unreachable!("K tiles hold 1..=8 tokens of Q4_Kx4 or Q6_Kx4"),
+                    _ => unreachable!("K tiles hold 1..=8 tokens"),
                 }
             };
         }
@@ -75,7 +75,7 @@ fn rows_f32(d: &[half::f16; 4]) -> __m512 {
     _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(d4))
 }
 
-/// Sums each row's four lanes, in the order `gemm_k_ref` uses.
+/// Sums each row's four lanes, in the order `gemm_ref` uses.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn finish(acc: __m512) -> [f32; 4] {
@@ -88,12 +88,12 @@ fn finish(acc: __m512) -> [f32; 4] {
 /// Sixteen activation quants at byte `at` of `a`, broadcast to the four 128-bit lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn bcast16(a: &ActQ8K4, at: usize) -> __m512i {
+fn bcast16(a: &ActK, at: usize) -> __m512i {
     debug_assert!(at + 16 <= 256 + 48);
-    // SAFETY: an ActQ8K4 is 320 bytes; callers read at most byte 304 + 16.
+    // SAFETY: an ActK is 320 bytes; callers read at most byte 304 + 16.
     unsafe {
         _mm512_broadcast_i32x4(_mm_loadu_si128(
-            (a as *const ActQ8K4 as *const u8).add(at) as *const __m128i
+            (a as *const ActK as *const u8).add(at) as *const __m128i
         ))
     }
 }
@@ -155,7 +155,7 @@ fn pair_idx(s: i16) -> __m512i {
 /// `isum`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn pair_dot(isum: __m512i, w: [__m512i; 4], a: &ActQ8K4, at: usize, sc: __m512i) -> __m512i {
+fn pair_dot(isum: __m512i, w: [__m512i; 4], a: &ActK, at: usize, sc: __m512i) -> __m512i {
     let z = _mm512_setzero_si512();
     let s0 = dpbusd(dpbusd(z, w[0], bcast16(a, at)), w[1], bcast16(a, at + 16));
     let s1 = dpbusd(
@@ -166,7 +166,7 @@ fn pair_dot(isum: __m512i, w: [__m512i; 4], a: &ActQ8K4, at: usize, sc: __m512i)
     dpwssd(isum, _mm512_packs_epi32(s0, s1), sc)
 }
 
-/// T tokens of one Q4_Kx4 group.
+/// T tokens of one Q4_K group.
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `d`, `m` hold nsb entries,
@@ -176,7 +176,7 @@ unsafe fn tile_q4_k<const T: usize>(
     d: &[[half::f16; 4]],
     m: &[[half::f16; 4]],
     qs: &[Line64],
-    acts: &[ActQ8K4],
+    acts: &[ActK],
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
@@ -231,7 +231,7 @@ unsafe fn tile_q4_k<const T: usize>(
     }
 }
 
-/// T tokens of one Q6_Kx4 group.
+/// T tokens of one Q6_K group.
 ///
 /// # Safety
 /// As `tile_q4_k`, with 13·nsb lines in `qs` and no `m`.
@@ -239,7 +239,7 @@ unsafe fn tile_q4_k<const T: usize>(
 unsafe fn tile_q6_k<const T: usize>(
     d: &[[half::f16; 4]],
     qs: &[Line64],
-    acts: &[ActQ8K4],
+    acts: &[ActK],
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
@@ -316,7 +316,7 @@ unsafe fn tile_q6_k<const T: usize>(
 /// activation quants at `at` onwards, packed to i16, times the scales `sc`, added to `isum`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-fn six_dot(isum: __m512i, w: [__m512i; 2], a: &ActQ8K4, at: usize, sc: __m512i) -> __m512i {
+fn six_dot(isum: __m512i, w: [__m512i; 2], a: &ActK, at: usize, sc: __m512i) -> __m512i {
     let z = _mm512_setzero_si512();
     let s0 = dpbusd(z, w[0], bcast16(a, at));
     let s1 = dpbusd(z, w[1], bcast16(a, at + 16));

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use super::repack16::Gemm16Fn;
-use super::repack_k::PackedKGemmFn;
+use super::repack_k::GemmKFn;
 use super::*;
 
 #[cfg(target_arch = "x86_64")]
@@ -28,13 +28,13 @@ pub mod avx512_attn;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_math;
 #[cfg(target_arch = "x86_64")]
-pub mod avx512_repack;
-#[cfg(target_arch = "x86_64")]
 pub mod avx512_repack16;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_repack_k;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+#[cfg(target_arch = "aarch64")]
+mod neon_f16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_repack16;
 
@@ -53,7 +53,7 @@ pub(crate) const PREFETCH_LINES_K: usize = 128;
 /// callers form `at` with `wrapping_add`, so running past the matrix is harmless.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-pub(crate) fn prefetch(at: *const repack::Line64, n: usize) {
+pub(crate) fn prefetch(at: *const super::line64::Line64, n: usize) {
     for j in 0..n {
         // SAFETY: a prefetch is only a hint; it reads nothing the program sees.
         unsafe {
@@ -114,7 +114,7 @@ pub struct KernelSet {
     pub gemm16: Option<Gemm16Fn>,
     /// The four-row K GEMM (`quant::repack_k`): where `Some`, Q4_K and Q6_K weights are
     /// repacked at load time.
-    pub gemm_k: Option<PackedKGemmFn>,
+    pub gemm_k: Option<GemmKFn>,
     /// Whether prompts over the K layouts use AMX (`simd::avx512_amx_k`).
     pub amx_k: bool,
     /// Whether `gemm16` is an AMX kernel (for `describe`).
@@ -279,8 +279,9 @@ pub fn select(forced: Option<&str>) -> Result<KernelSet, SimdError> {
 static KERNELS: OnceLock<KernelSet> = OnceLock::new();
 
 /// Chooses the kernel set once: `forced` (the `--simd` flag) or else `LEDGE_SIMD`, else the
-/// best available. The start-up configuration, the only place that reads the environment;
-/// once chosen the set stays (a later call returns it).
+/// best available. The start-up configuration, the only place that reads the environment
+/// (`kernels()` comes here too when nothing configured it); once chosen the set stays (a
+/// later call returns it).
 pub fn configure(forced: Option<&str>) -> Result<&'static KernelSet, SimdError> {
     if let Some(k) = KERNELS.get() {
         return Ok(k);
@@ -352,14 +353,14 @@ impl KernelSet {
     }
 }
 
-/// The kernel set in use: `LEDGE_SIMD`'s if valid (`init` reports it when it is not), else
-/// the best available.
+/// The kernel set in use: the one `configure` chose, configuring it now if no start-up code
+/// did (a library user, a test: `LEDGE_SIMD` still applies); the best available where
+/// `LEDGE_SIMD` is invalid (`init` reports that, where the binary calls it).
 pub fn kernels() -> &'static KernelSet {
-    KERNELS.get_or_init(|| {
-        select(std::env::var("LEDGE_SIMD").ok().as_deref())
-            .or_else(|_| select(None))
-            .unwrap_or(SCALAR)
-    })
+    match configure(None) {
+        Ok(k) => k,
+        Err(_) => KERNELS.get_or_init(|| select(None).unwrap_or(SCALAR)),
+    }
 }
 
 /// Links a weight type to its entries in a kernel set.

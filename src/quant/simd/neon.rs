@@ -33,6 +33,7 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
+use super::neon_f16::{h2f, h2f_x4};
 use super::*;
 use crate::quant::float::f32_to_f16;
 use crate::quant::iq4::KVALUES_IQ4NL;
@@ -176,40 +177,6 @@ fn u8_at(s: &[u8], at: usize) -> uint8x16_t {
 #[target_feature(enable = "neon")]
 fn i8_at(s: &[i8], at: usize) -> int8x16_t {
     load_i8(s[at..at + 16].try_into().unwrap())
-}
-
-/// f16 → f32, exact. `fcvt` between half and single precision is base ARMv8 floating point
-/// (FEAT_FP16, which the `half` crate checks for at every call, is only needed for half
-/// precision arithmetic).
-#[inline(always)]
-fn h2f(h: f16) -> f32 {
-    let r: f32;
-    // SAFETY: a base-ISA instruction on registers only.
-    unsafe {
-        asm!(
-            "fcvt {r:s}, {h:h}",
-            h = in(vreg) h.to_bits(),
-            r = lateout(vreg) r,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    r
-}
-
-/// Four f16 → four f32 (`fcvtl`, base Advanced SIMD), exact.
-#[inline(always)]
-pub(crate) fn h2f_x4(h: uint16x4_t) -> float32x4_t {
-    let r: float32x4_t;
-    // SAFETY: a base-ISA instruction on registers only.
-    unsafe {
-        asm!(
-            "fcvtl {r:v}.4s, {h:v}.4h",
-            h = in(vreg) h,
-            r = lateout(vreg) r,
-            options(pure, nomem, nostack, preserves_flags)
-        );
-    }
-    r
 }
 
 #[inline]

@@ -14,8 +14,8 @@
 use core::arch::aarch64::*;
 use core::arch::asm;
 
-use super::neon::h2f_x4;
-use crate::quant::repack::Line64;
+use super::neon_f16::h2f_x4;
+use crate::quant::line64::Line64;
 use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
 
 /// Tokens per tile.

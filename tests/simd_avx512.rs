@@ -1,20 +1,12 @@
-//! The load-time repacked layouts (quant::repack) and their AVX-512 kernel: the kernel equals
-//! the scalar reference bit for bit, the reference equals the canonical vec_dot within
-//! rounding, on random data (never zeros), row counts that are not multiples of four, and
-//! token counts that are not multiples of the tile; the packed matmul equals the blocked
-//! matmul within rounding and gives each token the bits it gets alone. Also the AVX-512
-//! attention kernel against a scalar reference.
+//! The AVX-512 attention kernels (one query, and tiles of queries) and SiLU·up against
+//! scalar references.
 
+#![cfg(target_arch = "x86_64")]
 #![allow(clippy::needless_range_loop)] // index loops read clearer over (token, row) grids
 
 mod common;
 
-use bytemuck::Zeroable;
 use common::Rng;
-use ledge::gguf::GgmlType;
-use ledge::quant::repack::{gemm_ref, ActQ8x4, PackedKind, PackedMatrix};
-use ledge::quant::*;
-use ledge::tensor::TensorView;
 
 /// Uniform in (-1, 1), never zero; one value in 40 an outlier up to ±60.
 fn data(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -33,189 +25,8 @@ fn data(rng: &mut Rng, n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The packed kernels' activation blocks: from Q8_1 for Q4_1, else from Q8_0.
-fn acts(x: &[f32], kind: PackedKind) -> Vec<ActQ8x4> {
-    if kind == PackedKind::Q4_1x4 {
-        let mut q = vec![BlockQ8_1::zeroed(); x.len() / 32];
-        <BlockQ8_1 as QuantBlock>::quantize(x, &mut q);
-        return q.iter().map(ActQ8x4::from_q8_1).collect();
-    }
-    let mut q = vec![BlockQ8_0::zeroed(); x.len() / 32];
-    <BlockQ8_0 as QuantBlock>::quantize(x, &mut q);
-    q.iter().map(|b| ActQ8x4::from_q8_0(b, kind)).collect()
-}
-
-/// The size of the terms a dot of row `r` with `x` sums (2·max|w|·Σ|x|, which bounds
-/// Q4_1's d·q and m terms separately): the tolerances scale with it, not with the result,
-/// which cancellation can make arbitrarily small.
-fn magnitude(wf: &[f32], k: usize, r: usize, x: &[f32]) -> f32 {
-    let row = &wf[r * k..(r + 1) * k];
-    let wmax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
-    2.0 * wmax * x.iter().map(|v| v.abs()).sum::<f32>()
-}
-
-/// Canonical dot of row `r` with one token's activations `x` (k values).
-fn canonical(ty: GgmlType, w: &[u8], k: usize, r: usize, x: &[f32]) -> f32 {
-    let nb = k / 32;
-    if ty == GgmlType::Q4_1 {
-        let mut xq = vec![BlockQ8_1::zeroed(); nb];
-        <BlockQ8_1 as QuantBlock>::quantize(x, &mut xq);
-        let b: Vec<BlockQ4_1> = bytemuck::pod_collect_to_vec(w);
-        return <BlockQ4_1 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], &xq);
-    }
-    let mut xq = vec![BlockQ8_0::zeroed(); nb];
-    <BlockQ8_0 as QuantBlock>::quantize(x, &mut xq);
-    let xq = &xq[..];
-    match ty {
-        GgmlType::Q4_0 => {
-            let b: &[BlockQ4_0] = bytemuck::cast_slice(w);
-            <BlockQ4_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
-        }
-        GgmlType::Q5_0 => {
-            let b: Vec<BlockQ5_0> = bytemuck::pod_collect_to_vec(w);
-            <BlockQ5_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
-        }
-        GgmlType::Q8_0 => {
-            let b: Vec<BlockQ8_0> = bytemuck::pod_collect_to_vec(w);
-            <BlockQ8_0 as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], xq)
-        }
-        _ => unreachable!(),
-    }
-}
-
-#[test]
-fn reference_equals_canonical_dot() {
-    let mut rng = Rng(0x5eed_4a11);
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-    ] {
-        for &(k, m, n) in &[(32, 1, 1), (64, 5, 3), (256, 7, 9), (576, 13, 17)] {
-            let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
-            let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = PackedMatrix::from_view(&view).unwrap();
-            assert_eq!(p.groups(), m.div_ceil(4));
-            let x = data(&mut rng, n * k);
-            let a = acts(&x, p.kind);
-            let wf = view.to_f32().unwrap();
-            for g in 0..p.groups() {
-                let mut out = vec![[0f32; 4]; n];
-                gemm_ref(&p, g, &a, &mut out);
-                for t in 0..n {
-                    for r in 0..4.min(m - 4 * g) {
-                        let want = canonical(ty, &w, k, 4 * g + r, &x[t * k..(t + 1) * k]);
-                        let got = out[t][r];
-                        let tol = 1e-6 * magnitude(&wf, k, 4 * g + r, &x[t * k..(t + 1) * k]);
-                        assert!(
-                            (got - want).abs() <= tol,
-                            "{ty} k={k} row {} token {t}: {got} vs {want}",
-                            4 * g + r
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn avx512_kernel_equals_reference_bits() {
-    let Some(kernel) = ledge::quant::simd::avx512_repack::kernel() else {
-        eprintln!("no AVX-512 VNNI here: skipped");
-        return;
-    };
-    let mut rng = Rng(0xa5a5_0001);
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-    ] {
-        for &(k, m, n) in &[
-            (32, 3, 1),
-            (96, 9, 7),
-            (256, 6, 8),
-            (576, 11, 19),
-            (1536, 4, 2),
-        ] {
-            let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
-            let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-            let p = PackedMatrix::from_view(&view).unwrap();
-            let a = acts(&data(&mut rng, n * k), p.kind);
-            for g in 0..p.groups() {
-                let (mut want, mut got) = (vec![[0f32; 4]; n], vec![[0f32; 4]; n]);
-                gemm_ref(&p, g, &a, &mut want);
-                kernel(&p, g, &a, &mut got);
-                for t in 0..n {
-                    for r in 0..4 {
-                        assert_eq!(
-                            got[t][r].to_bits(),
-                            want[t][r].to_bits(),
-                            "{ty} k={k} group {g} token {t} row {r}: {} vs {}",
-                            got[t][r],
-                            want[t][r]
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The packed matmul against the blocked one, and n tokens against each token alone.
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn packed_matmul_equals_blocked_and_single_tokens() {
-    let Some(kernel) = ledge::quant::simd::avx512_repack::kernel() else {
-        eprintln!("no AVX-512 VNNI here: skipped");
-        return;
-    };
-    let mut rng = Rng(0x7117_0002);
-    let (k, m, n) = (512, 37, 19);
-    for ty in [
-        GgmlType::Q4_0,
-        GgmlType::Q4_1,
-        GgmlType::Q5_0,
-        GgmlType::Q8_0,
-    ] {
-        let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
-        let view = TensorView::borrowed("w", ty, vec![k, m], &w);
-        let p = PackedMatrix::from_view(&view).unwrap();
-        let x = data(&mut rng, n * k);
-        let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
-        ledge::ops::matmul::matmul_packed(&p, kernel, &x, n, &mut packed);
-        ledge::ops::matmul_view(&view, &x, n, &mut blocked).unwrap();
-        let wf = view.to_f32().unwrap();
-        for i in 0..n * m {
-            let (t, r) = (i / m, i % m);
-            let tol = 1e-6 * magnitude(&wf, k, r, &x[t * k..(t + 1) * k]);
-            assert!(
-                (packed[i] - blocked[i]).abs() <= tol,
-                "{ty} element {i}: {} vs {}",
-                packed[i],
-                blocked[i]
-            );
-        }
-        for t in 0..n {
-            let mut one = vec![0f32; m];
-            ledge::ops::matmul::matmul_packed(&p, kernel, &x[t * k..(t + 1) * k], 1, &mut one);
-            for r in 0..m {
-                assert_eq!(
-                    one[r].to_bits(),
-                    packed[t * m + r].to_bits(),
-                    "{ty} {t} {r}"
-                );
-            }
-        }
-    }
-}
-
 /// The AVX-512 attention kernel against a scalar reference (q and probabilities rounded
 /// through f16 as in ggml), for GQA layouts, windows and the head sizes it supports.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_attention_equals_reference() {
     use half::f16;
@@ -281,7 +92,6 @@ fn avx512_attention_equals_reference() {
 /// different causal ranges and sliding windows, query counts that are not multiples of the
 /// kernel's 4, key ranges that are not multiples of its 32-key blocks, every head size it
 /// supports, and several KV groups.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_tiled_attention_equals_reference() {
     use half::f16;
@@ -383,7 +193,6 @@ fn avx512_tiled_attention_equals_reference() {
 
 /// Vectorized SiLU·up against the scalar `silu` (libm's exp) on random data from −100 to
 /// 100 (both clamps of the vector exp) and a tail shorter than a vector.
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_silu_mul_equals_reference() {
     use ledge::quant::simd::avx512_math::{silu_mul, supported};
