@@ -47,11 +47,7 @@ fn print<E: Into<Box<dyn Error>>>(out: Result<String, E>) -> Result<(), Box<dyn 
 
 fn execute(cli: Cli) -> Result<(), Box<dyn Error>> {
     // Before any command runs, so every kernel call sees the one choice.
-    ledge::quant::simd::configure(cli.simd.as_deref()).map_err(|e| match &cli.simd {
-        // SimdError names LEDGE_SIMD; here the flag chose.
-        Some(_) => e.to_string().replacen("LEDGE_SIMD=", "--simd ", 1),
-        None => e.to_string(),
-    })?;
+    ledge::quant::simd::configure(cli.simd.as_deref())?;
     match cli.command {
         Command::Run(a) => run::run(a, &mut std::io::stdout().lock()),
         Command::Chat(a) => chat::chat(

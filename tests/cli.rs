@@ -278,7 +278,7 @@ fn simd_flag_chooses_the_kernel_set_before_or_after_the_command() {
     let (ok, err) = stderr_of(&["--simd", "bogus", "run", "-m", m, "-p", "Hi"]);
     assert!(!ok);
     assert!(
-        err.contains("--simd bogus") && err.contains("scalar, avx2"),
+        err.contains("--simd: unknown kernel set \"bogus\"") && err.contains("scalar, avx2"),
         "{err}"
     );
 }

@@ -110,6 +110,20 @@ impl Packed16 {
         self.rows.div_ceil(ROWS)
     }
 
+    /// Group `g`'s blocks as the kernels read them (checked against the matrix's groups).
+    pub fn group(&self, g: usize) -> Group<'_> {
+        assert!(g < self.groups(), "gemm16: group {g} out of range");
+        let (nb, lines) = (self.nb(), self.kind.lines());
+        Group {
+            kind: self.kind,
+            d: &self.d[g * nb..(g + 1) * nb],
+            m: &self.m,
+            qh: &self.qh,
+            i0: g * nb,
+            qs: &self.qs[g * nb * lines..(g + 1) * nb * lines],
+        }
+    }
+
     /// Bytes of the packed copy.
     pub fn size_bytes(&self) -> usize {
         (self.d.len() + self.m.len()) * 32 + self.qh.len() * 64 + self.qs.len() * 64
@@ -295,6 +309,43 @@ impl Act16 {
 /// The kernel's signature: group `g` of `p` against `out.len()` tokens' activations
 /// (`acts`: token-major, nb blocks each), writing `out[token][row in group]`.
 pub type Gemm16Fn = fn(&Packed16, usize, &[Act16], &mut [[f32; ROWS]]);
+
+/// One group of sixteen rows: `d` and `qs` hold its nb blocks; `m` and `qh` are the whole
+/// matrix's (empty for kinds without them), the group's blocks from index `i0`.
+#[derive(Clone, Copy)]
+pub struct Group<'a> {
+    pub kind: Kind16,
+    pub d: &'a [[f16; ROWS]],
+    pub m: &'a [[f16; ROWS]],
+    pub qh: &'a [[u64; 8]],
+    pub i0: usize,
+    pub qs: &'a [Line64],
+}
+
+/// The frame every ISA's sixteen-row GEMM shares, so that an ISA file holds only its tile
+/// kernel: checks the arguments, takes group `g`, and calls `tile` on consecutive tiles of
+/// at most `t` tokens (their activation blocks and output rows), in order. Inlined into each
+/// kernel so the tile call stays a direct one.
+#[inline(always)]
+pub fn for_each_tile(
+    p: &Packed16,
+    g: usize,
+    acts: &[Act16],
+    out: &mut [[f32; ROWS]],
+    t: usize,
+    mut tile: impl FnMut(Group, &[Act16], &mut [[f32; ROWS]]),
+) {
+    let nb = p.nb();
+    assert_eq!(
+        acts.len(),
+        out.len() * nb,
+        "gemm16: activations for the wrong k"
+    );
+    let group = p.group(g);
+    for (chunk, o) in acts.chunks(t * nb).zip(out.chunks_mut(t)) {
+        tile(group, chunk, o);
+    }
+}
 
 /// The scalar reference: the kernel's arithmetic in the kernel's order, bit for bit.
 pub fn gemm_ref(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {

@@ -14,7 +14,7 @@
 use core::arch::x86_64::*;
 
 use crate::quant::line64::Line64;
-use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
+use crate::quant::repack16::{self, Act16, Gemm16Fn, Group, Kind16, Packed16, ROWS};
 
 /// Tokens per tile: one accumulator each beside eight decoded weight registers.
 pub const TILE: usize = 4;
@@ -32,28 +32,15 @@ pub fn kernel() -> Option<Gemm16Fn> {
 }
 
 fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
-    let nb = p.nb();
-    assert_eq!(
-        acts.len(),
-        out.len() * nb,
-        "gemm16: activations for the wrong k"
-    );
-    assert!(g < p.groups(), "gemm16: group {g} out of range");
-    let lines = p.kind.lines();
-    let d = &p.d[g * nb..(g + 1) * nb];
-    let qs = &p.qs[g * nb * lines..(g + 1) * nb * lines];
-    for (chunk, o) in acts.chunks(TILE * nb).zip(out.chunks_mut(TILE)) {
+    repack16::for_each_tile(p, g, acts, out, TILE, |group, chunk, o| {
         for half in 0..2 {
             macro_rules! tile {
                 ($($t:literal)*) => {
                     match o.len() {
                         $($t => {
-                            // SAFETY: `kernel()` checked the CPU features; d and qs hold nb
-                            // blocks of this group (m and qh too where the kind has them),
-                            // chunk holds t·nb activation blocks, o t rows (checked above).
-                            unsafe {
-                                tile::<$t>(p.kind, half, d, &p.m, &p.qh, g * nb, qs, chunk, o)
-                            }
+                            // SAFETY: `kernel()` checked the CPU features; the group holds nb
+                            // blocks, chunk t·nb activation blocks, o t rows (for_each_tile).
+                            unsafe { tile::<$t>(group, half, chunk, o) }
                         })*
                         _ => unreachable!("tiles hold 1..=4 tokens"),
                     }
@@ -61,7 +48,7 @@ fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
             }
             tile!(1 2 3 4);
         }
-    }
+    });
 }
 
 /// The eight weight registers of one block's half (rows 8·half .. 8·half + 8), in the
@@ -166,22 +153,18 @@ unsafe fn block_sum(kind: Kind16, w: &[__m256i; 8], a: &Act16) -> __m256i {
 /// T tokens of one group's half (eight rows), any kind.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `d` holds nb blocks, `qs` nb·lines lines, `m` /
-/// `qh` (where the kind has them) at least i0 + nb entries, `acts` T·nb blocks and `out` T
-/// rows.
-#[allow(clippy::too_many_arguments)]
+/// AVX2, FMA and F16C must be available; `group` comes from `Packed16::group` (its nb
+/// blocks are in bounds), `acts` holds T·nb blocks and `out` T rows.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const T: usize>(
-    kind: Kind16,
-    half: usize,
-    d: &[[half::f16; ROWS]],
-    m: &[[half::f16; ROWS]],
-    qh: &[[u64; 8]],
-    i0: usize,
-    qs: &[Line64],
-    acts: &[Act16],
-    out: &mut [[f32; ROWS]],
-) {
+unsafe fn tile<const T: usize>(group: Group, half: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
+    let Group {
+        kind,
+        d,
+        m,
+        qh,
+        i0,
+        qs,
+    } = group;
     let nb = d.len();
     let lines = kind.lines();
     let no_qh = [0u64; 8];

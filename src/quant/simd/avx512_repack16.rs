@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use crate::quant::line64::Line64;
-use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
+use crate::quant::repack16::{self, Act16, Gemm16Fn, Group, Kind16, Packed16, ROWS};
 
 /// Tokens per tile: eight accumulators beside up to eight decoded weight registers.
 pub const TILE: usize = 8;
@@ -94,32 +94,21 @@ fn amx_permitted() -> bool {
 }
 
 fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
-    let nb = p.nb();
-    assert_eq!(
-        acts.len(),
-        out.len() * nb,
-        "gemm16: activations for the wrong k"
-    );
-    assert!(g < p.groups(), "gemm16: group {g} out of range");
-    let lines = p.kind.lines();
-    let d = &p.d[g * nb..(g + 1) * nb];
-    let qs = &p.qs[g * nb * lines..(g + 1) * nb * lines];
-    for (chunk, o) in acts.chunks(TILE * nb).zip(out.chunks_mut(TILE)) {
+    repack16::for_each_tile(p, g, acts, out, TILE, |group, chunk, o| {
         macro_rules! tile {
             ($($t:literal)*) => {
                 match o.len() {
                     $($t => {
-                        // SAFETY: `vnni_kernel()` checked the CPU features; d and qs hold nb
-                        // blocks of this group (m and qh too where the kind has them),
-                        // chunk holds t·nb activation blocks, o t rows (checked above).
-                        unsafe { tile::<$t>(p.kind, d, &p.m, &p.qh, g * nb, qs, chunk, o) }
+                        // SAFETY: `vnni_kernel()` checked the CPU features; the group holds
+                        // nb blocks, chunk t·nb activation blocks, o t rows (for_each_tile).
+                        unsafe { tile::<$t>(group, chunk, o) }
                     })*
                     _ => unreachable!("tiles hold 1..=8 tokens"),
                 }
             };
         }
         tile!(1 2 3 4 5 6 7 8);
-    }
+    });
 }
 
 /// acc + (bias + Σ_j dpbusd(w[j], a[4j..4j+4])) · (dw · da).
@@ -140,21 +129,18 @@ fn step(acc: __m512, w: &[__m512i; 8], dw: __m512, a: &Act16) -> __m512 {
 /// T tokens of one group, any kind.
 ///
 /// # Safety
-/// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `d` holds nb blocks, `qs`
-/// nb·lines lines, `m` / `qh` (where the kind has them) at least i0 + nb entries, `acts`
-/// T·nb blocks and `out` T rows.
-#[allow(clippy::too_many_arguments)]
+/// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `group` comes from
+/// `Packed16::group` (its nb blocks are in bounds), `acts` holds T·nb blocks and `out` T rows.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile<const T: usize>(
-    kind: Kind16,
-    d: &[[half::f16; ROWS]],
-    m: &[[half::f16; ROWS]],
-    qh: &[[u64; 8]],
-    i0: usize,
-    qs: &[Line64],
-    acts: &[Act16],
-    out: &mut [[f32; ROWS]],
-) {
+unsafe fn tile<const T: usize>(group: Group, acts: &[Act16], out: &mut [[f32; ROWS]]) {
+    let Group {
+        kind,
+        d,
+        m,
+        qh,
+        i0,
+        qs,
+    } = group;
     let nb = d.len();
     let lines = kind.lines();
     let m4 = _mm512_set1_epi8(0x0F);

@@ -208,10 +208,18 @@ pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimdError {
-    #[error("LEDGE_SIMD={0}: this CPU lacks the instructions it needs (available: {1})")]
+    #[error("kernel set {0:?} needs instructions this CPU lacks (available: {1})")]
     Unsupported(String, String),
-    #[error("LEDGE_SIMD={0}: unknown kernel set (scalar, avx2, avx512, neon, neon-dotprod)")]
+    #[error("unknown kernel set {0:?} (scalar, avx2, avx512, avx512-vnni, avx512-amx, neon, neon-dotprod)")]
     Unknown(String),
+}
+
+/// A bad kernel-set choice at start-up, naming where it came from (`--simd` or `LEDGE_SIMD`).
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {error}")]
+pub struct ConfigureError {
+    pub origin: &'static str,
+    pub error: SimdError,
 }
 
 /// Every kernel set this CPU can run, best last.
@@ -282,18 +290,23 @@ static KERNELS: OnceLock<KernelSet> = OnceLock::new();
 /// best available. The start-up configuration, the only place that reads the environment
 /// (`kernels()` comes here too when nothing configured it); once chosen the set stays (a
 /// later call returns it).
-pub fn configure(forced: Option<&str>) -> Result<&'static KernelSet, SimdError> {
+pub fn configure(forced: Option<&str>) -> Result<&'static KernelSet, ConfigureError> {
     if let Some(k) = KERNELS.get() {
         return Ok(k);
     }
     let env = std::env::var("LEDGE_SIMD").ok();
-    let k = select(forced.or(env.as_deref()))?;
+    let origin = if forced.is_some() {
+        "--simd"
+    } else {
+        "LEDGE_SIMD"
+    };
+    let k = select(forced.or(env.as_deref())).map_err(|error| ConfigureError { origin, error })?;
     Ok(KERNELS.get_or_init(|| k))
 }
 
 /// `configure(None)`. Call early to report a bad `LEDGE_SIMD` as an error; `kernels()`
 /// falls back to the best set if never called.
-pub fn init() -> Result<&'static KernelSet, SimdError> {
+pub fn init() -> Result<&'static KernelSet, ConfigureError> {
     configure(None)
 }
 

@@ -16,7 +16,7 @@ use core::arch::asm;
 
 use super::neon_f16::h2f_x4;
 use crate::quant::line64::Line64;
-use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16, ROWS};
+use crate::quant::repack16::{self, Act16, Gemm16Fn, Group, Kind16, Packed16, ROWS};
 
 /// Tokens per tile.
 pub const TILE: usize = 4;
@@ -31,32 +31,19 @@ pub fn kernel() -> Option<Gemm16Fn> {
 }
 
 fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
-    let nb = p.nb();
-    assert_eq!(
-        acts.len(),
-        out.len() * nb,
-        "gemm16: activations for the wrong k"
-    );
-    assert!(g < p.groups(), "gemm16: group {g} out of range");
     assert!(
         std::arch::is_aarch64_feature_detected!("dotprod"),
         "neon sixteen-row kernel on a CPU without dotprod"
     );
-    let lines = p.kind.lines();
-    let d = &p.d[g * nb..(g + 1) * nb];
-    let qs = &p.qs[g * nb * lines..(g + 1) * nb * lines];
-    for (chunk, o) in acts.chunks(TILE * nb).zip(out.chunks_mut(TILE)) {
+    repack16::for_each_tile(p, g, acts, out, TILE, |group, chunk, o| {
         for quarter in 0..4 {
             macro_rules! tile {
                 ($($t:literal)*) => {
                     match o.len() {
                         $($t => {
-                            // SAFETY: the CPU has DotProd (asserted above); d and qs hold nb
-                            // blocks of this group (m and qh too where the kind has them),
-                            // chunk holds t·nb activation blocks, o t rows (checked above).
-                            unsafe {
-                                tile::<$t>(p.kind, quarter, d, &p.m, &p.qh, g * nb, qs, chunk, o)
-                            }
+                            // SAFETY: the CPU has DotProd (asserted above); the group holds nb
+                            // blocks, chunk t·nb activation blocks, o t rows (for_each_tile).
+                            unsafe { tile::<$t>(group, quarter, chunk, o) }
                         })*
                         _ => unreachable!("tiles hold 1..=4 tokens"),
                     }
@@ -64,7 +51,7 @@ fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
             }
             tile!(1 2 3 4);
         }
-    }
+    });
 }
 
 /// `sdot`: each lane += the dot of its four bytes of `a` and of `b`.
@@ -153,21 +140,23 @@ fn block_sum(kind: Kind16, w: &[int8x16_t; 8], a: &Act16) -> int32x4_t {
 /// T tokens of one group's quarter (four rows), any kind.
 ///
 /// # Safety
-/// The CPU must have DotProd; `d` holds nb blocks, `qs` nb·lines lines, `m` / `qh` (where
-/// the kind has them) at least i0 + nb entries, `acts` T·nb blocks and `out` T rows.
-#[allow(clippy::too_many_arguments)]
+/// The CPU must have DotProd; `group` comes from `Packed16::group` (its nb blocks are in
+/// bounds), `acts` holds T·nb blocks and `out` T rows.
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn tile<const T: usize>(
-    kind: Kind16,
+    group: Group,
     quarter: usize,
-    d: &[[half::f16; ROWS]],
-    m: &[[half::f16; ROWS]],
-    qh: &[[u64; 8]],
-    i0: usize,
-    qs: &[Line64],
     acts: &[Act16],
     out: &mut [[f32; ROWS]],
 ) {
+    let Group {
+        kind,
+        d,
+        m,
+        qh,
+        i0,
+        qs,
+    } = group;
     let nb = d.len();
     let lines = kind.lines();
     let no_qh = [0u64; 8];
