@@ -952,4 +952,27 @@ mod tests {
             );
         }
     }
+
+    /// A short row with importance over two orders of magnitude, as real activations have.
+    #[test]
+    fn weighted_search_beats_the_reference_on_its_metric() {
+        let mut s = 7u64;
+        let row = 256;
+        let imp: Vec<f32> = (0..row)
+            .map(|_| 10f32.powf(2.0 * (lcg(&mut s) + 0.5)))
+            .collect();
+        let x: Vec<f32> = (0..row * 16)
+            .map(|_| lcg(&mut s) * (1.0 + lcg(&mut s)))
+            .collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0] {
+            let reference = crate::quant::quantize_to_vec(ty, &x).unwrap();
+            let weighted = quantize_weighted(ty, &x, &imp).unwrap();
+            assert_eq!(weighted.len(), reference.len());
+            let (er, ew) = (
+                werr(ty, &reference, &x, &imp),
+                werr(ty, &weighted, &x, &imp),
+            );
+            assert!(ew < 0.9 * er, "{ty}: weighted {ew} vs reference {er}");
+        }
+    }
 }
