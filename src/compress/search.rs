@@ -262,11 +262,52 @@ fn name_of(p: &Path) -> String {
 /// Runs the whole search; writes the chosen file to `o.out` (temp + rename). With no
 /// candidate meeting the target, returns the outcome with `chosen: None` and writes nothing.
 pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
+    let texts = read_texts(o)?;
+    let mut work = WorkDir::new(work_path(o)?, o.keep)?;
+    let base_path = baseline_file(o, &mut work)?;
+    let base_file = GgufFile::open(&base_path).map_err(|e| CompressError::BadSource {
+        path: base_path.clone(),
+        why: e.to_string(),
+    })?;
+    let base = Model::load(&base_file).map_err(|e| model_err(&base_path)(&e))?;
+    let tok = Tokenizer::from_gguf(&base_file).map_err(|e| model_err(&base_path)(&e))?;
+    let requantized = announce_requantize(&base_file);
+    let plan = plan(o, &base_file, &tok, &texts)?;
+    let reference = baseline_logits(o, &base, &plan)?;
+    let im = calibrate(o, &base_file, &texts.calib, plan.needs_imatrix, &mut work)?;
+    let search = Search {
+        o,
+        base_path: &base_path,
+        base: &base,
+        plan: &plan,
+        reference: &reference,
+        im: im.as_ref(),
+        requantized,
+    };
+    let tried = climb(&search, &mut work)?;
+    let base_row = BaselineRow {
+        name: name_of(&o.source),
+        size_bytes: base_file.file_size(),
+        bits_per_weight: report::bits_per_weight(&base_file),
+        ppl: reference.ppl,
+        pp_tokens_per_second: reference.pp,
+        tg_tokens_per_second: reference.tg,
+    };
+    finish(o, &base_row, tried, plan.n_chunks, requantized)
+}
+
+/// The calibration and evaluation texts, read and checked.
+struct Texts {
+    calib: String,
+    eval: String,
+}
+
+/// The options first, then both texts: readable, non-empty and different.
+fn read_texts(o: &CompressOptions) -> Result<Texts, CompressError> {
     check_paths(o)?;
     if o.ctx < 4 {
         return Err(crate::eval::EvalError::CtxTooSmall(o.ctx).into());
     }
-    // 1. Texts: both readable, non-empty, and different.
     let calib = read_text(&o.calib)?;
     let eval = read_text(&o.eval)?;
     if !o.allow_same_text {
@@ -284,57 +325,63 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             }));
         }
     }
-    let calib = String::from_utf8(calib).unwrap_or_default();
-    let eval = String::from_utf8(eval).unwrap_or_default();
+    Ok(Texts {
+        calib: String::from_utf8(calib).unwrap_or_default(),
+        eval: String::from_utf8(eval).unwrap_or_default(),
+    })
+}
 
-    // 2. The source and the work folder.
-    let src = &o.source;
-    if !src.exists() {
+/// The work folder's path; fails first if the source is missing, so that no folder is made
+/// for a search that cannot start.
+fn work_path(o: &CompressOptions) -> Result<PathBuf, CompressError> {
+    if !o.source.exists() {
         return Err(CompressError::BadSource {
-            path: src.clone(),
+            path: o.source.clone(),
             why: "no such file or folder".into(),
         });
     }
-    let work_path = o.work_dir.clone().unwrap_or_else(|| {
+    Ok(o.work_dir.clone().unwrap_or_else(|| {
         let mut p = o.out.clone().into_os_string();
         p.push(".work");
         PathBuf::from(p)
-    });
-    let mut work = WorkDir::new(work_path, o.keep)?;
-    let base_path = if src.is_dir() {
-        let p = work.file("baseline-F16.gguf");
-        eprintln!(
-            "compress [1/5] baseline: converting {} to F16 ({})",
-            src.display(),
-            p.display()
-        );
-        let opts = ConvertOptions {
-            target: Target::Plain(GgmlType::F16),
-            overrides: Vec::new(),
-            allow_requantize: false,
-            progress: false,
-            imatrix: None,
-            gptq: None,
-            prune: None,
-        };
-        convert::convert_hf(src, &p, &opts).map_err(|e| CompressError::BadSource {
-            path: src.clone(),
-            why: e.to_string(),
-        })?;
-        p
-    } else {
+    }))
+}
+
+/// Step 1: the baseline GGUF: the source itself, or an HF folder converted to F16 in the
+/// work folder.
+fn baseline_file(o: &CompressOptions, work: &mut WorkDir) -> Result<PathBuf, CompressError> {
+    let src = &o.source;
+    if !src.is_dir() {
         eprintln!("compress [1/5] baseline: {}", src.display());
-        src.clone()
+        return Ok(src.clone());
+    }
+    let p = work.file("baseline-F16.gguf");
+    eprintln!(
+        "compress [1/5] baseline: converting {} to F16 ({})",
+        src.display(),
+        p.display()
+    );
+    let opts = ConvertOptions {
+        target: Target::Plain(GgmlType::F16),
+        overrides: Vec::new(),
+        allow_requantize: false,
+        progress: false,
+        imatrix: None,
+        gptq: None,
+        prune: None,
     };
-    let base_file = GgufFile::open(&base_path).map_err(|e| CompressError::BadSource {
-        path: base_path.clone(),
+    convert::convert_hf(src, &p, &opts).map_err(|e| CompressError::BadSource {
+        path: src.clone(),
         why: e.to_string(),
     })?;
-    let base = Model::load(&base_file).map_err(|e| model_err(&base_path)(&e))?;
-    let tok = Tokenizer::from_gguf(&base_file).map_err(|e| model_err(&base_path)(&e))?;
-    let requant = quantized_types(&base_file);
-    let requantized = !requant.is_empty();
-    if requantized {
+    Ok(p)
+}
+
+/// Whether the baseline is already quantized (then said once, since every number is
+/// relative to it).
+fn announce_requantize(base_file: &GgufFile) -> bool {
+    let requant = quantized_types(base_file);
+    if !requant.is_empty() {
         let names: Vec<String> = requant.iter().map(|t| t.to_string()).collect();
         eprintln!(
             "compress: the baseline is already quantized ({}): candidates are re-quantized \
@@ -342,9 +389,26 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             names.join(", ")
         );
     }
+    !requant.is_empty()
+}
 
-    // Both texts long enough, before any long step.
-    let tokens = perplexity::tokenize_text(&tok, &eval);
+/// What the evaluation runs on and what will be tried.
+struct Plan {
+    tokens: Vec<u32>,
+    n_chunks: usize,
+    eval: EvalOptions,
+    ladder: Vec<Candidate>,
+    needs_imatrix: bool,
+}
+
+/// Both texts long enough and the ladder fixed, before any long step.
+fn plan(
+    o: &CompressOptions,
+    base_file: &GgufFile,
+    tok: &Tokenizer,
+    texts: &Texts,
+) -> Result<Plan, CompressError> {
+    let tokens = perplexity::tokenize_text(tok, &texts.eval);
     if tokens.len() <= 1 {
         return Err(CompressError::BadText {
             path: o.eval.clone(),
@@ -357,12 +421,12 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             why: e.to_string(),
         })?;
     let ladder = drop_useless_imatrix(
-        &base_file,
+        base_file,
         o.candidates.clone().unwrap_or_else(default_ladder),
     );
     let needs_imatrix = ladder.iter().any(|c| c.imatrix);
     if needs_imatrix {
-        let n = tok.encode(&calib, false, false).len();
+        let n = tok.encode(&texts.calib, false, false).len();
         if n < o.ctx {
             return Err(CompressError::BadText {
                 path: o.calib.clone(),
@@ -373,15 +437,39 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             });
         }
     }
-
-    // 2. Baseline logits, once.
-    let opts = EvalOptions {
+    let eval = EvalOptions {
         ctx: o.ctx,
         chunks: Some(n_chunks),
         bos: tok.add_bos().then(|| tok.bos()).flatten(),
         save_top_k: None,
-        vocab_fingerprint: perplexity::vocab_fingerprint(&tok),
+        vocab_fingerprint: perplexity::vocab_fingerprint(tok),
     };
+    Ok(Plan {
+        tokens,
+        n_chunks,
+        eval,
+        ladder,
+        needs_imatrix,
+    })
+}
+
+/// The baseline's numbers every candidate is compared with.
+struct Reference {
+    /// Its logit rows, when they fit in `ROWS_BUDGET_BYTES` (else it runs beside each
+    /// candidate).
+    rows: Option<BaselineRows>,
+    ppl: Estimate,
+    pp: Option<f64>,
+    tg: Option<f64>,
+}
+
+/// Step 2: the baseline's logits (or only its PPL), once; its speed with `--optimize speed`.
+fn baseline_logits(
+    o: &CompressOptions,
+    base: &Model,
+    plan: &Plan,
+) -> Result<Reference, CompressError> {
+    let n_chunks = plan.n_chunks;
     let rows_bytes =
         n_chunks * crate::eval::logits_file::scored_per_chunk(o.ctx) * base.config.n_vocab * 4;
     eprintln!(
@@ -389,10 +477,10 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
         o.eval.display(),
         o.ctx
     );
-    let (rows, baseline_ppl) = if rows_bytes <= ROWS_BUDGET_BYTES {
-        let mut bar = Progress::new("baseline", "chunks");
-        let rows = baseline_rows(&base, &tokens, &opts, &mut |d, t| bar.update(d, t))?;
-        let ppl = rows_ppl(&rows, &tokens);
+    let mut bar = Progress::new("baseline", "chunks");
+    let (rows, ppl) = if rows_bytes <= ROWS_BUDGET_BYTES {
+        let rows = baseline_rows(base, &plan.tokens, &plan.eval, &mut |d, t| bar.update(d, t))?;
+        let ppl = rows_ppl(&rows, &plan.tokens);
         (Some(rows), ppl)
     } else {
         eprintln!(
@@ -400,130 +488,125 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
              each candidate instead",
             rows_bytes as f64 / (1u64 << 30) as f64
         );
-        let mut bar = Progress::new("baseline", "chunks");
-        let r = crate::eval::evaluate(&base, &tokens, &opts, None, &mut |d, t| bar.update(d, t))?;
+        let r = crate::eval::evaluate(base, &plan.tokens, &plan.eval, None, &mut |d, t| {
+            bar.update(d, t)
+        })?;
         (None, r.ppl)
     };
     eprintln!(
         "compress: baseline PPL {:.4} ± {:.4}",
-        baseline_ppl.value, baseline_ppl.stderr
+        ppl.value, ppl.stderr
     );
-    let (base_pp, base_tg) = if o.optimize == Optimize::Speed {
-        let (pp, tg) = speed(&base)?;
+    let (pp, tg) = if o.optimize == Optimize::Speed {
+        let (pp, tg) = speed(base)?;
         (Some(pp), Some(tg))
     } else {
         (None, None)
     };
+    Ok(Reference { rows, ppl, pp, tg })
+}
 
-    // 3. Calibration, once.
-    let im = if needs_imatrix {
-        eprintln!(
-            "compress [3/5] calibrating on {} ({} chunks at most)",
-            o.calib.display(),
-            o.calib_chunks
-                .map_or_else(|| "all".to_string(), |c| c.to_string())
-        );
-        let mut im = imatrix::calibrate(&base_file, &calib, o.ctx, o.calib_chunks, true)?;
-        im.datasets = vec![o.calib.display().to_string()];
-        if o.keep {
-            let p = work.file("calibration.imatrix");
-            im.save(&p)?;
-        }
-        Some(Arc::new(im))
-    } else {
+/// Step 3: the imatrix, once, when a candidate uses it.
+fn calibrate(
+    o: &CompressOptions,
+    base_file: &GgufFile,
+    calib: &str,
+    needs_imatrix: bool,
+    work: &mut WorkDir,
+) -> Result<Option<Arc<Imatrix>>, CompressError> {
+    if !needs_imatrix {
         eprintln!("compress [3/5] calibration: no candidate uses it");
-        None
-    };
+        return Ok(None);
+    }
+    eprintln!(
+        "compress [3/5] calibrating on {} ({} chunks at most)",
+        o.calib.display(),
+        o.calib_chunks
+            .map_or_else(|| "all".to_string(), |c| c.to_string())
+    );
+    let mut im = imatrix::calibrate(base_file, calib, o.ctx, o.calib_chunks, true)?;
+    im.datasets = vec![o.calib.display().to_string()];
+    if o.keep {
+        let p = work.file("calibration.imatrix");
+        im.save(&p)?;
+    }
+    Ok(Some(Arc::new(im)))
+}
 
-    // 4. The candidates.
-    let mut measured: Vec<Measured> = Vec::new();
-    let mut files: Vec<Option<PathBuf>> = Vec::new();
-    let mut not_tried = Vec::new();
-    let (mut failing_rungs, mut rung_evaluated, mut rung_meets) = (0, false, false);
-    let total = ladder.len();
+/// What every candidate is made from and measured against.
+struct Search<'a, 'm> {
+    o: &'a CompressOptions,
+    base_path: &'a Path,
+    base: &'a Model<'m>,
+    plan: &'a Plan,
+    reference: &'a Reference,
+    im: Option<&'a Arc<Imatrix>>,
+    requantized: bool,
+}
+
+/// The candidates made, with the file of each still on disk (only the best so far's, or all
+/// with `--keep`).
+struct Tried {
+    measured: Vec<Measured>,
+    files: Vec<Option<PathBuf>>,
+    not_tried: Vec<Candidate>,
+}
+
+/// The early-stop count over rungs (see mod.rs).
+#[derive(Default)]
+struct Rungs {
+    failing: usize,
+    evaluated: bool,
+    meets: bool,
+}
+
+impl Rungs {
+    /// Closes the rung just finished; true when it makes two failing rungs in a row.
+    fn close(&mut self) -> bool {
+        if self.meets {
+            self.failing = 0;
+        } else if self.evaluated {
+            self.failing += 1;
+        }
+        (self.evaluated, self.meets) = (false, false);
+        self.failing >= 2
+    }
+
+    fn record(&mut self, m: &Measured, target: &QualityTarget) {
+        if let Some(q) = &m.quality {
+            self.evaluated = true;
+            self.meets |= choose::quality_failures(q, target).is_empty();
+        }
+    }
+}
+
+/// Step 4: climbs the ladder, making and measuring each candidate, until the early stop.
+fn climb(s: &Search<'_, '_>, work: &mut WorkDir) -> Result<Tried, CompressError> {
+    let (o, ladder) = (s.o, &s.plan.ladder);
+    let mut tried = Tried {
+        measured: Vec::new(),
+        files: Vec::new(),
+        not_tried: Vec::new(),
+    };
+    let mut rungs = Rungs::default();
     for (k, c) in ladder.iter().enumerate() {
-        if k > 0 && !c.same_rung(&ladder[k - 1]) {
-            if rung_meets {
-                failing_rungs = 0;
-            } else if rung_evaluated {
-                failing_rungs += 1;
-            }
-            (rung_evaluated, rung_meets) = (false, false);
-            if o.early_stop && failing_rungs >= 2 {
-                eprintln!(
-                    "compress: two rungs in a row miss the target: stopping before {c} (--no-early-stop tries all)"
-                );
-                not_tried = ladder[k..].to_vec();
-                break;
-            }
+        if k > 0 && !c.same_rung(&ladder[k - 1]) && rungs.close() && o.early_stop {
+            eprintln!(
+                "compress: two rungs in a row miss the target: stopping before {c} (--no-early-stop tries all)"
+            );
+            tried.not_tried = ladder[k..].to_vec();
+            break;
         }
         let path = work.file(&format!("{:02}-{}.gguf", k + 1, c.slug()));
-        eprintln!("compress [4/5] candidate {}/{total}: {c}", k + 1);
-        let s = make_candidate(&base_path, c, im.as_ref(), requantized, &o.calib, &path)?;
-        let f = GgufFile::open(&path).map_err(|e| model_err(&path)(&e))?;
-        let mut m = Measured {
-            candidate: c.clone(),
-            size_bytes: f.file_size(),
-            bits_per_weight: report::bits_per_weight(&f),
-            recipe: report::recipe(&f),
-            quality: None,
-            pp_tokens_per_second: None,
-            tg_tokens_per_second: None,
-        };
-        let over_size = o.target.max_size.is_some_and(|max| m.size_bytes > max);
-        if !over_size {
-            let model = Model::load(&f).map_err(|e| model_err(&path)(&e))?;
-            let baseline = match &rows {
-                Some(r) => Baseline::Rows(r),
-                None => Baseline::Model(&base),
-            };
-            let mut bar = Progress::new(format!("{c}"), "chunks");
-            let r = crate::eval::evaluate(&model, &tokens, &opts, Some(baseline), &mut |d, t| {
-                bar.update(d, t)
-            })?;
-            if let Some(kld) = r.kld {
-                m.quality = Some(Quality {
-                    ppl: r.ppl,
-                    ppl_increase_pct: (r.ppl.value / baseline_ppl.value - 1.0) * 100.0,
-                    kld,
-                });
-            }
-            if o.optimize == Optimize::Speed {
-                let (pp, tg) = speed(&model)?;
-                (m.pp_tokens_per_second, m.tg_tokens_per_second) = (Some(pp), Some(tg));
-            }
-        }
-        drop(f);
-        if let Some(q) = &m.quality {
-            rung_evaluated = true;
-            rung_meets |= choose::quality_failures(q, &o.target).is_empty();
-        }
-        let fails = choose::failures(&m, &o.target);
-        eprintln!(
-            "compress: {}{} → {}",
-            choose::describe(&m),
-            if c.imatrix {
-                format!(" ({} tensors weighted by the imatrix)", s.weighted)
-            } else {
-                String::new()
-            },
-            if m.quality.is_none() && !fails.is_empty() {
-                format!("{} (not evaluated)", fails[0])
-            } else if fails.is_empty() {
-                "meets".into()
-            } else {
-                fails
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            }
-        );
-        measured.push(m);
-        files.push(Some(path));
+        eprintln!("compress [4/5] candidate {}/{}: {c}", k + 1, ladder.len());
+        let (m, weighted) = measure(s, c, &path)?;
+        rungs.record(&m, &o.target);
+        log_measured(&m, c.imatrix.then_some(weighted), &o.target);
+        tried.measured.push(m);
+        tried.files.push(Some(path));
         // Keep only the file of the best choice so far (all with --keep).
-        let best = choose::choose(&measured, &o.target, o.optimize);
-        for (i, f) in files.iter_mut().enumerate() {
+        let best = choose::choose(&tried.measured, &o.target, o.optimize);
+        for (i, f) in tried.files.iter_mut().enumerate() {
             if Some(i) != best {
                 if let Some(p) = f.take() {
                     work.remove(&p);
@@ -531,19 +614,100 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
             }
         }
     }
+    Ok(tried)
+}
 
-    // 5. The choice.
-    let chosen = choose::choose(&measured, &o.target, o.optimize);
-    let base_row = BaselineRow {
-        name: name_of(src),
-        size_bytes: base_file.file_size(),
-        bits_per_weight: report::bits_per_weight(&base_file),
-        ppl: baseline_ppl,
-        pp_tokens_per_second: base_pp,
-        tg_tokens_per_second: base_tg,
+/// Makes candidate `c` at `path` and measures it: always its size, and unless it is over
+/// `--max-size` its quality against the baseline (and speed with `--optimize speed`).
+/// Also returns how many tensors the imatrix weighted.
+fn measure(
+    s: &Search<'_, '_>,
+    c: &Candidate,
+    path: &Path,
+) -> Result<(Measured, usize), CompressError> {
+    let o = s.o;
+    let summary = make_candidate(s.base_path, c, s.im, s.requantized, &o.calib, path)?;
+    let f = GgufFile::open(path).map_err(|e| model_err(path)(&e))?;
+    let mut m = Measured {
+        candidate: c.clone(),
+        size_bytes: f.file_size(),
+        bits_per_weight: report::bits_per_weight(&f),
+        recipe: report::recipe(&f),
+        quality: None,
+        pp_tokens_per_second: None,
+        tg_tokens_per_second: None,
     };
+    if o.target.max_size.is_some_and(|max| m.size_bytes > max) {
+        return Ok((m, summary.weighted));
+    }
+    let model = Model::load(&f).map_err(|e| model_err(path)(&e))?;
+    let baseline = match &s.reference.rows {
+        Some(r) => Baseline::Rows(r),
+        None => Baseline::Model(s.base),
+    };
+    let mut bar = Progress::new(format!("{c}"), "chunks");
+    let plan = s.plan;
+    let r = crate::eval::evaluate(
+        &model,
+        &plan.tokens,
+        &plan.eval,
+        Some(baseline),
+        &mut |d, t| bar.update(d, t),
+    )?;
+    if let Some(kld) = r.kld {
+        m.quality = Some(Quality {
+            ppl: r.ppl,
+            ppl_increase_pct: (r.ppl.value / s.reference.ppl.value - 1.0) * 100.0,
+            kld,
+        });
+    }
+    if o.optimize == Optimize::Speed {
+        let (pp, tg) = speed(&model)?;
+        (m.pp_tokens_per_second, m.tg_tokens_per_second) = (Some(pp), Some(tg));
+    }
+    Ok((m, summary.weighted))
+}
+
+/// One line per candidate: its numbers and whether it meets the target, or why not.
+/// `weighted`: how many tensors the imatrix weighted, for an imatrix candidate.
+fn log_measured(m: &Measured, weighted: Option<usize>, target: &QualityTarget) {
+    let fails = choose::failures(m, target);
+    eprintln!(
+        "compress: {}{} → {}",
+        choose::describe(m),
+        weighted.map_or_else(String::new, |n| format!(
+            " ({n} tensors weighted by the imatrix)"
+        )),
+        if m.quality.is_none() && !fails.is_empty() {
+            format!("{} (not evaluated)", fails[0])
+        } else if fails.is_empty() {
+            "meets".into()
+        } else {
+            fails
+                .iter()
+                .map(|f| f.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    );
+}
+
+/// Step 5: the choice, the table, and the chosen file placed at the output.
+fn finish(
+    o: &CompressOptions,
+    base_row: &BaselineRow,
+    tried: Tried,
+    n_chunks: usize,
+    requantized: bool,
+) -> Result<Outcome, CompressError> {
+    let Tried {
+        measured,
+        files,
+        not_tried,
+    } = tried;
+    let chosen = choose::choose(&measured, &o.target, o.optimize);
     let table = table::markdown(
-        &base_row, &measured, &not_tried, chosen, &o.target, o.optimize,
+        base_row, &measured, &not_tried, chosen, &o.target, o.optimize,
     );
     if let Some(i) = chosen {
         let from = files[i].clone().ok_or_else(|| {
@@ -561,7 +725,7 @@ pub fn compress(o: &CompressOptions) -> Result<Outcome, CompressError> {
         not_tried,
         chosen,
         table,
-        baseline_ppl,
+        baseline_ppl: base_row.ppl,
         n_chunks,
         requantized,
     })

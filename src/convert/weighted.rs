@@ -24,6 +24,7 @@ use half::f16;
 use crate::ggml_type::GgmlType;
 use crate::quant::iq4::KVALUES_IQ4NL;
 use crate::quant::kquant_util::{best_index_int8, pack_scale_min_k4};
+use crate::quant::q4::signed_absmax;
 use crate::quant::{
     BlockIQ4NL, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ5_0, BlockQ5_1,
     BlockQ6K, BlockQ8_0,
@@ -178,112 +179,38 @@ impl Format {
     /// Appends the standard GGML block for parameters `p` and levels `l` (`self.block` of them).
     pub fn pack(&self, p: &Params, l: &[u8], out: &mut Vec<u8>) {
         use GgmlType as T;
-        debug_assert_eq!(l.len(), self.block);
-        let nib = |l: &[u8]| -> [u8; 16] { std::array::from_fn(|j| l[j] | (l[j + 16] << 4)) };
+        fn put<B: bytemuck::Pod>(out: &mut Vec<u8>, b: B) {
+            out.extend_from_slice(bytemuck::bytes_of(&b));
+        }
+        let short = |l: &[u8]| -> [u8; 32] { l.try_into().expect("a 32-value block") };
+        let long = |l: &[u8]| -> [u8; 256] { l.try_into().expect("a 256-value block") };
+        let first8 = |v: &[u8; 16]| -> [u8; 8] { std::array::from_fn(|j| v[j]) };
         match self.ty {
-            T::Q4_0 => out.extend_from_slice(bytemuck::bytes_of(&BlockQ4_0 { d: p.d, qs: nib(l) })),
-            T::Q4_1 => out.extend_from_slice(bytemuck::bytes_of(&BlockQ4_1 {
-                d: p.d,
-                m: p.m,
-                qs: nib(l),
-            })),
-            T::IQ4_NL => {
-                out.extend_from_slice(bytemuck::bytes_of(&BlockIQ4NL { d: p.d, qs: nib(l) }))
-            }
-            T::Q5_0 | T::Q5_1 => {
-                let u: [u8; 32] = std::array::from_fn(|j| l[j]);
-                let (qh, qs) = crate::quant::q5::pack5(&u);
-                if self.ty == T::Q5_0 {
-                    out.extend_from_slice(bytemuck::bytes_of(&BlockQ5_0 { d: p.d, qh, qs }));
-                } else {
-                    out.extend_from_slice(bytemuck::bytes_of(&BlockQ5_1 {
-                        d: p.d,
-                        m: p.m,
-                        qh,
-                        qs,
-                    }));
-                }
-            }
-            T::Q8_0 => out.extend_from_slice(bytemuck::bytes_of(&BlockQ8_0 {
-                d: p.d,
-                qs: std::array::from_fn(|j| (l[j] as i32 - 128) as i8),
-            })),
+            T::Q4_0 => put(out, BlockQ4_0::from_levels(p.d, &short(l))),
+            T::Q4_1 => put(out, BlockQ4_1::from_levels(p.d, p.m, &short(l))),
+            T::Q5_0 => put(out, BlockQ5_0::from_levels(p.d, &short(l))),
+            T::Q5_1 => put(out, BlockQ5_1::from_levels(p.d, p.m, &short(l))),
+            T::Q8_0 => put(out, BlockQ8_0::from_levels(p.d, &short(l))),
+            T::IQ4_NL => put(out, BlockIQ4NL::from_levels(p.d, &short(l))),
             T::Q2_K => {
-                let mut qs = [0u8; 64];
-                two_bit(l, &mut qs);
-                out.extend_from_slice(bytemuck::bytes_of(&BlockQ2K {
-                    scales: std::array::from_fn(|j| (p.sc[j] & 0xF) | (p.mn[j] << 4)),
-                    qs,
-                    d: p.d,
-                    dmin: p.m,
-                }));
+                let scales = BlockQ2K::pack_scales(&p.sc, &p.mn);
+                put(out, BlockQ2K::from_levels(p.d, p.m, scales, &long(l)));
             }
             T::Q3_K => {
-                let mut b = BlockQ3K {
-                    hmask: [0; 32],
-                    qs: [0; 64],
-                    scales: [0; 12],
-                    d: p.d,
-                };
-                for (j, &q) in p.sc.iter().enumerate() {
-                    if j < 8 {
-                        b.scales[j] = q & 0xF;
-                    } else {
-                        b.scales[j - 8] |= (q & 0xF) << 4;
-                    }
-                    b.scales[j % 4 + 8] |= (q >> 4) << (2 * (j / 4));
-                }
-                let low: Vec<u8> = l.iter().map(|&v| v & 3).collect();
-                for (e, &v) in l.iter().enumerate() {
-                    if v > 3 {
-                        b.hmask[e % 32] |= 1 << (e / 32);
-                    }
-                }
-                two_bit(&low, &mut b.qs);
-                out.extend_from_slice(bytemuck::bytes_of(&b));
+                let scales = BlockQ3K::pack_scales(&p.sc);
+                put(out, BlockQ3K::from_levels(p.d, scales, &long(l)));
             }
             T::Q4_K | T::Q5_K => {
-                let ls: [u8; 8] = std::array::from_fn(|j| p.sc[j]);
-                let lm: [u8; 8] = std::array::from_fn(|j| p.mn[j]);
-                let scales = pack_scale_min_k4(&ls, &lm);
-                let mut qs = [0u8; 128];
-                let mut qh = [0u8; 32];
-                for (e, &v) in l.iter().enumerate() {
-                    qs[32 * (e / 64) + e % 32] |= (v & 0xF) << (4 * ((e % 64) / 32));
-                    if v > 15 {
-                        qh[e % 32] |= 1 << (e / 32);
-                    }
-                }
+                let scales = pack_scale_min_k4(&first8(&p.sc), &first8(&p.mn));
                 if self.ty == T::Q4_K {
-                    out.extend_from_slice(bytemuck::bytes_of(&BlockQ4K {
-                        d: p.d,
-                        dmin: p.m,
-                        scales,
-                        qs,
-                    }));
+                    put(out, BlockQ4K::from_levels(p.d, p.m, scales, &long(l)));
                 } else {
-                    out.extend_from_slice(bytemuck::bytes_of(&BlockQ5K {
-                        d: p.d,
-                        dmin: p.m,
-                        scales,
-                        qh,
-                        qs,
-                    }));
+                    put(out, BlockQ5K::from_levels(p.d, p.m, scales, &long(l)));
                 }
             }
             T::Q6_K => {
-                let mut b = BlockQ6K {
-                    ql: [0; 128],
-                    qh: [0; 64],
-                    scales: std::array::from_fn(|j| p.sc[j] as i8),
-                    d: p.d,
-                };
-                for (e, &v) in l.iter().enumerate() {
-                    let (h, q, i) = (e / 128, (e % 128) / 32, e % 32);
-                    b.ql[64 * h + 32 * (q % 2) + i] |= (v & 0xF) << (4 * (q / 2));
-                    b.qh[32 * h + i] |= (v >> 4) << (2 * q);
-                }
-                out.extend_from_slice(bytemuck::bytes_of(&b));
+                let sc = p.sc.map(|v| v as i8);
+                put(out, BlockQ6K::from_levels(p.d, sc, &long(l)));
             }
             _ => unreachable!("format() admits only the types above"),
         }
@@ -419,7 +346,7 @@ impl Format {
             }
         };
         if q3 {
-            let max = signed_extreme(&fits.iter().map(|f| f.0).collect::<Vec<_>>());
+            let max = signed_absmax(&fits.iter().map(|f| f.0).collect::<Vec<_>>());
             if max == 0.0 {
                 let p = Params {
                     sc: [32; 16],
@@ -507,9 +434,7 @@ impl Format {
             .zip(w.chunks_exact(self.sub))
             .map(|(xs, ws)| fit_sym(xs, ws, lo, hi, lo as f32, false))
             .collect();
-        let max = s
-            .iter()
-            .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a });
+        let max = signed_absmax(&s);
         if max == 0.0 {
             *p = Params {
                 sc: [if self.ty == GgmlType::Q3_K { 32 } else { 0 }; 16],
@@ -666,19 +591,6 @@ impl Format {
     }
 }
 
-/// Packs 256 two-bit values the way Q2_K and Q3_K store them.
-fn two_bit(l: &[u8], qs: &mut [u8; 64]) {
-    for h in 0..2 {
-        for i in 0..32 {
-            let e = 128 * h + i;
-            qs[32 * h + i] = (l[e] & 3)
-                | ((l[e + 32] & 3) << 2)
-                | ((l[e + 64] & 3) << 4)
-                | ((l[e + 96] & 3) << 6);
-        }
-    }
-}
-
 fn round16(v: f32, yes: bool) -> f32 {
     if yes {
         f16::from_f32(v).to_f32()
@@ -687,17 +599,11 @@ fn round16(v: f32, yes: bool) -> f32 {
     }
 }
 
-/// The signed value of largest magnitude (first wins a tie).
-fn signed_extreme(x: &[f32]) -> f32 {
-    x.iter()
-        .fold(0.0f32, |a, &v| if v.abs() > a.abs() { v } else { a })
-}
-
 /// A symmetric scale d (levels `lo..=hi`, value d·q) minimising Σ w(x − d·q)². Candidates map
 /// the signed extreme to `anchor` ± small steps, each followed by a weighted least-squares
 /// refit of d on its levels. `f16`: evaluate with d rounded as stored.
 fn fit_sym(x: &[f32], w: &[f32], lo: i32, hi: i32, anchor: f32, f16r: bool) -> f32 {
-    let m = signed_extreme(x);
+    let m = signed_absmax(x);
     if m == 0.0 {
         return 0.0;
     }
@@ -812,7 +718,7 @@ fn fit_affine(x: &[f32], w: &[f32], n: u8, nonpos_offset: bool, f16r: bool) -> (
 /// IQ4_NL's scale: candidates map the signed extreme near the table's end, each refit by
 /// weighted least squares on its table entries.
 fn fit_iq4(x: &[f32], w: &[f32]) -> f32 {
-    let m = signed_extreme(x);
+    let m = signed_absmax(x);
     if m == 0.0 {
         return 0.0;
     }
@@ -1044,6 +950,29 @@ mod tests {
                 ew < 0.95 * er,
                 "{ty} skewed: weighted {ew} vs reference {er}"
             );
+        }
+    }
+
+    /// A short row with importance over two orders of magnitude, as real activations have.
+    #[test]
+    fn weighted_search_beats_the_reference_on_its_metric() {
+        let mut s = 7u64;
+        let row = 256;
+        let imp: Vec<f32> = (0..row)
+            .map(|_| 10f32.powf(2.0 * (lcg(&mut s) + 0.5)))
+            .collect();
+        let x: Vec<f32> = (0..row * 16)
+            .map(|_| lcg(&mut s) * (1.0 + lcg(&mut s)))
+            .collect();
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_0] {
+            let reference = crate::quant::quantize_to_vec(ty, &x).unwrap();
+            let weighted = quantize_weighted(ty, &x, &imp).unwrap();
+            assert_eq!(weighted.len(), reference.len());
+            let (er, ew) = (
+                werr(ty, &reference, &x, &imp),
+                werr(ty, &weighted, &x, &imp),
+            );
+            assert!(ew < 0.9 * er, "{ty}: weighted {ew} vs reference {er}");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! 6-bit sub-scales for 8 × 32 weights under one f16.
 
 use super::kquant_util::{best_index_int8, nearest_int, signed_absmax, GROUP_MAX_EPS};
+use super::q4::pack_nibbles;
 use super::*;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -165,10 +166,8 @@ fn quantize_iq4(
         }
     }
 
-    for (q32, l32) in q4.chunks_exact_mut(16).zip(l.chunks_exact(32)) {
-        for j in 0..16 {
-            q32[j] = l32[j] | (l32[16 + j] << 4);
-        }
+    for (q16, l32) in q4.chunks_exact_mut(16).zip(l.chunks_exact(32)) {
+        q16.copy_from_slice(&pack_nibbles(l32.try_into().expect("32 levels")));
     }
     out
 }
@@ -190,6 +189,16 @@ fn dequant_iq4_32(qs: &[u8], d: f32, y: &mut [f32]) {
     for j in 0..16 {
         y[j] = d * KVALUES_IQ4NL[(qs[j] & 0xF) as usize] as f32;
         y[j + 16] = d * KVALUES_IQ4NL[(qs[j] >> 4) as usize] as f32;
+    }
+}
+
+impl BlockIQ4NL {
+    /// The block of scale `d` and table indices `l` (0..16, value `d·KVALUES_IQ4NL[l]`).
+    pub fn from_levels(d: f16, l: &[u8; QK4_NL]) -> Self {
+        Self {
+            d,
+            qs: pack_nibbles(l),
+        }
     }
 }
 

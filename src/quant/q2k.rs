@@ -71,36 +71,50 @@ impl BlockQ2K {
             }
         }
 
-        let mut y = Self::zeroed();
+        let (mut sc, mut mn) = ([0u8; QK_K / 16], [0u8; QK_K / 16]);
+        let (mut d, mut dmin) = (f16::ZERO, f16::ZERO);
         if max_scale > 0.0 {
             let iscale = Q4SCALE / max_scale;
-            for (s, &sc) in y.scales.iter_mut().zip(&scales) {
-                *s = nearest_int(iscale * sc) as u8;
-            }
-            y.d = f16::from_f32(max_scale / Q4SCALE);
+            sc = scales.map(|s| nearest_int(iscale * s) as u8);
+            d = f16::from_f32(max_scale / Q4SCALE);
         }
         if max_min > 0.0 {
             let iscale = Q4SCALE / max_min;
-            for (s, &m) in y.scales.iter_mut().zip(&mins) {
-                *s |= (nearest_int(iscale * m) << 4) as u8;
-            }
-            y.dmin = f16::from_f32(max_min / Q4SCALE);
+            mn = mins.map(|m| nearest_int(iscale * m) as u8);
+            dmin = f16::from_f32(max_min / Q4SCALE);
         }
+        let packed = Self::pack_scales(&sc, &mn);
 
         // Re-quantize against the scales as they will be decoded (4-bit, through f16).
-        for j in 0..QK_K / 16 {
-            let d = y.d.to_f32() * (y.scales[j] & 0xF) as f32;
-            if d == 0.0 {
+        for (j, &s) in packed.iter().enumerate() {
+            let dj = d.to_f32() * (s & 0xF) as f32;
+            if dj == 0.0 {
                 continue;
             }
-            let dm = y.dmin.to_f32() * (y.scales[j] >> 4) as f32;
+            let dm = dmin.to_f32() * (s >> 4) as f32;
             for ii in 0..16 {
-                let q = nearest_int((x[16 * j + ii] + dm) / d);
+                let q = nearest_int((x[16 * j + ii] + dm) / dj);
                 l[16 * j + ii] = q.clamp(0, 3) as u8;
             }
         }
-        y.qs = pack_2bit(&l);
-        y
+        Self::from_levels(d, dmin, packed, &l)
+    }
+
+    /// The stored `scales`: sub-block scale `sc[j]` in the low nibble of byte `j`, min
+    /// `mn[j]` in the high one.
+    pub fn pack_scales(sc: &[u8; QK_K / 16], mn: &[u8; QK_K / 16]) -> [u8; QK_K / 16] {
+        std::array::from_fn(|j| sc[j] | (mn[j] << 4))
+    }
+
+    /// The block of super-scales `d`, `dmin`, stored sub-block `scales` (`pack_scales`) and
+    /// levels `l` (0..=3).
+    pub fn from_levels(d: f16, dmin: f16, scales: [u8; QK_K / 16], l: &[u8; QK_K]) -> Self {
+        Self {
+            scales,
+            qs: pack_2bit(l),
+            d,
+            dmin,
+        }
     }
 }
 

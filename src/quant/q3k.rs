@@ -55,45 +55,62 @@ impl BlockQ3K {
             }
         }
 
-        let mut y = Self::zeroed();
+        let mut d = f16::ZERO;
+        let mut packed = [0u8; 12];
         if max_scale != 0.0 {
             let iscale = -32.0 / max_scale;
-            for (j, &sc) in scales.iter().enumerate() {
-                // ggml narrows to int8 before clamping.
-                let q = nearest_int(iscale * sc) as i8;
-                let q = (q.clamp(-32, 31) + 32) as u8;
-                if j < 8 {
-                    y.scales[j] = q & 0xF;
-                } else {
-                    y.scales[j - 8] |= (q & 0xF) << 4;
-                }
-                y.scales[j % 4 + 8] |= (q >> 4) << (2 * (j / 4));
-            }
-            y.d = f16::from_f32(1.0 / iscale);
+            // ggml narrows to int8 before clamping.
+            let sc = scales.map(|s| ((nearest_int(iscale * s) as i8).clamp(-32, 31) + 32) as u8);
+            packed = Self::pack_scales(&sc);
+            d = f16::from_f32(1.0 / iscale);
         }
 
         // Re-quantize against the scales as they will be decoded (6-bit, through f16).
-        for (j, &sc) in unpack_scales(&y.scales).iter().enumerate() {
-            let d = y.d.to_f32() * sc as f32;
-            if d == 0.0 {
+        for (j, &s) in unpack_scales(&packed).iter().enumerate() {
+            let dj = d.to_f32() * s as f32;
+            if dj == 0.0 {
                 continue;
             }
             for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-4, 3);
+                let q = nearest_int(x[16 * j + ii] / dj).clamp(-4, 3);
                 l[16 * j + ii] = q as i8 + 4;
             }
         }
+        Self::from_levels(d, packed, &l.map(|v| v as u8))
+    }
 
+    /// The stored `scales` of 16 six-bit sub-block scales (`sc − 32` as decoded): low
+    /// nibbles in bytes 0..8, high bit pairs in bytes 8..12.
+    pub fn pack_scales(sc: &[u8; QK_K / 16]) -> [u8; 12] {
+        let mut s = [0u8; 12];
+        for (j, &q) in sc.iter().enumerate() {
+            if j < 8 {
+                s[j] = q & 0xF;
+            } else {
+                s[j - 8] |= (q & 0xF) << 4;
+            }
+            s[j % 4 + 8] |= (q >> 4) << (2 * (j / 4));
+        }
+        s
+    }
+
+    /// The block of super-scale `d`, stored `scales` (`pack_scales`) and levels `l`
+    /// (0..=7, value `d·(sc − 32)·(l − 4)`).
+    pub fn from_levels(d: f16, scales: [u8; 12], l: &[u8; QK_K]) -> Self {
+        let mut hmask = [0u8; QK_K / 8];
         let mut low = [0u8; QK_K];
         for (e, (&le, lo)) in l.iter().zip(&mut low).enumerate() {
-            let le = le as u8;
             if le > 3 {
-                y.hmask[e % 32] |= 1 << (e / 32);
+                hmask[e % 32] |= 1 << (e / 32);
             }
             *lo = le & 3;
         }
-        y.qs = pack_2bit(&low);
-        y
+        Self {
+            hmask,
+            qs: pack_2bit(&low),
+            scales,
+            d,
+        }
     }
 }
 

@@ -66,10 +66,38 @@ pub(crate) fn inverse_or_zero(d: f32) -> f32 {
     }
 }
 
+/// Packs 32 levels two to a byte: level `j` in the low nibble of byte `j`, level `j + 16` in
+/// the high one (Q4_0, Q4_1, IQ4_NL and each IQ4_XS sub-block). Not masked, as ggml's
+/// packing is not: a level above 15 corrupts its neighbour there too.
+pub(crate) fn pack_nibbles(l: &[u8; QK]) -> [u8; QK / 2] {
+    std::array::from_fn(|j| l[j] | (l[j + QK / 2] << 4))
+}
+
 /// C's `MIN(max, (int8_t)v)` stored into a `uint8_t`: truncate, clamp from above only, wrap.
 #[inline]
 pub(crate) fn trunc_clamp_u8(v: f32, max: i32) -> u8 {
     (c_float_to_int(v) as i8 as i32).min(max) as u8
+}
+
+impl BlockQ4_0 {
+    /// The block of scale `d` and levels `l` (0..16, value `d·(l − 8)`).
+    pub fn from_levels(d: f16, l: &[u8; QK]) -> Self {
+        Self {
+            d,
+            qs: pack_nibbles(l),
+        }
+    }
+}
+
+impl BlockQ4_1 {
+    /// The block of scale `d`, minimum `m` and levels `l` (0..16, value `d·l + m`).
+    pub fn from_levels(d: f16, m: f16, l: &[u8; QK]) -> Self {
+        Self {
+            d,
+            m,
+            qs: pack_nibbles(l),
+        }
+    }
 }
 
 impl QuantBlock for BlockQ4_0 {
@@ -83,12 +111,8 @@ impl QuantBlock for BlockQ4_0 {
             let d = signed_absmax(x) / -8.0;
             // ggml scales by the inverse of the f32 scale, not of its f16 rounding.
             let id = inverse_or_zero(d);
-            y.d = f32_to_f16(d);
-            for j in 0..QK / 2 {
-                let lo = trunc_clamp_u8(x[j] * id + 8.5, 15);
-                let hi = trunc_clamp_u8(x[j + QK / 2] * id + 8.5, 15);
-                y.qs[j] = lo | (hi << 4);
-            }
+            let l = std::array::from_fn(|j| trunc_clamp_u8(x[j] * id + 8.5, 15));
+            *y = Self::from_levels(f32_to_f16(d), &l);
         }
     }
 
@@ -132,14 +156,9 @@ impl QuantBlock for BlockQ4_1 {
             let (min, max) = min_max(x);
             let d = (max - min) / 15.0;
             let id = inverse_or_zero(d);
-            y.d = f32_to_f16(d);
             // Offsets are taken from the f32 minimum; only the stored m is rounded to f16.
-            y.m = f32_to_f16(min);
-            for j in 0..QK / 2 {
-                let lo = trunc_clamp_u8((x[j] - min) * id + 0.5, 15);
-                let hi = trunc_clamp_u8((x[j + QK / 2] - min) * id + 0.5, 15);
-                y.qs[j] = lo | (hi << 4);
-            }
+            let l = std::array::from_fn(|j| trunc_clamp_u8((x[j] - min) * id + 0.5, 15));
+            *y = Self::from_levels(f32_to_f16(d), f32_to_f16(min), &l);
         }
     }
 

@@ -34,6 +34,15 @@ pub(super) fn nibble(qs: &[u8; QK_K / 2], e: usize) -> u8 {
     }
 }
 
+/// Packs 256 levels' low 4 bits the way `nibble` reads them (Q4_K's levels, Q5_K's low bits).
+pub(super) fn pack_k_nibbles(l: &[u8; QK_K]) -> [u8; QK_K / 2] {
+    let mut qs = [0u8; QK_K / 2];
+    for (e, &le) in l.iter().enumerate() {
+        qs[32 * (e / 64) + e % 32] |= (le & 0xF) << (4 * ((e % 64) / 32));
+    }
+    qs
+}
+
 /// The asymmetric super-block fit shared by Q4_K and Q5_K: per-32 `make_qkx2_quants` with
 /// weights `rms + |x|`, then 6-bit scales and mins against f16 super-scales. Returns
 /// `(d, dmin, scales, levels)` with levels re-quantized against the decoded scales.
@@ -123,17 +132,17 @@ impl BlockQ4K {
             nstep: 20,
         };
         let (d, dmin, scales, l) = quantize_asym_k(x, 15, search);
-        let mut qs = [0u8; QK_K / 2];
-        for c in 0..QK_K / 64 {
-            for i in 0..32 {
-                qs[32 * c + i] = l[64 * c + i] | (l[64 * c + 32 + i] << 4);
-            }
-        }
+        Self::from_levels(d, dmin, scales, &l)
+    }
+
+    /// The block of super-scales `d`, `dmin`, stored `scales` (`pack_scale_min_k4`) and
+    /// levels `l` (0..=15).
+    pub fn from_levels(d: f16, dmin: f16, scales: [u8; 12], l: &[u8; QK_K]) -> Self {
         Self {
             d,
             dmin,
             scales,
-            qs,
+            qs: pack_k_nibbles(l),
         }
     }
 }

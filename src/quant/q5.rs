@@ -32,7 +32,7 @@ pub struct BlockQ5_1 {
 const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
 
 /// Packs 32 five-bit levels (in 0..32 after masking) into (qh, qs).
-pub(crate) fn pack5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
+fn pack5(q: &[u8; QK]) -> ([u8; 4], [u8; QK / 2]) {
     let mut qh = 0u32;
     let mut qs = [0u8; QK / 2];
     for j in 0..QK / 2 {
@@ -58,6 +58,22 @@ fn unpack5(qh: [u8; 4], qs: &[u8; QK / 2]) -> [u8; QK] {
     q
 }
 
+impl BlockQ5_0 {
+    /// The block of scale `d` and levels `l` (0..32, value `d·(l − 16)`).
+    pub fn from_levels(d: f16, l: &[u8; QK]) -> Self {
+        let (qh, qs) = pack5(l);
+        Self { d, qh, qs }
+    }
+}
+
+impl BlockQ5_1 {
+    /// The block of scale `d`, minimum `m` and levels `l` (0..32, value `d·l + m`).
+    pub fn from_levels(d: f16, m: f16, l: &[u8; QK]) -> Self {
+        let (qh, qs) = pack5(l);
+        Self { d, m, qh, qs }
+    }
+}
+
 impl QuantBlock for BlockQ5_0 {
     const TYPE: GgmlType = GgmlType::Q5_0;
     const BLOCK_SIZE: usize = QK;
@@ -68,12 +84,8 @@ impl QuantBlock for BlockQ5_0 {
             // As Q4_0: the signed extreme maps to level 0.
             let d = signed_absmax(x) / -16.0;
             let id = inverse_or_zero(d);
-            y.d = f32_to_f16(d);
-            let mut q = [0u8; QK];
-            for (qj, &v) in q.iter_mut().zip(x) {
-                *qj = trunc_clamp_u8(v * id + 16.5, 31);
-            }
-            (y.qh, y.qs) = pack5(&q);
+            let l = std::array::from_fn(|j| trunc_clamp_u8(x[j] * id + 16.5, 31));
+            *y = Self::from_levels(f32_to_f16(d), &l);
         }
     }
 
@@ -116,15 +128,10 @@ impl QuantBlock for BlockQ5_1 {
             let (min, max) = min_max(x);
             let d = (max - min) / 31.0;
             let id = inverse_or_zero(d);
-            y.d = f32_to_f16(d);
-            y.m = f32_to_f16(min);
-            let mut q = [0u8; QK];
-            for (qj, &v) in q.iter_mut().zip(x) {
-                // ggml does not clamp here (unlike Q4_1); a level of 32 would lose its bit 5
-                // in packing, as it does in C.
-                *qj = c_float_to_int((v - min) * id + 0.5) as u8;
-            }
-            (y.qh, y.qs) = pack5(&q);
+            // ggml does not clamp here (unlike Q4_1); a level of 32 would lose its bit 5 in
+            // packing, as it does in C.
+            let l = std::array::from_fn(|j| c_float_to_int((x[j] - min) * id + 0.5) as u8);
+            *y = Self::from_levels(f32_to_f16(d), f32_to_f16(min), &l);
         }
     }
 

@@ -2,7 +2,7 @@
 //! The same fit as Q4_K (see `q4k::quantize_asym_k`) with one more bit per weight.
 
 use super::kquant_util::{get_scale_min_k4, ScaleSearch};
-use super::q4k::{dot_asym_k, nibble, quantize_asym_k};
+use super::q4k::{dot_asym_k, nibble, pack_k_nibbles, quantize_asym_k};
 use super::*;
 use bytemuck::{Pod, Zeroable};
 use half::f16;
@@ -39,20 +39,24 @@ impl BlockQ5K {
             nstep: 15,
         };
         let (d, dmin, scales, l) = quantize_asym_k(x, 31, search);
+        Self::from_levels(d, dmin, scales, &l)
+    }
+
+    /// The block of super-scales `d`, `dmin`, stored `scales` (`pack_scale_min_k4`) and
+    /// levels `l` (0..=31).
+    pub fn from_levels(d: f16, dmin: f16, scales: [u8; 12], l: &[u8; QK_K]) -> Self {
         let mut qh = [0u8; QK_K / 8];
-        let mut qs = [0u8; QK_K / 2];
         for (e, &le) in l.iter().enumerate() {
             if le > 15 {
                 qh[e % 32] |= 1 << (e / 32);
             }
-            qs[32 * (e / 64) + e % 32] |= (le & 0xF) << (4 * ((e % 64) / 32));
         }
         Self {
             d,
             dmin,
             scales,
             qh,
-            qs,
+            qs: pack_k_nibbles(l),
         }
     }
 }

@@ -57,30 +57,37 @@ impl BlockQ6K {
             }
         }
 
-        let mut y = Self::zeroed();
         if max_abs_scale < GROUP_MAX_EPS {
-            return y;
+            return Self::zeroed();
         }
         let iscale = -128.0 / max_scale;
-        y.d = f16::from_f32(1.0 / iscale);
-        for (s, &sc) in y.scales.iter_mut().zip(&scales) {
-            *s = nearest_int(iscale * sc).min(127) as i8;
-        }
+        let d = f16::from_f32(1.0 / iscale);
+        let sc = scales.map(|s| nearest_int(iscale * s).min(127) as i8);
 
         // Re-quantize against the scales as they will be decoded (8-bit, through f16).
-        for j in 0..QK_K / 16 {
-            let d = y.d.to_f32() * y.scales[j] as f32;
-            if d == 0.0 {
+        for (j, &s) in sc.iter().enumerate() {
+            let dj = d.to_f32() * s as f32;
+            if dj == 0.0 {
                 continue;
             }
             for ii in 0..16 {
-                let q = nearest_int(x[16 * j + ii] / d).clamp(-32, 31);
+                let q = nearest_int(x[16 * j + ii] / dj).clamp(-32, 31);
                 l[16 * j + ii] = (q + 32) as i8;
             }
         }
+        Self::from_levels(d, sc, &l.map(|v| v as u8))
+    }
 
+    /// The block of super-scale `d`, sub-block scales `sc` and levels `l` (0..=63, value
+    /// `d·sc·(l − 32)`).
+    pub fn from_levels(d: f16, sc: [i8; QK_K / 16], l: &[u8; QK_K]) -> Self {
+        let mut y = Self {
+            ql: [0; QK_K / 2],
+            qh: [0; QK_K / 4],
+            scales: sc,
+            d,
+        };
         for (e, &le) in l.iter().enumerate() {
-            let le = le as u8;
             let (lb, ls, hb, hs) = q6_pos(e);
             y.ql[lb] |= (le & 0xF) << ls;
             y.qh[hb] |= (le >> 4) << hs;

@@ -44,6 +44,17 @@ fn quantize_q8(x: &[f32], qs: &mut [i8; QK]) -> f32 {
     d
 }
 
+impl BlockQ8_0 {
+    /// The block of scale `d` and levels `l` offset by 128 (value `d·(l − 128)`), the
+    /// unsigned form the importance-weighted quantizer works in.
+    pub fn from_levels(d: f16, l: &[u8; QK]) -> Self {
+        Self {
+            d,
+            qs: l.map(|v| (v as i32 - 128) as i8),
+        }
+    }
+}
+
 fn dequantize_q8(d: f16, qs: &[i8; QK], y: &mut [f32]) {
     let d = f16_to_f32(d);
     for (yj, &q) in y.iter_mut().zip(qs) {
