@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod linalg;
 pub mod model;
 pub mod ops;
+pub mod progress;
 pub mod quant;
 pub mod server;
 pub mod tensor;

@@ -7,10 +7,10 @@ use clap::Args;
 
 use super::{AppError, ModelArg, Threads};
 use crate::eval::perplexity::{self, vocab_fingerprint};
-use crate::eval::progress::Progress;
 use crate::eval::{Baseline, EvalOptions, EvalResult, SavedLogits};
 use crate::gguf::GgufFile;
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
 /// Perplexity over a text, and KL divergence against a baseline.

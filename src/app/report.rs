@@ -8,9 +8,9 @@ use clap::Args;
 
 use super::{AppError, Threads};
 use crate::eval::perplexity::{tokenize_text, vocab_fingerprint};
-use crate::eval::progress::Progress;
 use crate::eval::report::{self, Row};
 use crate::eval::{bench, sys, Baseline, EvalOptions};
+use crate::progress::Progress;
 
 /// Compare variants of a model with its baseline: a table, a chart and JSON.
 ///

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::eval::progress::Progress;
 use crate::model::synth;
+use crate::progress::Progress;
 
 /// Write a model with random weights in a real model's shape (for benchmarks).
 ///

@@ -11,10 +11,10 @@ use crate::convert::imatrix::{self, Imatrix};
 use crate::convert::pipeline::Summary;
 use crate::convert::{self, ConvertOptions, Target};
 use crate::eval::perplexity::{self, baseline_rows, plan_chunks, BaselineRows};
-use crate::eval::progress::Progress;
 use crate::eval::{bench, kld, report, Baseline, Estimate, EvalOptions};
 use crate::gguf::{GgmlType, GgufFile};
 use crate::model::Model;
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
 /// Keep the baseline's logits in memory up to this size; above it, the baseline is run

@@ -6,6 +6,7 @@
 use super::{ConvertError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Logits, MatmulInput, Model};
+use crate::progress::Progress;
 use crate::tokenizer::Tokenizer;
 
 /// What a calibration pass collects.
@@ -38,7 +39,7 @@ impl<'a> Calibrator<'a> {
     }
 
     /// Runs at most `max_chunks` chunks of `ctx` tokens of `text` past `obs`. With
-    /// `progress`, one line per chunk starting with that label.
+    /// `progress`: a progress bar with that label, over the chunks.
     pub fn run(
         &self,
         text: &str,
@@ -58,7 +59,10 @@ impl<'a> Calibrator<'a> {
             )));
         }
         let mut tokens = 0usize;
-        let start = std::time::Instant::now();
+        let mut bar = progress.map(|label| Progress::new(label, "chunks"));
+        if let Some(b) = &mut bar {
+            b.update(0, n_chunks);
+        }
         for c in 0..n_chunks {
             let mut chunk: Vec<u32> = bos.into_iter().collect();
             chunk.extend_from_slice(&ids[c * body..(c + 1) * body]);
@@ -70,13 +74,12 @@ impl<'a> Calibrator<'a> {
                 .forward_observed(&mut cache, &chunk, Logits::All, &mut observe)
                 .map_err(|e| ConvertError::Usage(e.to_string()))?;
             tokens += chunk.len();
-            if let Some(label) = progress {
-                let secs = start.elapsed().as_secs_f64().max(1e-9);
-                eprintln!(
-                    "{label} {}/{n_chunks}, {:.0} tokens/s",
-                    c + 1,
-                    tokens as f64 / secs
-                );
+            if let Some(b) = &mut bar {
+                b.set_message(format!(
+                    "{:.0} tokens/s",
+                    tokens as f64 / b.elapsed().max(1e-9)
+                ));
+                b.update(c + 1, n_chunks);
             }
         }
         Ok(Pass {

@@ -18,6 +18,7 @@ use super::vocab::{TOKEN_CONTROL, TOKEN_USER_DEFINED};
 use super::{io_err, ConvertError, Result};
 use crate::gguf::GgufFile;
 use crate::model::{Arch, ModelConfig};
+use crate::progress::Progress;
 use crate::tokenizer::bpe::{PreConfig, GPT2};
 
 #[derive(Clone, Copy, Debug)]
@@ -176,7 +177,11 @@ fn write_all(
     }
     let n = shards.len();
     let mut weight_map = Map::new();
-    let mut done = 0;
+    let mut progress = Tally {
+        bar: opts.progress.then(|| Progress::new("export-hf", "tensors")),
+        done: 0,
+        total: planned.len(),
+    };
     for (si, shard) in shards.iter().enumerate() {
         let name = if n == 1 {
             "model.safetensors".to_string()
@@ -186,7 +191,7 @@ fn write_all(
         for p in shard {
             weight_map.insert(p.hf.clone(), json!(name));
         }
-        write_safetensors(f, shard, &dir.join(&name), opts, &mut done, planned.len())?;
+        write_safetensors(f, shard, &dir.join(&name), opts, &mut progress)?;
     }
     if n > 1 {
         let total: u64 = planned.iter().map(|p| p.bytes).sum();
@@ -198,13 +203,19 @@ fn write_all(
     Ok(())
 }
 
+/// Tensors written so far, across the shards, and the bar that shows them.
+struct Tally {
+    bar: Option<Progress>,
+    done: usize,
+    total: usize,
+}
+
 fn write_safetensors(
     f: &GgufFile,
     tensors: &[&Planned],
     path: &Path,
     opts: &ExportOptions,
-    done: &mut usize,
-    total: usize,
+    progress: &mut Tally,
 ) -> Result<()> {
     let mut header = Map::new();
     header.insert("__metadata__".into(), json!({"format": "pt"}));
@@ -261,17 +272,9 @@ fn write_safetensors(
             }
         }
         put(&bytes).map_err(io_err(path))?;
-        *done += 1;
-        if opts.progress {
-            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-            if tty {
-                eprint!("\rexport-hf: {done}/{total} tensors");
-                if *done == total {
-                    eprintln!();
-                }
-            } else if *done * 10 / total != (*done - 1) * 10 / total {
-                eprintln!("export-hf: {done}/{total} tensors");
-            }
+        progress.done += 1;
+        if let Some(bar) = &mut progress.bar {
+            bar.update(progress.done, progress.total);
         }
     }
     w.flush().map_err(io_err(path))?;

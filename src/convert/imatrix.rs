@@ -219,7 +219,7 @@ pub fn calibrate_with_gram(
             Vec::new()
         },
     };
-    let label = progress.then_some("calibrate: chunk");
+    let label = progress.then_some("calibrate");
     let pass = cal.run(
         text,
         ctx,

@@ -7,7 +7,7 @@
 //! the largest tensor, whatever the model's size.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
@@ -15,6 +15,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::gguf::{GgmlType, GgufBuilder};
+use crate::progress::Progress;
 use crate::quant;
 
 use super::recipe::Plan;
@@ -102,7 +103,10 @@ pub fn write_gguf(
     let total_bytes = builder.file_size();
     let mut stream = builder.create(out)?;
     let n = tensors.len();
-    let tty = std::io::stderr().is_terminal();
+    let mut progress = opts.progress.then(|| Progress::new("convert", "tensors"));
+    if let Some(p) = &mut progress {
+        p.update(0, n);
+    }
 
     let result: Result<PathBuf> = std::thread::scope(|s| {
         // One finished tensor may wait while another is written and a third is quantized.
@@ -115,7 +119,6 @@ pub fn write_gguf(
         });
         let mut written_in = 0usize;
         let (mut weighted, mut unweighted) = (0usize, Vec::new());
-        let mut last_pct = 0;
         for (i, (t, &ty)) in tensors.iter().zip(&types).enumerate() {
             let imp = opts.imatrix.as_ref().and_then(|im| {
                 if is_float(ty) {
@@ -157,23 +160,16 @@ pub fn write_gguf(
             if tx.send(bytes).is_err() {
                 break; // the writer failed; its error is reported below
             }
-            if opts.progress {
+            if let Some(p) = &mut progress {
                 let secs = start.elapsed().as_secs_f64().max(1e-9);
-                let line = format!(
-                    "[{}/{n}] {:<32} {:<6} {:>8.1} MB read, {:>7.1} MB/s",
-                    i + 1,
+                p.set_message(format!(
+                    "{} {}, {:.1} MB read, {:.1} MB/s",
                     t.name,
-                    ty.to_string(),
+                    ty,
                     written_in as f64 / 1e6,
                     written_in as f64 / 1e6 / secs
-                );
-                let pct = (i + 1) * 10 / n.max(1);
-                if tty {
-                    eprint!("\r{line}\x1b[K");
-                } else if pct != last_pct || i + 1 == n {
-                    eprintln!("{line}");
-                }
-                last_pct = pct;
+                ));
+                p.update(i + 1, n);
             }
         }
         drop(tx);
@@ -183,9 +179,7 @@ pub fn write_gguf(
             .join()
             .unwrap_or_else(|_| Err(ConvertError::Usage("the writer thread panicked".into())))
     });
-    if opts.progress && tty {
-        eprintln!();
-    }
+    drop(progress);
     summary.path = result?;
     summary.n_tensors = n;
     summary.file_bytes = total_bytes;

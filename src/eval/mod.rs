@@ -8,7 +8,6 @@ pub mod bench;
 pub mod kld;
 pub mod logits_file;
 pub mod perplexity;
-pub mod progress;
 pub mod report;
 
 pub mod sys;

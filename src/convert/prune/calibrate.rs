@@ -175,7 +175,7 @@ pub fn calibrate_with(
 ) -> Result<Calibration> {
     let cal = Calibrator::new(f)?;
     let mut stats = new_stats(f, &cal, gram, attn_gram)?;
-    let label = progress.then_some("prune: calibration chunk");
+    let label = progress.then_some("prune: calibration");
     let pass = cal.run(text, ctx, max_chunks, label, &mut stats)?;
     for (g, &n) in
         (stats.grams.iter_mut().zip(&stats.n_ff)).chain(stats.attn.iter_mut().zip(&stats.n_att))

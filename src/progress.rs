@@ -1,5 +1,6 @@
 //! A progress bar with an ETA on stderr, for work that takes minutes (evaluations, the
-//! compress search, synth). On a terminal, indicatif redraws one line. Elsewhere (a log, CI)
+//! compress search, synth, conversion, calibration). Below every layer that reports progress,
+//! so the converter and the evaluators share it. On a terminal, indicatif redraws one line. Elsewhere (a log, CI)
 //! a redrawn line would leave thousands of carriage returns, so it prints plain lines
 //! instead: at the start, at every tenth of the work, after a minute without one, and at the
 //! end.
@@ -24,6 +25,8 @@ pub struct Progress {
     /// For plain lines: the tenth and the time of the last one printed.
     last_tenth: usize,
     last_line: Instant,
+    /// What the work is on now (a tensor's name, a rate), shown after the count.
+    message: String,
 }
 
 /// "1:05" or "1:02:03".
@@ -81,7 +84,18 @@ impl Progress {
             bar: None,
             last_tenth: usize::MAX,
             last_line: Instant::now(),
+            message: String::new(),
         }
+    }
+
+    /// Sets the text shown after the count from the next update on.
+    pub fn set_message(&mut self, message: impl Into<String>) {
+        self.message = message.into();
+    }
+
+    /// Seconds since the work started (the last update with `done` = 0).
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
     }
 
     /// `done` of `total` are finished; 0 restarts the clock (setup before it is not work).
@@ -96,6 +110,9 @@ impl Progress {
                 bar
             });
             bar.set_length(total as u64);
+            if !self.message.is_empty() {
+                bar.set_message(format!("{} {}", self.unit, self.message));
+            }
             if done == 0 {
                 bar.reset();
             }
@@ -106,13 +123,16 @@ impl Progress {
             return;
         }
         if self.plain_line_due(done, total) {
-            let text = line(
+            let mut text = line(
                 &self.label,
                 self.unit,
                 done,
                 total,
                 self.start.elapsed().as_secs_f64(),
             );
+            if !self.message.is_empty() {
+                text = format!("{text}  {}", self.message);
+            }
             let mut err = std::io::stderr().lock();
             let _ = writeln!(err, "{text}");
             let _ = err.flush();
