@@ -50,6 +50,35 @@ impl<'a> TensorView<'a> {
         &self.data[i * rb..(i + 1) * rb]
     }
 
+    /// Consecutive row ranges of `rows[i]` rows each, as 2-D views borrowing this one's
+    /// bytes: the parts of a fused matrix (`attn_qkv`, Phi-3's gate+up) or the experts of a
+    /// 3-D stack. None unless the counts add up to `n_rows`.
+    pub fn split_rows(&self, rows: &[usize]) -> Option<Vec<TensorView<'a>>> {
+        if rows.iter().sum::<usize>() != self.n_rows() {
+            return None;
+        }
+        let rb = self.row_bytes();
+        let mut start = 0;
+        let parts = rows
+            .iter()
+            .enumerate()
+            .map(|(i, &r)| {
+                let range = start * rb..(start + r) * rb;
+                start += r;
+                TensorView {
+                    name: Cow::Owned(format!("{}[{i}]", self.name)),
+                    ty: self.ty,
+                    shape: vec![self.row_len(), r],
+                    data: match &self.data {
+                        Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
+                        Cow::Owned(v) => Cow::Owned(v[range].to_vec()),
+                    },
+                }
+            })
+            .collect();
+        Some(parts)
+    }
+
     /// Dequantizes the whole tensor to f32.
     pub fn to_f32(&self) -> Result<Vec<f32>, QuantError> {
         let mut out = vec![0f32; self.n_elements()];

@@ -1,11 +1,13 @@
-//! Models: hyperparameters (config.rs), the KV cache, and the decoder-only transformer that
-//! runs both supported families. Llama and Gemma 3 share one explicit per-layer forward pass;
-//! their differences are the flags of `ArchQuirks` in config.rs, in one commented table.
+//! Models: the families (arch/, one `ArchSpec` each), hyperparameters (config.rs), the KV
+//! cache, and the one decoder-only forward pass that runs every family by reading its spec.
 //!
-//! A model holds TensorViews into the GGUF map: loading copies no weights.
+//! A model holds TensorViews into the GGUF map: loading copies no weights. Every tensor of
+//! the file must be read by the loader; one it does not know is an error, never ignored.
 
+pub mod arch;
 pub mod config;
 pub mod kv_cache;
+pub mod moe;
 pub mod synth;
 
 use std::borrow::Cow;
@@ -16,6 +18,7 @@ use crate::gguf::{GgmlType, GgufFile};
 use crate::ops::{activation, attention, matmul, norm, rope, Input as SharedInput, Weight};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
+use arch::{Activation, AttnScale, FfnKind, Presence, RopeFactors};
 pub use config::{Arch, ConfigError, ModelConfig};
 pub use kv_cache::KvCache;
 
@@ -25,6 +28,8 @@ pub enum ModelError {
     Config(#[from] ConfigError),
     #[error("tensor {0:?} is missing from the model file")]
     MissingTensor(String),
+    #[error("tensor {name:?} is not part of a {arch} model as ledge knows it: refusing to run without it")]
+    UnknownTensor { name: String, arch: &'static str },
     #[error("tensor {name:?} has shape {found:?}, expected {expected:?}")]
     BadShape {
         name: String,
@@ -41,43 +46,108 @@ pub enum ModelError {
     Quant(#[from] QuantError),
 }
 
-/// One transformer block's weights, borrowed from the file.
-pub struct LayerWeights<'a> {
-    pub attn_norm: Cow<'a, [f32]>,
+/// Attention weights. Shapes as (input, output) per token.
+pub struct Attention<'a> {
     /// W (n_embd, n_head·hd_k)
     pub wq: Weight<'a>,
     /// W (n_embd, n_kv·hd_k)
     pub wk: Weight<'a>,
     /// W (n_embd, n_kv·hd_v)
     pub wv: Weight<'a>,
+    /// Biases of q, k, v (Qwen2).
+    pub bias: Option<[Cow<'a, [f32]>; 3]>,
     /// W (n_head·hd_v, n_embd)
     pub wo: Weight<'a>,
+    /// (hd_k): per-head RMS norm weights of q and k.
     pub q_norm: Option<Cow<'a, [f32]>>,
     pub k_norm: Option<Cow<'a, [f32]>>,
+}
+
+/// A gated FFN: down(act(gate·x) ⊙ up·x).
+pub struct Mlp<'a> {
+    /// W (n_embd, n_ff)
+    pub gate: Weight<'a>,
+    /// W (n_embd, n_ff)
+    pub up: Weight<'a>,
+    /// W (n_ff, n_embd)
+    pub down: Weight<'a>,
+}
+
+pub enum Ffn<'a> {
+    Dense(Mlp<'a>),
+    /// A router W (n_embd, n_expert) and the experts, each a 2-D slice of the 3-D stacks.
+    Experts {
+        router: Weight<'a>,
+        experts: Vec<Mlp<'a>>,
+        n_used: usize,
+    },
+}
+
+/// One transformer block's weights, borrowed from the file.
+pub struct LayerWeights<'a> {
+    pub attn_norm: Cow<'a, [f32]>,
+    pub attn: Attention<'a>,
     pub post_attn_norm: Option<Cow<'a, [f32]>>,
     pub ffn_norm: Cow<'a, [f32]>,
-    /// W (n_embd, n_ff)
-    pub w_gate: Weight<'a>,
-    /// W (n_embd, n_ff)
-    pub w_up: Weight<'a>,
-    /// W (n_ff, n_embd)
-    pub w_down: Weight<'a>,
+    pub ffn: Ffn<'a>,
     pub post_ffn_norm: Option<Cow<'a, [f32]>>,
 }
 
-impl LayerWeights<'_> {
-    /// [wq, wk, wv, wo, w_gate, w_up, w_down].
-    pub fn matmul_weights(&self) -> [&Weight<'_>; 7] {
-        [
-            &self.wq,
-            &self.wk,
-            &self.wv,
-            &self.wo,
-            &self.w_gate,
-            &self.w_up,
-            &self.w_down,
-        ]
+impl Mlp<'_> {
+    fn weights(&self) -> [&Weight<'_>; 3] {
+        [&self.gate, &self.up, &self.down]
     }
+}
+
+impl LayerWeights<'_> {
+    /// Every matrix of the block: q, k, v, o, then the FFN's (router first for experts).
+    pub fn matmul_weights(&self) -> Vec<&Weight<'_>> {
+        let a = &self.attn;
+        let mut v = vec![&a.wq, &a.wk, &a.wv, &a.wo];
+        match &self.ffn {
+            Ffn::Dense(m) => v.extend(m.weights()),
+            Ffn::Experts {
+                router, experts, ..
+            } => {
+                v.push(router);
+                v.extend(experts.iter().flat_map(|m| m.weights()));
+            }
+        }
+        v
+    }
+
+    /// Weight bytes one decoded token reads: for experts, the router and `n_used` experts.
+    pub fn read_bytes_per_token(&self) -> usize {
+        let a = &self.attn;
+        let attn: usize = [&a.wq, &a.wk, &a.wv, &a.wo]
+            .iter()
+            .map(|w| w.read_bytes())
+            .sum();
+        let mlp = |m: &Mlp| m.weights().iter().map(|w| w.read_bytes()).sum::<usize>();
+        attn + match &self.ffn {
+            Ffn::Dense(m) => mlp(m),
+            Ffn::Experts {
+                router,
+                experts,
+                n_used,
+            } => {
+                let all: usize = experts.iter().map(mlp).sum();
+                router.read_bytes() + all / experts.len().max(1) * n_used
+            }
+        }
+    }
+}
+
+/// RoPE frequency factors from the file (`RopeFactors` of the family).
+pub enum RopeFactorSet<'a> {
+    None,
+    /// `rope_freqs.weight`, at every context length.
+    Fixed(Cow<'a, [f32]>),
+    /// LongRoPE: the long set for caches longer than `n_ctx_orig`.
+    LongShort {
+        short: Cow<'a, [f32]>,
+        long: Cow<'a, [f32]>,
+    },
 }
 
 pub struct Model<'a> {
@@ -88,6 +158,7 @@ pub struct Model<'a> {
     /// (n_embd, n_vocab); the embedding matrix itself when the file ties them.
     pub output: Weight<'a>,
     pub layers: Vec<LayerWeights<'a>>,
+    pub rope_factors: RopeFactorSet<'a>,
     /// The size of the load-time packed copies among the weights.
     pub packed: PackedSize,
 }
@@ -127,8 +198,11 @@ pub enum Logits {
     All,
 }
 
+/// Reads tensors by name, checking shape and type, and remembers which it read so that
+/// `unread` can name any tensor the family does not use.
 struct Loader<'a> {
     f: &'a GgufFile,
+    read: std::cell::RefCell<std::collections::HashSet<String>>,
 }
 
 impl<'a> Loader<'a> {
@@ -150,10 +224,30 @@ impl<'a> Loader<'a> {
                 ty: t.ty,
             });
         }
+        self.read.borrow_mut().insert(name.to_string());
         Ok(t)
     }
 
-    /// A norm weight vector: borrowed when it is aligned F32, else dequantized (tiny).
+    fn has(&self, name: &str) -> bool {
+        self.f.tensor_info(name).is_some()
+    }
+
+    /// A tensor cut into consecutive row groups (fused matrices, expert stacks).
+    fn split(
+        &self,
+        name: &str,
+        shape: &[usize],
+        rows: &[usize],
+    ) -> Result<Vec<TensorView<'a>>, ModelError> {
+        let t = self.tensor(name, shape)?;
+        t.split_rows(rows).ok_or_else(|| ModelError::BadShape {
+            name: name.to_string(),
+            expected: shape.to_vec(),
+            found: t.shape.clone(),
+        })
+    }
+
+    /// A norm weight or bias vector: borrowed when it is aligned F32, else dequantized (tiny).
     fn vector(&self, name: &str, len: usize) -> Result<Cow<'a, [f32]>, ModelError> {
         let t = self.tensor(name, &[len])?;
         if t.ty == GgmlType::F32 {
@@ -166,94 +260,211 @@ impl<'a> Loader<'a> {
         Ok(Cow::Owned(t.to_f32()?))
     }
 
-    fn optional_vector(
+    /// A vector the family requires, may have, or must not have.
+    fn vector_if(
         &self,
+        p: Presence,
         name: &str,
         len: usize,
     ) -> Result<Option<Cow<'a, [f32]>>, ModelError> {
-        match self.f.tensor_info(name) {
-            None => Ok(None),
-            Some(_) => self.vector(name, len).map(Some),
+        match p {
+            Presence::Required => self.vector(name, len).map(Some),
+            Presence::Optional if self.has(name) => self.vector(name, len).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The first tensor of the file that was not read, if any.
+    fn unread(&self) -> Option<String> {
+        let read = self.read.borrow();
+        self.f
+            .tensor_infos()
+            .iter()
+            .map(|i| self.f.tensor_name(i))
+            .find(|n| !read.contains(*n))
+            .map(str::to_string)
+    }
+}
+
+/// One block's tensors before the matrices get their layouts: the norms and biases as
+/// vectors, the matrices as views in the order `LayerWeights::matmul_weights` lists them.
+struct LayerViews<'a> {
+    attn_norm: Cow<'a, [f32]>,
+    bias: Option<[Cow<'a, [f32]>; 3]>,
+    q_norm: Option<Cow<'a, [f32]>>,
+    k_norm: Option<Cow<'a, [f32]>>,
+    post_attn_norm: Option<Cow<'a, [f32]>>,
+    ffn_norm: Cow<'a, [f32]>,
+    post_ffn_norm: Option<Cow<'a, [f32]>>,
+    matrices: Vec<TensorView<'a>>,
+}
+
+impl<'a> LayerViews<'a> {
+    /// Finds block `il`'s tensors as the family names and shapes them.
+    fn find(l: &Loader<'a>, c: &ModelConfig, il: usize) -> Result<LayerViews<'a>, ModelError> {
+        let spec = c.spec;
+        let lc = &c.layers[il];
+        let n = |s: &str| format!("blk.{il}.{s}.weight");
+        let b = |s: &str| format!("blk.{il}.{s}.bias");
+        let (d, hk, hv) = (c.n_embd, c.head_dim_k, c.head_dim_v);
+        let (q_rows, k_rows, v_rows) = (lc.n_head * hk, lc.n_head_kv * hk, lc.n_head_kv * hv);
+        let mut matrices = Vec::new();
+        // Q, K, V: three matrices, or one fused `attn_qkv` (Phi-3) cut into three.
+        let fused_qkv = spec.fused && l.has(&n("attn_qkv"));
+        if fused_qkv {
+            let shape = [d, q_rows + k_rows + v_rows];
+            matrices.extend(l.split(&n("attn_qkv"), &shape, &[q_rows, k_rows, v_rows])?);
+        } else {
+            matrices.push(l.tensor(&n("attn_q"), &[d, q_rows])?);
+            matrices.push(l.tensor(&n("attn_k"), &[d, k_rows])?);
+            matrices.push(l.tensor(&n("attn_v"), &[d, v_rows])?);
+        }
+        let bias = match spec.qkv_bias {
+            Presence::Absent => None,
+            p if p == Presence::Required || l.has(&b("attn_q")) => Some([
+                l.vector(&b("attn_q"), q_rows)?,
+                l.vector(&b("attn_k"), k_rows)?,
+                l.vector(&b("attn_v"), v_rows)?,
+            ]),
+            _ => None,
+        };
+        matrices.push(l.tensor(&n("attn_output"), &[lc.n_head * hv, d])?);
+        let ff = lc.n_ff;
+        match spec.ffn {
+            // Gate and up: two matrices, or Phi-3's one `ffn_up` of 2·n_ff rows, gate first.
+            FfnKind::Dense if spec.fused && !l.has(&n("ffn_gate")) => {
+                matrices.extend(l.split(&n("ffn_up"), &[d, 2 * ff], &[ff, ff])?);
+                matrices.push(l.tensor(&n("ffn_down"), &[ff, d])?);
+            }
+            FfnKind::Dense => {
+                matrices.push(l.tensor(&n("ffn_gate"), &[d, ff])?);
+                matrices.push(l.tensor(&n("ffn_up"), &[d, ff])?);
+                matrices.push(l.tensor(&n("ffn_down"), &[ff, d])?);
+            }
+            // The experts' stacks (n_expert, rows, cols) cut into one 2-D view per expert,
+            // then listed expert by expert: gate, up, down.
+            FfnKind::Experts => {
+                let ne = c.n_expert;
+                matrices.push(l.tensor(&n("ffn_gate_inp"), &[d, ne])?);
+                let gate = l.split(&n("ffn_gate_exps"), &[d, ff, ne], &vec![ff; ne])?;
+                let up = l.split(&n("ffn_up_exps"), &[d, ff, ne], &vec![ff; ne])?;
+                let down = l.split(&n("ffn_down_exps"), &[ff, d, ne], &vec![d; ne])?;
+                for ((g, u), dn) in gate.into_iter().zip(up).zip(down) {
+                    matrices.extend([g, u, dn]);
+                }
+            }
+        }
+        let post = |s: &str| -> Result<_, ModelError> {
+            match spec.post_norms {
+                true => l.vector(&n(s), d).map(Some),
+                false => Ok(None),
+            }
+        };
+        Ok(LayerViews {
+            attn_norm: l.vector(&n("attn_norm"), d)?,
+            bias,
+            q_norm: l.vector_if(spec.qk_norm, &n("attn_q_norm"), hk)?,
+            k_norm: l.vector_if(spec.qk_norm, &n("attn_k_norm"), hk)?,
+            post_attn_norm: post("post_attention_norm")?,
+            ffn_norm: l.vector(&n("ffn_norm"), d)?,
+            post_ffn_norm: post("post_ffw_norm")?,
+            matrices,
+        })
+    }
+
+    /// Gives each matrix its layout (`Weight::load`) and assembles the block.
+    fn load(self, ks: &crate::quant::simd::KernelSet, n_used: usize) -> LayerWeights<'a> {
+        let mut w = self.matrices.into_iter().map(|v| Weight::load(v, ks));
+        let mut take = move || w.next();
+        let mlp = |take: &mut dyn FnMut() -> Option<Weight<'a>>| {
+            Some(Mlp {
+                gate: take()?,
+                up: take()?,
+                down: take()?,
+            })
+        };
+        const LISTED: &str = "LayerViews::find lists every matrix";
+        let (wq, wk, wv, wo) = (
+            take().expect(LISTED),
+            take().expect(LISTED),
+            take().expect(LISTED),
+            take().expect(LISTED),
+        );
+        let ffn = if n_used == 0 {
+            Ffn::Dense(mlp(&mut take).expect(LISTED))
+        } else {
+            let router = take().expect(LISTED);
+            let experts = std::iter::from_fn(|| mlp(&mut take)).collect();
+            Ffn::Experts {
+                router,
+                experts,
+                n_used,
+            }
+        };
+        LayerWeights {
+            attn_norm: self.attn_norm,
+            attn: Attention {
+                wq,
+                wk,
+                wv,
+                bias: self.bias,
+                wo,
+                q_norm: self.q_norm,
+                k_norm: self.k_norm,
+            },
+            post_attn_norm: self.post_attn_norm,
+            ffn_norm: self.ffn_norm,
+            ffn,
+            post_ffn_norm: self.post_ffn_norm,
         }
     }
 }
 
 impl<'a> Model<'a> {
-    /// Builds the model over an open GGUF file, checking every tensor's presence and shape.
+    /// Builds the model over an open GGUF file, checking every tensor's presence and shape,
+    /// and that the file holds no tensor the family does not use.
     pub fn load(f: &'a GgufFile) -> Result<Model<'a>, ModelError> {
         let config = ModelConfig::from_gguf(f)?;
-        let l = Loader { f };
+        let l = Loader {
+            f,
+            read: Default::default(),
+        };
         let (d, nv) = (config.n_embd, config.n_vocab);
         let tok_embd = l.tensor("token_embd.weight", &[d, nv])?;
-        let output_view = if f.tensor_info("output.weight").is_some() {
+        let output_view = if l.has("output.weight") {
             l.tensor("output.weight", &[d, nv])?
         } else {
             tok_embd.clone()
         };
-        let q = config.quirks;
-        let mut views = Vec::with_capacity(config.n_layer);
-        for (i, lc) in config.layers.iter().enumerate() {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            let (hk, hv) = (config.head_dim_k, config.head_dim_v);
-            let qk_norm = |s: &str| -> Result<_, ModelError> {
-                if q.qk_norm {
-                    Ok(Some(l.vector(&n(s), hk)?))
-                } else {
-                    l.optional_vector(&n(s), hk)
+        let half_rot = config.n_rot / 2;
+        let rope_factors = match config.spec.rope_factors {
+            RopeFactors::Freqs if l.has("rope_freqs.weight") => {
+                RopeFactorSet::Fixed(l.vector("rope_freqs.weight", half_rot)?)
+            }
+            RopeFactors::LongShort if l.has("rope_factors_long.weight") => {
+                RopeFactorSet::LongShort {
+                    short: l.vector("rope_factors_short.weight", half_rot)?,
+                    long: l.vector("rope_factors_long.weight", half_rot)?,
                 }
-            };
-            let post = |s: &str| -> Result<_, ModelError> {
-                if q.post_norms {
-                    Ok(Some(l.vector(&n(s), d)?))
-                } else {
-                    Ok(None)
-                }
-            };
-            views.push((
-                [
-                    l.tensor(&n("attn_q"), &[d, lc.n_head * hk])?,
-                    l.tensor(&n("attn_k"), &[d, lc.n_head_kv * hk])?,
-                    l.tensor(&n("attn_v"), &[d, lc.n_head_kv * hv])?,
-                    l.tensor(&n("attn_output"), &[lc.n_head * hv, d])?,
-                    l.tensor(&n("ffn_gate"), &[d, lc.n_ff])?,
-                    l.tensor(&n("ffn_up"), &[d, lc.n_ff])?,
-                    l.tensor(&n("ffn_down"), &[lc.n_ff, d])?,
-                ],
-                (
-                    l.vector(&n("attn_norm"), d)?,
-                    qk_norm("attn_q_norm")?,
-                    qk_norm("attn_k_norm")?,
-                    post("post_attention_norm")?,
-                    l.vector(&n("ffn_norm"), d)?,
-                    post("post_ffw_norm")?,
-                ),
-            ));
+            }
+            _ => RopeFactorSet::None,
+        };
+        let views = (0..config.n_layer)
+            .map(|il| LayerViews::find(&l, &config, il))
+            .collect::<Result<Vec<_>, _>>()?;
+        let output_norm = l.vector("output_norm.weight", d)?;
+        if let Some(name) = l.unread() {
+            return Err(ModelError::UnknownTensor {
+                name,
+                arch: config.arch.name(),
+            });
         }
         // Each weight's layout, chosen once; in parallel, as repacking a 7B model's 3.8 GB
         // takes a few seconds otherwise.
         let ks = crate::quant::simd::kernels();
         let layers: Vec<LayerWeights> = views
             .into_par_iter()
-            .map(
-                |(w, (attn_norm, q_norm, k_norm, post_attn_norm, ffn_norm, post_ffn_norm))| {
-                    let [wq, wk, wv, wo, w_gate, w_up, w_down] = w.map(|v| Weight::load(v, ks));
-                    LayerWeights {
-                        attn_norm,
-                        wq,
-                        wk,
-                        wv,
-                        wo,
-                        q_norm,
-                        k_norm,
-                        post_attn_norm,
-                        ffn_norm,
-                        w_gate,
-                        w_up,
-                        w_down,
-                        post_ffn_norm,
-                    }
-                },
-            )
+            .map(|v| v.load(ks, config.n_expert_used))
             .collect();
         let output = Weight::load(output_view, ks);
         let packed = PackedSize(
@@ -267,11 +478,36 @@ impl<'a> Model<'a> {
         Ok(Model {
             packed,
             tok_embd,
-            output_norm: l.vector("output_norm.weight", d)?,
+            output_norm,
             output,
             layers,
+            rope_factors,
             config,
         })
+    }
+
+    /// The RoPE factors for a cache of `ctx` positions (llama.cpp picks LongRoPE's long set
+    /// by the context size, not by position).
+    pub fn rope_factors_for(&self, ctx: usize) -> Option<&[f32]> {
+        match &self.rope_factors {
+            RopeFactorSet::None => None,
+            RopeFactorSet::Fixed(f) => Some(f),
+            RopeFactorSet::LongShort { short, long } => Some(if ctx > self.config.n_ctx_orig {
+                long
+            } else {
+                short
+            }),
+        }
+    }
+
+    /// Weight bytes one decoded token reads: every layer's (active experts only) and the
+    /// output matrix's.
+    pub fn read_bytes_per_token(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| l.read_bytes_per_token())
+            .sum::<usize>()
+            + self.output.read_bytes()
     }
 
     /// A KV cache for `ctx` positions.
@@ -323,7 +559,7 @@ impl<'a> Model<'a> {
         observe: &mut Observer<'_>,
     ) -> Result<Vec<f32>, ModelError> {
         let c = &self.config;
-        let q = c.quirks;
+        let spec = c.spec;
         let (n, d) = (tokens.len(), c.n_embd);
         let pos0 = cache.len;
         if n == 0 {
@@ -347,7 +583,7 @@ impl<'a> Model<'a> {
             self.tok_embd
                 .dequantize_into(id as usize, &mut x[t * d..(t + 1) * d])?;
         }
-        if q.scale_embeddings {
+        if spec.scale_embeddings {
             let s = (d as f32).sqrt();
             x.iter_mut().for_each(|v| *v *= s);
         }
@@ -366,10 +602,12 @@ impl<'a> Model<'a> {
         let mut gate_buf = vec![0f32; widest(&|l| l.n_ff)];
         let mut up_buf = vec![0f32; widest(&|l| l.n_ff)];
         let mut o = vec![0f32; n * d];
-        // One table per distinct (base, scale): Gemma 3's local and global layers differ.
+        let factors = self.rope_factors_for(cache.ctx);
+        // One table per distinct RoPE: Gemma 3's local and global layers differ.
         let mut ropes: Vec<rope::RopeTable> = Vec::new();
         for (il, (lw, lc)) in self.layers.iter().zip(&c.layers).enumerate() {
             let (nh, nkv) = (lc.n_head, lc.n_head_kv);
+            let a = &lw.attn;
             // --- attention ---
             // The first layer norms the embeddings; later ones got their input from the
             // previous layer's fused residual add.
@@ -383,41 +621,57 @@ impl<'a> Model<'a> {
             {
                 let mut input = SharedInput::new(&xn, n);
                 // W (d, n_head·hd_k) @ xn (n, d) -> qs (n, n_head·hd_k), and likewise k, v.
-                matmul(&lw.wq, &mut input, qs)?;
-                matmul(&lw.wk, &mut input, ks)?;
-                matmul(&lw.wv, &mut input, vs)?;
+                matmul(&a.wq, &mut input, qs)?;
+                matmul(&a.wk, &mut input, ks)?;
+                matmul(&a.wv, &mut input, vs)?;
             }
-            if let Some(w) = &lw.q_norm {
+            if let Some([bq, bk, bv]) = &a.bias {
+                add_bias(qs, bq);
+                add_bias(ks, bk);
+                add_bias(vs, bv);
+            }
+            if let Some(w) = &a.q_norm {
                 norm::rms_norm(qs, w, c.rms_eps);
             }
-            if let Some(w) = &lw.k_norm {
+            if let Some(w) = &a.k_norm {
                 norm::rms_norm(ks, w, c.rms_eps);
             }
-            let rt = match ropes
-                .iter()
-                .position(|r| r.base == lc.rope_base && r.freq_scale == lc.rope_freq_scale)
-            {
+            let params = rope::RopeParams {
+                n_rot: c.n_rot,
+                base: lc.rope_base,
+                freq_scale: lc.rope_freq_scale,
+                factors: factors.filter(|_| lc.rope_scaled),
+                attn_factor: if lc.rope_scaled {
+                    c.rope_attn_factor
+                } else {
+                    1.0
+                },
+                yarn: c.yarn.filter(|_| lc.rope_scaled),
+            };
+            let rt = match ropes.iter().position(|r| r.params == params) {
                 Some(i) => &ropes[i],
                 None => {
-                    ropes.push(rope::RopeTable::new(
-                        pos0,
-                        n,
-                        c.n_rot,
-                        lc.rope_base,
-                        lc.rope_freq_scale,
-                    ));
+                    ropes.push(rope::RopeTable::new(pos0, n, params));
                     ropes.last().unwrap()
                 }
             };
             rope_and_store(
                 rt,
-                q.rope_style,
+                spec.rope_style,
                 (qs, ks, vs),
                 (nh * hk, nkv * hk, nkv * hv, hk),
                 cache,
                 il,
                 pos0,
             );
+            // Phi-3 and Gemma 2 scale the rotated queries before the product (llama.cpp's
+            // order, which decides the f16 rounding of q); the others scale the scores.
+            let scale = if spec.attn_scale == AttnScale::InSoftmax {
+                c.attn_scale
+            } else {
+                qs.iter_mut().for_each(|v| *v *= c.attn_scale);
+                1.0
+            };
             let att = &mut att_buf[..n * nh * hv]; // (n, n_head·hd_v)
             let (kc, vc) = (&cache.k[il], &cache.v[il]);
             let window = if lc.sliding { c.sliding_window } else { None };
@@ -426,12 +680,13 @@ impl<'a> Model<'a> {
                 n_kv: nkv,
                 hd_k: hk,
                 hd_v: hv,
-                scale: c.attn_scale,
+                scale,
+                softcap: c.attn_softcap,
             };
             attention::attend_positions(qs, kc, vc, shape, pos0, n, window, att);
             observe(Some(il), MatmulInput::AttnOutput, att);
             // W (n_head·hd_v, d) @ att (n, n_head·hd_v) -> o (n, d)
-            matmul(&lw.wo, &mut SharedInput::new(att, n), &mut o)?;
+            matmul(&a.wo, &mut SharedInput::new(att, n), &mut o)?;
             if let Some(w) = &lw.post_attn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
@@ -440,18 +695,28 @@ impl<'a> Model<'a> {
 
             // --- feed-forward ---
             observe(Some(il), MatmulInput::Ffn, &xn);
-            let gate = &mut gate_buf[..n * lc.n_ff]; // (n, n_ff)
-            let up = &mut up_buf[..n * lc.n_ff];
-            {
-                let mut input = SharedInput::new(&xn, n);
-                // W (d, n_ff) @ xn (n, d) -> gate, up (n, n_ff)
-                matmul(&lw.w_gate, &mut input, gate)?;
-                matmul(&lw.w_up, &mut input, up)?;
+            let bufs = (&mut gate_buf[..], &mut up_buf[..]);
+            match &lw.ffn {
+                Ffn::Dense(m) => {
+                    let (gate, up) = (&mut bufs.0[..n * lc.n_ff], &mut bufs.1[..n * lc.n_ff]);
+                    mlp(m, spec.activation, &xn, n, gate, up, &mut o, &mut |g| {
+                        observe(Some(il), MatmulInput::FfnDown, g)
+                    })?;
+                }
+                Ffn::Experts {
+                    router,
+                    experts,
+                    n_used,
+                } => {
+                    let moe = Moe {
+                        router,
+                        experts,
+                        n_used: *n_used,
+                        n_ff: lc.n_ff,
+                    };
+                    moe.forward(spec.activation, &xn, n, &mut o)?;
+                }
             }
-            activation::gated(gate, up, q.gelu_ffn);
-            observe(Some(il), MatmulInput::FfnDown, gate);
-            // W (n_ff, d) @ gate (n, n_ff) -> o (n, d)
-            matmul(&lw.w_down, &mut SharedInput::new(gate, n), &mut o)?;
             if let Some(w) = &lw.post_ffn_norm {
                 norm::rms_norm(&mut o, w, c.rms_eps);
             }
@@ -473,7 +738,115 @@ impl<'a> Model<'a> {
         let mut out = vec![0f32; m * c.n_vocab];
         // W (d, n_vocab) @ rows (m, d) -> out (m, n_vocab)
         matmul(&self.output, &mut SharedInput::new(rows, m), &mut out)?;
+        if let Some(cap) = c.final_softcap {
+            out.iter_mut()
+                .for_each(|v| *v = (*v * (1.0 / cap)).tanh() * cap);
+        }
         Ok(out)
+    }
+}
+
+/// rows (n, len) += b (len).
+fn add_bias(rows: &mut [f32], b: &[f32]) {
+    for r in rows.chunks_exact_mut(b.len()) {
+        r.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
+    }
+}
+
+/// A gated FFN over x (n, d): out (n, d) = down(act(gate·x) ⊙ up·x); `gate` and `up` are
+/// (n, n_ff) scratch; `observe_down` sees the down matrix's input.
+#[allow(clippy::too_many_arguments)]
+fn mlp(
+    m: &Mlp,
+    act: Activation,
+    x: &[f32],
+    n: usize,
+    gate: &mut [f32],
+    up: &mut [f32],
+    out: &mut [f32],
+    observe_down: &mut dyn FnMut(&[f32]),
+) -> Result<(), ModelError> {
+    {
+        let mut input = SharedInput::new(x, n);
+        // W (d, n_ff) @ x (n, d) -> gate, up (n, n_ff)
+        matmul(&m.gate, &mut input, gate)?;
+        matmul(&m.up, &mut input, up)?;
+    }
+    activation::gated(gate, up, act == Activation::GeluTanh);
+    observe_down(gate);
+    // W (n_ff, d) @ gate (n, n_ff) -> out (n, d)
+    matmul(&m.down, &mut SharedInput::new(gate, n), out)?;
+    Ok(())
+}
+
+/// A mixture-of-experts FFN over x (n, d) into out (n, d): the router picks `n_used`
+/// experts per token; each chosen expert runs once over all the tokens routed to it (its
+/// rows streamed once per pass), and each token sums its experts' outputs times their
+/// weights in rank order, as llama.cpp adds them.
+struct Moe<'w, 'a> {
+    router: &'w Weight<'a>,
+    experts: &'w [Mlp<'a>],
+    n_used: usize,
+    n_ff: usize,
+}
+
+impl Moe<'_, '_> {
+    fn forward(
+        &self,
+        act: Activation,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
+        let Moe {
+            router,
+            experts,
+            n_used,
+            n_ff,
+        } = *self;
+        let (d, ne) = (x.len() / n, experts.len());
+        // W (d, n_expert) @ x (n, d) -> logits (n, n_expert)
+        let mut logits = vec![0f32; n * ne];
+        matmul(router, &mut SharedInput::new(x, n), &mut logits)?;
+        let routes = moe::route(&logits, ne, n_used);
+        // ys (n, n_used, d): each token's expert outputs by rank.
+        let mut ys = vec![0f32; n * n_used * d];
+        let (mut xs, mut gate, mut up, mut y) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (e, group) in routes.by_expert(ne).iter().enumerate() {
+            if group.is_empty() {
+                continue;
+            }
+            let m = group.len();
+            xs.clear();
+            for &(t, _) in group {
+                xs.extend_from_slice(&x[t * d..(t + 1) * d]);
+            }
+            gate.resize(m * n_ff, 0.0);
+            up.resize(m * n_ff, 0.0);
+            y.resize(m * d, 0.0);
+            mlp(
+                &experts[e],
+                act,
+                &xs,
+                m,
+                &mut gate,
+                &mut up,
+                &mut y,
+                &mut |_| {},
+            )?;
+            for (&(t, r), yr) in group.iter().zip(y.chunks_exact(d)) {
+                ys[(t * n_used + r) * d..][..d].copy_from_slice(yr);
+            }
+        }
+        for (t, o) in out.chunks_exact_mut(d).enumerate() {
+            o.fill(0.0);
+            for r in 0..n_used {
+                let w = routes.weights[t * n_used + r];
+                let yr = &ys[(t * n_used + r) * d..][..d];
+                o.iter_mut().zip(yr).for_each(|(o, &v)| *o += v * w);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -481,7 +854,7 @@ impl<'a> Model<'a> {
 /// tokens split across the pool for prompts (serially it was ~3 % of a two-thread prompt).
 /// `widths` = (query row, key row, value row, key head).
 fn rope_and_store(
-    rt: &rope::RopeTable,
+    rt: &rope::RopeTable<'_>,
     style: config::RopeStyle,
     (qs, ks, vs): (&mut [f32], &mut [f32], &[f32]),
     (qw, kw, vw, hk): (usize, usize, usize, usize),

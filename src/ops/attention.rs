@@ -14,6 +14,9 @@ pub struct AttnShape {
     pub hd_k: usize,
     pub hd_v: usize,
     pub scale: f32,
+    /// Scores soft-capped to cap·tanh(score/cap) before the softmax (Gemma 2). Only the
+    /// portable path does it; the kernel sets' attention kernels are for uncapped scores.
+    pub softcap: Option<f32>,
 }
 
 /// Attention of query head `h` at position `pos` against cached positions `first..=pos`.
@@ -39,7 +42,7 @@ pub fn attend_head(
     let ks = simd::kernels();
     let g = h / (s.n_head / s.n_kv);
     let (kw, vw) = (s.n_kv * s.hd_k, s.n_kv * s.hd_v);
-    if let Some(a) = fast_path(s.hd_k, s.hd_v) {
+    if let Some(a) = fast_path(s) {
         let l = simd::HeadLayout {
             k_stride: kw,
             k_off: g * s.hd_k,
@@ -55,7 +58,10 @@ pub fn attend_head(
     let mut max = f32::NEG_INFINITY;
     for p in first..=pos {
         let kr = &k_cache[p * kw + g * s.hd_k..p * kw + (g + 1) * s.hd_k];
-        let v = (ks.f16)(kr, q16) * s.scale;
+        let mut v = (ks.f16)(kr, q16) * s.scale;
+        if let Some(cap) = s.softcap {
+            v = (v * (1.0 / cap)).tanh() * cap;
+        }
         max = max.max(v);
         scores.push(v);
     }
@@ -95,7 +101,7 @@ pub fn attend_positions(
     assert_eq!(att.len(), n * nh * hv);
     let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
     #[cfg(target_arch = "x86_64")]
-    if n >= TILED_MIN_TOKENS && fast_path(hk, hv).is_some_and(|a| a.tiled) {
+    if n >= TILED_MIN_TOKENS && fast_path(s).is_some_and(|a| a.tiled) {
         tiled(qs, k_cache, v_cache, s, pos0, n, &first, att);
         return;
     }
@@ -194,8 +200,13 @@ fn tiled(
     }
 }
 
-/// The kernel set's attention kernel, where it handles these head sizes (`LEDGE_SIMD=avx2|
-/// scalar` have none: the portable path).
-fn fast_path(hd_k: usize, hd_v: usize) -> Option<simd::AttnKernel> {
-    simd::kernels().attn.filter(|a| (a.supports)(hd_k, hd_v))
+/// The kernel set's attention kernel, where it handles these head sizes and no soft-cap
+/// (`LEDGE_SIMD=avx2|scalar` have none: the portable path).
+fn fast_path(s: AttnShape) -> Option<simd::AttnKernel> {
+    if s.softcap.is_some() {
+        return None;
+    }
+    simd::kernels()
+        .attn
+        .filter(|a| (a.supports)(s.hd_k, s.hd_v))
 }
