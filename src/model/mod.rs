@@ -73,6 +73,8 @@ pub struct Mlp<'a> {
     pub down: Weight<'a>,
 }
 
+// One per layer: the size difference costs nothing, a box would cost a pointer chase.
+#[allow(clippy::large_enum_variant)]
 pub enum Ffn<'a> {
     Dense(Mlp<'a>),
     /// A router W (n_embd, n_expert) and the experts, each a 2-D slice of the 3-D stacks.
