@@ -13,10 +13,11 @@ use crate::progress::Progress;
 /// speed and memory are those of the real model while its output is meaningless.
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// Architecture (llama).
-    #[arg(long, default_value = "llama")]
-    pub arch: String,
-    /// Shape: 135m, 1b, 7b (Llama 2), 8b (Llama 3), 13b.
+    /// Architecture; optional, as each shape belongs to one (checked when given).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Shape: 135m, 1b, 7b (Llama 2), 8b (Llama 3), 13b, qwen2.5-7b, qwen3-8b, qwen3-14b,
+    /// qwen3-30b-a3b, phi3.5-mini, gemma2-9b.
     #[arg(long)]
     pub shape: String,
     /// Weight type (Q4_0, Q8_0, Q4_K, F16, …) or mix (Q4_K_M, Q5_K_M).
@@ -34,12 +35,17 @@ pub struct SynthArgs {
 }
 
 pub fn synth(a: SynthArgs) -> Result<String, Box<dyn std::error::Error>> {
-    if a.arch != "llama" {
-        return Err(format!("synth: unsupported architecture {:?} (llama)", a.arch).into());
-    }
     let shape = synth::shape(&a.shape)
         .ok_or_else(|| synth::SynthError::UnknownShape(a.shape.clone()))?
         .clone();
+    if let Some(arch) = a.arch.filter(|n| n != shape.arch.name()) {
+        return Err(synth::SynthError::ArchMismatch {
+            shape: shape.name,
+            shape_arch: shape.arch.name(),
+            arch,
+        }
+        .into());
+    }
     let opts = synth::SynthOptions {
         shape,
         plan: synth::TypePlan::parse(&a.ty)?,

@@ -1,5 +1,5 @@
 //! Synthetic models: random weights in the shapes of models we cannot download (Llama 2 7B,
-//! Llama 3 8B, …), written as standard GGUF files that ledge and llama.cpp both load. For
+//! Llama 3 8B, Qwen3-30B-A3B, …), of every family, written as standard GGUF files that ledge and llama.cpp both load. For
 //! benchmarks: the speed of a matmul depends on shapes and types, not on what the weights say.
 //!
 //! Weights are uniform with standard deviation 0.02 (the usual initialisation scale, so
@@ -15,24 +15,49 @@ use rayon::prelude::*;
 use crate::convert::recipe::{fallback_type, Plan};
 use crate::convert::Target;
 use crate::gguf::{GgmlType, GgufBuilder, GgufError, MetaArray, MetaValue, ValueType};
+use crate::model::arch::{Arch, FfnKind, Presence};
 use crate::quant;
 
 /// Rows of random data per tensor; the rest of the tensor repeats them.
 const CHUNK_ROWS: usize = 256;
 
-/// Hyperparameters of a llama-architecture model.
+/// Hyperparameters of a model of one family.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Shape {
     pub name: &'static str,
+    pub arch: Arch,
     pub n_vocab: usize,
     pub n_embd: usize,
+    /// FFN length (of each expert, for mixtures of experts).
     pub n_ff: usize,
     pub n_layer: usize,
     pub n_head: usize,
     pub n_head_kv: usize,
+    /// Head size when it is not n_embd / n_head (Qwen3, Gemma 2).
+    pub head_dim: Option<usize>,
+    /// (experts, experts used per token) for mixtures of experts.
+    pub experts: Option<(usize, usize)>,
+    /// No `output.weight`: the embeddings are the output matrix.
+    pub tied: bool,
     pub ctx: usize,
     pub rope_base: f32,
 }
+
+const LLAMA: Shape = Shape {
+    name: "",
+    arch: Arch::Llama,
+    n_vocab: 32000,
+    n_embd: 4096,
+    n_ff: 11008,
+    n_layer: 32,
+    n_head: 32,
+    n_head_kv: 32,
+    head_dim: None,
+    experts: None,
+    tied: false,
+    ctx: 4096,
+    rope_base: 10_000.0,
+};
 
 /// The shapes `ledge synth --shape` knows, from the models' published configs.
 pub const SHAPES: &[Shape] = &[
@@ -46,6 +71,7 @@ pub const SHAPES: &[Shape] = &[
         n_head_kv: 3,
         ctx: 8192,
         rope_base: 100_000.0,
+        ..LLAMA
     },
     Shape {
         name: "1b", // Llama 3.2 1B
@@ -57,39 +83,111 @@ pub const SHAPES: &[Shape] = &[
         n_head_kv: 8,
         ctx: 131_072,
         rope_base: 500_000.0,
+        ..LLAMA
     },
     Shape {
         name: "7b", // Llama 2 7B
-        n_vocab: 32000,
-        n_embd: 4096,
-        n_ff: 11008,
-        n_layer: 32,
-        n_head: 32,
-        n_head_kv: 32,
-        ctx: 4096,
-        rope_base: 10_000.0,
+        ..LLAMA
     },
     Shape {
         name: "8b", // Llama 3 8B
         n_vocab: 128_256,
-        n_embd: 4096,
         n_ff: 14336,
-        n_layer: 32,
-        n_head: 32,
         n_head_kv: 8,
         ctx: 8192,
         rope_base: 500_000.0,
+        ..LLAMA
     },
     Shape {
         name: "13b", // Llama 2 13B
-        n_vocab: 32000,
         n_embd: 5120,
         n_ff: 13824,
         n_layer: 40,
         n_head: 40,
         n_head_kv: 40,
-        ctx: 4096,
-        rope_base: 10_000.0,
+        ..LLAMA
+    },
+    Shape {
+        name: "qwen2.5-7b",
+        arch: Arch::Qwen2,
+        n_vocab: 152_064,
+        n_embd: 3584,
+        n_ff: 18944,
+        n_layer: 28,
+        n_head: 28,
+        n_head_kv: 4,
+        ctx: 32768,
+        rope_base: 1e6,
+        ..LLAMA
+    },
+    Shape {
+        name: "qwen3-8b",
+        arch: Arch::Qwen3,
+        n_vocab: 151_936,
+        n_embd: 4096,
+        n_ff: 12288,
+        n_layer: 36,
+        n_head: 32,
+        n_head_kv: 8,
+        head_dim: Some(128),
+        ctx: 40960,
+        rope_base: 1e6,
+        ..LLAMA
+    },
+    Shape {
+        name: "qwen3-14b",
+        arch: Arch::Qwen3,
+        n_vocab: 151_936,
+        n_embd: 5120,
+        n_ff: 17408,
+        n_layer: 40,
+        n_head: 40,
+        n_head_kv: 8,
+        head_dim: Some(128),
+        ctx: 40960,
+        rope_base: 1e6,
+        ..LLAMA
+    },
+    Shape {
+        name: "qwen3-30b-a3b",
+        arch: Arch::Qwen3Moe,
+        n_vocab: 151_936,
+        n_embd: 2048,
+        n_ff: 768,
+        n_layer: 48,
+        n_head: 32,
+        n_head_kv: 4,
+        head_dim: Some(128),
+        experts: Some((128, 8)),
+        ctx: 40960,
+        rope_base: 1e6,
+        ..LLAMA
+    },
+    Shape {
+        name: "phi3.5-mini",
+        arch: Arch::Phi3,
+        n_vocab: 32064,
+        n_embd: 3072,
+        n_ff: 8192,
+        n_layer: 32,
+        n_head: 32,
+        n_head_kv: 32,
+        ctx: 131_072,
+        ..LLAMA
+    },
+    Shape {
+        name: "gemma2-9b",
+        arch: Arch::Gemma2,
+        n_vocab: 256_000,
+        n_embd: 3584,
+        n_ff: 14336,
+        n_layer: 42,
+        n_head: 16,
+        n_head_kv: 8,
+        head_dim: Some(256),
+        tied: true,
+        ctx: 8192,
+        ..LLAMA
     },
 ];
 
@@ -104,6 +202,12 @@ pub enum SynthError {
         list = SHAPES.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
     )]
     UnknownShape(String),
+    #[error("shape {shape} is a {shape_arch} model, not {arch}")]
+    ArchMismatch {
+        shape: &'static str,
+        shape_arch: &'static str,
+        arch: String,
+    },
     #[error("unknown type {0:?}: use a GGML type name (Q4_0, Q8_0, Q4_K, …) or a recipe (Q4_K_M, Q4_K_S, …)")]
     UnknownType(String),
     #[error("type {ty} cannot hold rows of {n} weights (its blocks are {block} wide)")]
@@ -146,11 +250,11 @@ impl TypePlan {
 
     /// The converter's choice for every tensor of a model with `n_layer` blocks and `n_gqa`
     /// query heads per KV head (the output matrix is not tied).
-    fn plan(&self, n_layer: usize, n_gqa: usize) -> Plan {
+    fn plan(&self, n_layer: usize, n_gqa: usize, tied: bool) -> Plan {
         Plan {
             target: self.target,
             n_layer,
-            tied: false,
+            tied,
             n_gqa,
             overrides: Vec::new(),
         }
@@ -219,7 +323,7 @@ fn vocab(n: usize) -> (Vec<String>, Vec<MetaValue>, Vec<MetaValue>) {
     (tokens, scores, types)
 }
 
-/// Writes a synthetic llama model to `path` (temp file + rename). `progress` gets
+/// Writes a synthetic model to `path` (temp file + rename). `progress` gets
 /// (tensors written, total, bytes written).
 pub fn write(
     opts: &SynthOptions,
@@ -228,14 +332,16 @@ pub fn write(
 ) -> Result<std::path::PathBuf, SynthError> {
     let s = &opts.shape;
     let n_layer = opts.layers.unwrap_or(s.n_layer);
-    let head_dim = s.n_embd / s.n_head;
+    let head_dim = s.head_dim.unwrap_or(s.n_embd / s.n_head);
+    let spec = s.arch.spec();
+    let arch = s.arch.name();
     let mut b = GgufBuilder::new();
     let u32m = |v: usize| MetaValue::U32(v as u32);
-    b.set("general.architecture", "llama")?;
+    b.set("general.architecture", arch)?;
     b.set(
         "general.name",
         format!(
-            "synthetic llama {} ({})",
+            "synthetic {arch} {} ({})",
             s.name,
             opts.plan.target.base().name()
         ),
@@ -244,19 +350,41 @@ pub fn write(
         "general.file_type",
         MetaValue::U32(opts.plan.target.file_type()),
     )?;
-    b.set("llama.block_count", u32m(n_layer))?;
-    b.set("llama.context_length", u32m(s.ctx))?;
-    b.set("llama.embedding_length", u32m(s.n_embd))?;
-    b.set("llama.feed_forward_length", u32m(s.n_ff))?;
-    b.set("llama.attention.head_count", u32m(s.n_head))?;
-    b.set("llama.attention.head_count_kv", u32m(s.n_head_kv))?;
-    b.set("llama.rope.dimension_count", u32m(head_dim))?;
-    b.set("llama.rope.freq_base", MetaValue::F32(s.rope_base))?;
-    b.set(
-        "llama.attention.layer_norm_rms_epsilon",
-        MetaValue::F32(1e-5),
-    )?;
-    b.set("llama.vocab_size", u32m(s.n_vocab))?;
+    let mut key = |k: &str, v: MetaValue| b.set(&format!("{arch}.{k}"), v).map(|_| ());
+    key("block_count", u32m(n_layer))?;
+    key("context_length", u32m(s.ctx))?;
+    key("embedding_length", u32m(s.n_embd))?;
+    key("feed_forward_length", u32m(s.n_ff))?;
+    key("attention.head_count", u32m(s.n_head))?;
+    key("attention.head_count_kv", u32m(s.n_head_kv))?;
+    if s.head_dim.is_some() {
+        key("attention.key_length", u32m(head_dim))?;
+        key("attention.value_length", u32m(head_dim))?;
+    }
+    key("rope.dimension_count", u32m(head_dim))?;
+    key("rope.freq_base", MetaValue::F32(s.rope_base))?;
+    key("attention.layer_norm_rms_epsilon", MetaValue::F32(1e-5))?;
+    key("vocab_size", u32m(s.n_vocab))?;
+    if let Some((ne, nu)) = s.experts {
+        key("expert_count", u32m(ne))?;
+        key("expert_used_count", u32m(nu))?;
+        key("expert_feed_forward_length", u32m(s.n_ff))?;
+    }
+    if let Some(swa) = spec.swa {
+        key(
+            "attention.sliding_window",
+            u32m(swa.default_window.unwrap_or(512)),
+        )?;
+    }
+    if let Some(cap) = spec.softcap {
+        key("attn_logit_softcapping", MetaValue::F32(cap.attn))?;
+        key("final_logit_softcapping", MetaValue::F32(cap.final_logits))?;
+    }
+    let long_rope = spec.rope_factors == crate::model::arch::RopeFactors::LongShort;
+    if long_rope {
+        key("rope.scaling.original_context_length", u32m(4096))?;
+        key("rope.scaling.attn_factor", MetaValue::F32(1.19))?;
+    }
     let (tokens, scores, types) = vocab(s.n_vocab);
     b.set("tokenizer.ggml.model", "llama")?;
     b.set(
@@ -278,12 +406,15 @@ pub fn write(
     b.set("tokenizer.ggml.add_eos_token", MetaValue::Bool(false))?;
     b.set("ledge.synthetic", MetaValue::Bool(true))?;
 
-    let (d, ff, kv) = (
+    let (d, ff, q, kv) = (
         s.n_embd as u64,
         s.n_ff as u64,
+        (s.n_head * head_dim) as u64,
         (s.n_head_kv * head_dim) as u64,
     );
-    let types = opts.plan.plan(n_layer, s.n_head / s.n_head_kv.max(1));
+    let types = opts
+        .plan
+        .plan(n_layer, s.n_head / s.n_head_kv.max(1), s.tied);
     let planned = |name: String, dims: Vec<u64>| Planned {
         ty: types.choose(&name, &dims).ty,
         name,
@@ -292,21 +423,66 @@ pub fn write(
     let mut plan = vec![
         planned("token_embd.weight".into(), vec![d, s.n_vocab as u64]),
         planned("output_norm.weight".into(), vec![d]),
-        planned("output.weight".into(), vec![d, s.n_vocab as u64]),
     ];
+    if !s.tied {
+        plan.push(planned("output.weight".into(), vec![d, s.n_vocab as u64]));
+    }
+    if long_rope {
+        for which in ["long", "short"] {
+            plan.push(planned(
+                format!("rope_factors_{which}.weight"),
+                vec![head_dim as u64 / 2],
+            ));
+        }
+    }
     for l in 0..n_layer {
         let m = |what: &str, dims: Vec<u64>| planned(format!("blk.{l}.{what}.weight"), dims);
-        plan.extend([
-            m("attn_norm", vec![d]),
-            m("attn_q", vec![d, d]),
-            m("attn_k", vec![d, kv]),
-            m("attn_v", vec![d, kv]),
-            m("attn_output", vec![d, d]),
-            m("ffn_norm", vec![d]),
-            m("ffn_gate", vec![d, ff]),
-            m("ffn_up", vec![d, ff]),
-            m("ffn_down", vec![ff, d]),
-        ]);
+        plan.push(m("attn_norm", vec![d]));
+        if spec.fused {
+            plan.push(m("attn_qkv", vec![d, q + 2 * kv]));
+        } else {
+            plan.extend([
+                m("attn_q", vec![d, q]),
+                m("attn_k", vec![d, kv]),
+                m("attn_v", vec![d, kv]),
+            ]);
+        }
+        if spec.qkv_bias == Presence::Required {
+            for (what, n) in [("attn_q", q), ("attn_k", kv), ("attn_v", kv)] {
+                plan.push(planned(format!("blk.{l}.{what}.bias"), vec![n]));
+            }
+        }
+        if spec.qk_norm == Presence::Required {
+            let hd = head_dim as u64;
+            plan.extend([m("attn_q_norm", vec![hd]), m("attn_k_norm", vec![hd])]);
+        }
+        plan.push(m("attn_output", vec![q, d]));
+        if spec.post_norms {
+            plan.push(m("post_attention_norm", vec![d]));
+        }
+        plan.push(m("ffn_norm", vec![d]));
+        match (spec.ffn, s.experts) {
+            (FfnKind::Experts, Some((ne, _))) => {
+                let ne = ne as u64;
+                plan.extend([
+                    m("ffn_gate_inp", vec![d, ne]),
+                    m("ffn_gate_exps", vec![d, ff, ne]),
+                    m("ffn_up_exps", vec![d, ff, ne]),
+                    m("ffn_down_exps", vec![ff, d, ne]),
+                ]);
+            }
+            _ if spec.fused => {
+                plan.extend([m("ffn_up", vec![d, 2 * ff]), m("ffn_down", vec![ff, d])]);
+            }
+            _ => plan.extend([
+                m("ffn_gate", vec![d, ff]),
+                m("ffn_up", vec![d, ff]),
+                m("ffn_down", vec![ff, d]),
+            ]),
+        }
+        if spec.post_norms {
+            plan.push(m("post_ffw_norm", vec![d]));
+        }
     }
     for t in &plan {
         let block = t.ty.block_size();
