@@ -87,6 +87,24 @@ fn is_tokenizer_bulk(key: &str) -> bool {
     )
 }
 
+/// Whether ledge runs this file, from its architecture and hyperparameters (the tensors are
+/// checked when the model loads: inspect stays instant on a 30 GB file).
+pub fn support(f: &GgufFile) -> String {
+    match crate::model::ModelConfig::from_gguf(f) {
+        Ok(c) => format!("runs {} ({})", c.arch.name(), c.spec.covers),
+        Err(e) => format!("cannot run this file: {e}"),
+    }
+}
+
+/// The families ledge runs, one line each: for `ledge inspect --families`.
+pub fn families_text() -> String {
+    let mut s = String::new();
+    for a in crate::model::Arch::ALL {
+        let _ = writeln!(s, "{:<10} {}", a.name(), a.spec().covers);
+    }
+    s
+}
+
 /// The human-readable report.
 pub fn report_text(f: &GgufFile) -> String {
     let mut s = String::new();
@@ -100,6 +118,7 @@ pub fn report_text(f: &GgufFile) -> String {
         f.alignment()
     );
     let _ = writeln!(s, "architecture: {arch}");
+    let _ = writeln!(s, "ledge:        {}", support(f));
     if let Ok(name) = f.get_str("general.name") {
         let _ = writeln!(s, "name:         {name}");
     }
@@ -291,6 +310,7 @@ pub fn report_json(f: &GgufFile) -> Json {
         "version": f.version(),
         "alignment": f.alignment(),
         "architecture": f.architecture().ok(),
+        "ledge_support": support(f),
         "metadata": meta,
         "tensor_count": f.tensor_count(),
         "tensors": tensors,

@@ -10,14 +10,21 @@ use crate::gguf::GgufFile;
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     /// The GGUF file.
-    pub file: PathBuf,
+    #[arg(required_unless_present = "families")]
+    pub file: Option<PathBuf>,
+    /// List the architecture families ledge runs and the checkpoints each covers.
+    #[arg(long)]
+    pub families: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn inspect(a: InspectArgs) -> Result<String, Box<dyn std::error::Error>> {
-    let f = GgufFile::open(&a.file)?;
+    let Some(file) = a.file.filter(|_| !a.families) else {
+        return Ok(crate::inspect::families_text());
+    };
+    let f = GgufFile::open(&file)?;
     Ok(if a.json {
         serde_json::to_string_pretty(&crate::inspect::report_json(&f))? + "\n"
     } else {
