@@ -12,7 +12,10 @@ use ledge::tokenizer::Tokenizer;
 use serde_json::Value;
 
 fn dir(fam: &str) -> String {
-    format!("{}/tests/fixtures/families/{fam}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/families/{fam}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn reference(fam: &str) -> Value {
@@ -46,7 +49,10 @@ fn run(model: &Model, prompt: &[u32], n_gen: usize, ctx: usize) -> Run {
     let argmax = |r: &[f32]| {
         r.iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+            )
             .0 as u32
     };
     let mut last = prompt_logits[prompt_logits.len() - n_vocab..].to_vec();
@@ -66,10 +72,18 @@ fn run(model: &Model, prompt: &[u32], n_gen: usize, ctx: usize) -> Run {
 /// Largest |Δlogit| / logit range over the reference's top-20 at every prompt position.
 fn worst_rel(run: &Run, reference: &Value) -> f32 {
     let mut worst = 0f32;
-    for (pos, top) in reference["prompt_top"].as_array().unwrap().iter().enumerate() {
+    for (pos, top) in reference["prompt_top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         let row = &run.prompt[pos * run.n_vocab..(pos + 1) * run.n_vocab];
         let range = f(&top["range"]);
-        for (id, l) in ids(&top["ids"]).iter().zip(top["logits"].as_array().unwrap()) {
+        for (id, l) in ids(&top["ids"])
+            .iter()
+            .zip(top["logits"].as_array().unwrap())
+        {
             worst = worst.max((row[*id as usize] - f(l)).abs() / range);
         }
     }
@@ -121,9 +135,16 @@ fn f32_matches(fam: &str, transformers_key: &str) {
         let (t, l) = (&r[transformers_key][i], &r["llamacpp"]["f32"][i]);
         let (wt, wl) = (worst_rel(&run, t), worst_rel(&run, l));
         eprintln!("{fam} case {i}: vs transformers {wt:.2e} (llama.cpp's own gap {llama_gap:.2e}), vs llama.cpp {wl:.2e}");
-        assert!(wt <= tol_t, "{fam} case {i}: {wt} from transformers (tol {tol_t})");
+        assert!(
+            wt <= tol_t,
+            "{fam} case {i}: {wt} from transformers (tol {tol_t})"
+        );
         assert!(wl <= LLAMA_TOL, "{fam} case {i}: {wl} from llama.cpp");
-        assert_eq!(run.greedy, ids(&l["greedy"]), "{fam} case {i}: greedy vs llama.cpp");
+        assert_eq!(
+            run.greedy,
+            ids(&l["greedy"]),
+            "{fam} case {i}: greedy vs llama.cpp"
+        );
     }
 }
 
@@ -183,8 +204,17 @@ fn tokenizes_like_llama_cpp(fam: &str) {
     let r = reference(fam);
     let file = load(fam, "f32");
     let tok = Tokenizer::from_gguf(&file).unwrap();
-    for (p, want) in r["prompts"].as_array().unwrap().iter().zip(r["ids"].as_array().unwrap()) {
-        assert_eq!(tok.encode(p.as_str().unwrap(), true, true), ids(want), "{fam}: {p}");
+    for (p, want) in r["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(r["ids"].as_array().unwrap())
+    {
+        assert_eq!(
+            tok.encode(p.as_str().unwrap(), true, true),
+            ids(want),
+            "{fam}: {p}"
+        );
     }
 }
 
@@ -238,6 +268,38 @@ fn phi3_long_context_uses_the_long_factors() {
         assert!(w <= LLAMA_TOL, "case {i}: {w}");
         assert_eq!(long.greedy, ids(&l["greedy"]), "case {i}");
         let short = run(&model, &ids(case_ids), 16, 128);
-        assert!(worst_rel(&short, l) > 1e-2, "case {i}: long and short factors agree");
+        assert!(
+            worst_rel(&short, l) > 1e-2,
+            "case {i}: long and short factors agree"
+        );
+    }
+}
+
+/// A tensor the family does not use is an error naming it, never ignored (as `rope_freqs`
+/// once was): here a shared-expert matrix in a Qwen3 file, and Q biases in a Llama file.
+#[test]
+fn unknown_tensors_are_refused_by_name() {
+    use ledge::gguf::{GgmlType, GgufBuilder};
+    for (fam, extra, len) in [
+        ("qwen3", "blk.1.ffn_gate_shexp.weight", 64u64),
+        ("llama", "blk.0.attn_q.bias", 64),
+    ] {
+        let src = load(fam, "f32");
+        let out = common::scratch(&format!("unknown_{fam}")).join("m.gguf");
+        let mut b = GgufBuilder::with_metadata_of(&src).unwrap();
+        for t in src.tensor_infos() {
+            b.add_tensor(src.tensor_name(t), t.ty, &t.dims).unwrap();
+        }
+        b.add_tensor(extra, GgmlType::F32, &[len]).unwrap();
+        let mut w = b.create(&out).unwrap();
+        for t in src.tensors() {
+            w.write_tensor(&t.data).unwrap();
+        }
+        w.write_tensor(bytemuck::cast_slice(&vec![0.5f32; len as usize]))
+            .unwrap();
+        let path = w.finish().unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        let err = Model::load(&f).err().expect("loads").to_string();
+        assert!(err.contains(extra) && err.contains(fam), "{err}");
     }
 }
