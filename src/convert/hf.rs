@@ -1,5 +1,7 @@
-//! Llama-family Hugging Face checkpoints: config.json → hyperparameters, HF tensor names →
-//! GGUF names, and the Q/K row order llama.cpp expects.
+//! Hugging Face checkpoints of the llama-like families (Llama/Mistral, Qwen2, Qwen3,
+//! Qwen3-MoE): config.json → hyperparameters, HF tensor names → GGUF names (per-expert
+//! matrices stacked into llama.cpp's 3-D `*_exps`), Llama 3's RoPE factors as the
+//! `rope_freqs` tensor, and the Q/K row order llama.cpp expects for Llama.
 //!
 //! HF stores each attention head's rotary pairs as two halves (x[i], x[i + d/2]) — the
 //! "rotate_half" layout; llama.cpp's RoPE rotates adjacent pairs (x[2i], x[2i+1]). So the
@@ -14,14 +16,36 @@ use super::safetensors::{Checkpoint, StTensor};
 pub use super::source::hf_row_of_gguf_row;
 use super::source::{SourceData, SourceTensor};
 use super::{io_err, ConvertError, Result};
+use crate::model::Arch;
 
 /// Architectures (config.json `architectures[0]`) the converter maps.
-pub const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM";
+pub const SUPPORTED: &str =
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM";
+
+fn family(hf_arch: &str) -> Option<Arch> {
+    Some(match hf_arch {
+        "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
+        "Qwen2ForCausalLM" => Arch::Qwen2,
+        "Qwen3ForCausalLM" => Arch::Qwen3,
+        "Qwen3MoeForCausalLM" => Arch::Qwen3Moe,
+        _ => return None,
+    })
+}
+
+/// A mixture-of-experts FFN (Qwen3-MoE).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Experts {
+    pub n_expert: usize,
+    pub n_used: usize,
+    pub n_ff: usize,
+}
 
 /// Hyperparameters of a llama-family model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     pub architecture: String,
+    /// The ledge family it converts to.
+    pub arch: Arch,
     pub n_layer: usize,
     pub n_embd: usize,
     pub n_ff: usize,
@@ -34,6 +58,13 @@ pub struct LlamaConfig {
     pub rope_theta: f32,
     /// Linear RoPE scaling factor, when config.json asks for it.
     pub rope_linear: Option<f32>,
+    /// Llama 3's per-dimension RoPE factors (`rope_type: llama3`), written as `rope_freqs`.
+    pub rope_freqs: Option<Vec<f32>>,
+    /// Q, K, V biases (Qwen2).
+    pub qkv_bias: bool,
+    /// Per-head Q/K RMS norms (Qwen3).
+    pub qk_norm: bool,
+    pub experts: Option<Experts>,
     pub tied: bool,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
@@ -71,13 +102,13 @@ impl LlamaConfig {
                     "missing (expected e.g. [\"LlamaForCausalLM\"])",
                 )
             })?;
-        if !SUPPORTED.split(", ").any(|s| s == arch) {
+        let Some(family) = family(arch) else {
             return Err(ConvertError::UnknownArch {
                 path: path.to_path_buf(),
                 found: arch.to_string(),
                 supported: SUPPORTED,
             });
-        }
+        };
         let uint = |k: &str| -> Result<usize> {
             j.get(k)
                 .and_then(|v| v.as_u64())
@@ -119,43 +150,94 @@ impl LlamaConfig {
         if head_dim % 2 != 0 || head_dim == 0 {
             return Err(cfg_err("head_dim", format!("{head_dim} is not even")));
         }
-        let rope_linear = match j.get("rope_scaling") {
-            None | Some(Json::Null) => None,
-            Some(s) => {
-                let ty = s
-                    .get("rope_type")
-                    .or_else(|| s.get("type"))
-                    .and_then(|t| t.as_str())
-                    .unwrap_or("");
-                match ty {
-                    "linear" => Some(
-                        s.get("factor")
-                            .and_then(|f| f.as_f64())
-                            .ok_or_else(|| cfg_err("rope_scaling.factor", "missing"))?
-                            as f32,
-                    ),
-                    "default" => None,
-                    other => {
-                        return Err(cfg_err(
-                            "rope_scaling",
-                            format!("RoPE scaling {other:?} is not supported (linear)"),
-                        ))
-                    }
+        // transformers 5 writes `rope_parameters` (with rope_theta inside); older files
+        // `rope_scaling` and a top-level rope_theta.
+        let rope = j
+            .get("rope_scaling")
+            .or_else(|| j.get("rope_parameters"))
+            .filter(|v| !v.is_null());
+        let rope_theta = match rope.and_then(|r| r.get("rope_theta")) {
+            Some(t) if j.get("rope_theta").is_none() => t
+                .as_f64()
+                .ok_or_else(|| cfg_err("rope_parameters.rope_theta", "not a number"))?
+                as f32,
+            _ => float_or("rope_theta", 10_000.0)?,
+        };
+        let rope_num = |k: &str, d: Option<f64>| -> Result<f64> {
+            rope.and_then(|r| r.get(k))
+                .and_then(|v| v.as_f64())
+                .or(d)
+                .ok_or_else(|| cfg_err(&format!("rope_scaling.{k}"), "missing"))
+        };
+        let (mut rope_linear, mut rope_freqs) = (None, None);
+        if let Some(r) = rope {
+            let ty = r
+                .get("rope_type")
+                .or_else(|| r.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
+            match ty {
+                "default" => {}
+                "linear" => rope_linear = Some(rope_num("factor", None)? as f32),
+                "llama3" if family == Arch::Llama => {
+                    rope_freqs = Some(llama3_rope_factors(
+                        rope_theta,
+                        uint_or("head_dim", n_embd / n_head)?,
+                        rope_num("factor", Some(8.0))?,
+                        rope_num("low_freq_factor", Some(1.0))?,
+                        rope_num("high_freq_factor", Some(4.0))?,
+                        rope_num("original_max_position_embeddings", Some(8192.0))?,
+                    ))
+                }
+                other => {
+                    return Err(cfg_err(
+                        "rope_scaling",
+                        format!("RoPE scaling {other:?} is not supported (linear, llama3)"),
+                    ))
                 }
             }
+        }
+        let experts = match family {
+            Arch::Qwen3Moe => {
+                if j.get("norm_topk_prob").and_then(|b| b.as_bool()) == Some(false) {
+                    return Err(cfg_err(
+                        "norm_topk_prob",
+                        "false is not supported (llama.cpp renormalises the top-k weights)",
+                    ));
+                }
+                let sparse = uint_or("decoder_sparse_step", 1)?;
+                let dense_layers = j.get("mlp_only_layers").and_then(|v| v.as_array());
+                if sparse != 1 || dense_layers.is_some_and(|a| !a.is_empty()) {
+                    return Err(cfg_err(
+                        "mlp_only_layers",
+                        "dense layers between MoE layers are not supported",
+                    ));
+                }
+                Some(Experts {
+                    // transformers 5 renamed num_experts.
+                    n_expert: uint("num_experts").or_else(|_| uint("num_local_experts"))?,
+                    n_used: uint("num_experts_per_tok")?,
+                    n_ff: uint("moe_intermediate_size")?,
+                })
+            }
+            _ => None,
         };
         if let Some(act) = j.get("hidden_act").and_then(|a| a.as_str()) {
             if act != "silu" {
                 return Err(cfg_err("hidden_act", format!("{act:?} (only silu)")));
             }
         }
-        for k in ["attention_bias", "mlp_bias"] {
-            if j.get(k).and_then(|b| b.as_bool()) == Some(true) {
-                return Err(cfg_err(k, "biases are not supported"));
-            }
+        let bias = |k: &str| j.get(k).and_then(|b| b.as_bool()) == Some(true);
+        if bias("mlp_bias") || family != Arch::Qwen2 && bias("attention_bias") {
+            return Err(cfg_err("attention_bias", "biases are not supported here"));
         }
         Ok(LlamaConfig {
             architecture: arch.to_string(),
+            arch: family,
+            qkv_bias: family == Arch::Qwen2,
+            qk_norm: matches!(family, Arch::Qwen3 | Arch::Qwen3Moe),
+            experts,
+            rope_freqs,
             n_layer: uint("num_hidden_layers")?,
             n_embd,
             n_ff: uint("intermediate_size")?,
@@ -165,7 +247,7 @@ impl LlamaConfig {
             n_vocab: uint("vocab_size")?,
             ctx: uint_or("max_position_embeddings", 2048)?,
             rms_eps: float_or("rms_norm_eps", 1e-6)?,
-            rope_theta: float_or("rope_theta", 10_000.0)?,
+            rope_theta,
             rope_linear,
             tied: j
                 .get("tie_word_embeddings")
@@ -176,10 +258,10 @@ impl LlamaConfig {
         })
     }
 
-    /// The GGUF `llama.*` hyperparameter keys.
+    /// The GGUF `<arch>.*` hyperparameter keys, as llama.cpp's converter writes them.
     pub fn gguf_metadata(&self) -> Vec<(String, crate::gguf::MetaValue)> {
         use crate::gguf::MetaValue::{String as S, F32, U32};
-        let k = |s: &str| format!("llama.{s}");
+        let k = |s: &str| format!("{}.{s}", self.arch.name());
         let mut v = vec![
             (k("block_count"), U32(self.n_layer as u32)),
             (k("context_length"), U32(self.ctx as u32)),
@@ -200,8 +282,48 @@ impl LlamaConfig {
             v.push((k("rope.scaling.type"), S("linear".into())));
             v.push((k("rope.scaling.factor"), F32(f)));
         }
+        if let Some(e) = &self.experts {
+            v.push((k("expert_count"), U32(e.n_expert as u32)));
+            v.push((k("expert_used_count"), U32(e.n_used as u32)));
+            v.push((k("expert_feed_forward_length"), U32(e.n_ff as u32)));
+        }
         v
     }
+
+    /// Llama's converter permutes Q/K rows for its adjacent-pair RoPE; the NEOX families
+    /// keep HF's order.
+    fn permute(&self, heads: usize) -> Option<usize> {
+        (self.arch == Arch::Llama).then_some(heads)
+    }
+}
+
+/// Llama 3.1's RoPE frequency factors, as llama.cpp's converter computes them: 1 for the
+/// fast dimensions (wavelength under original_ctx / high_freq_factor), `factor` for the slow
+/// ones (over original_ctx / low_freq_factor), a smooth blend between.
+pub fn llama3_rope_factors(
+    theta: f32,
+    head_dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    orig_ctx: f64,
+) -> Vec<f32> {
+    let (low_wavelen, high_wavelen) = (orig_ctx / low, orig_ctx / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            // torch: 1 / base ** (arange(0, dim, 2, float32) / dim), in f32.
+            let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f64::consts::PI / freq as f64;
+            (if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (orig_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }) as f32
+        })
+        .collect()
 }
 
 /// How one HF tensor becomes a GGUF tensor.
@@ -237,18 +359,42 @@ fn mapping(c: &LlamaConfig, hf: &str) -> Option<Mapping> {
         return None;
     }
     let b = |s: &str| format!("blk.{il}.{s}.weight");
+    let bias = |s: &str| format!("blk.{il}.{s}.bias");
+    let (q, kv) = (c.n_head * hd, c.n_head_kv * hd);
     match part {
         "input_layernorm.weight" => m(b("attn_norm"), vec![d], None),
         "post_attention_layernorm.weight" => m(b("ffn_norm"), vec![d], None),
-        "self_attn.q_proj.weight" => m(b("attn_q"), vec![c.n_head * hd, d], Some(c.n_head)),
-        "self_attn.k_proj.weight" => m(b("attn_k"), vec![c.n_head_kv * hd, d], Some(c.n_head_kv)),
-        "self_attn.v_proj.weight" => m(b("attn_v"), vec![c.n_head_kv * hd, d], None),
+        "self_attn.q_proj.weight" => m(b("attn_q"), vec![q, d], c.permute(c.n_head)),
+        "self_attn.k_proj.weight" => m(b("attn_k"), vec![kv, d], c.permute(c.n_head_kv)),
+        "self_attn.v_proj.weight" => m(b("attn_v"), vec![kv, d], None),
+        "self_attn.q_proj.bias" if c.qkv_bias => m(bias("attn_q"), vec![q], None),
+        "self_attn.k_proj.bias" if c.qkv_bias => m(bias("attn_k"), vec![kv], None),
+        "self_attn.v_proj.bias" if c.qkv_bias => m(bias("attn_v"), vec![kv], None),
+        "self_attn.q_norm.weight" if c.qk_norm => m(b("attn_q_norm"), vec![hd], None),
+        "self_attn.k_norm.weight" if c.qk_norm => m(b("attn_k_norm"), vec![hd], None),
+        "mlp.gate.weight" => {
+            let e = c.experts.as_ref()?;
+            m(b("ffn_gate_inp"), vec![e.n_expert, d], None)
+        }
         "self_attn.o_proj.weight" => m(b("attn_output"), vec![d, c.n_head * hd], None),
-        "mlp.gate_proj.weight" => m(b("ffn_gate"), vec![c.n_ff, d], None),
-        "mlp.up_proj.weight" => m(b("ffn_up"), vec![c.n_ff, d], None),
-        "mlp.down_proj.weight" => m(b("ffn_down"), vec![d, c.n_ff], None),
+        "mlp.gate_proj.weight" if c.experts.is_none() => m(b("ffn_gate"), vec![c.n_ff, d], None),
+        "mlp.up_proj.weight" if c.experts.is_none() => m(b("ffn_up"), vec![c.n_ff, d], None),
+        "mlp.down_proj.weight" if c.experts.is_none() => m(b("ffn_down"), vec![d, c.n_ff], None),
         _ => None,
     }
+}
+
+/// An expert's matrix: (layer, expert, which of gate/up/down) of `mlp.experts.E.X_proj`.
+fn expert_part(c: &LlamaConfig, hf: &str) -> Option<(usize, usize, usize)> {
+    let e = c.experts.as_ref()?;
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once(".mlp.experts.")?;
+    let (expert, which) = part.split_once('.')?;
+    let (il, ie): (usize, usize) = (layer.parse().ok()?, expert.parse().ok()?);
+    let k = ["gate_proj.weight", "up_proj.weight", "down_proj.weight"]
+        .iter()
+        .position(|&w| w == which)?;
+    (il < c.n_layer && ie < e.n_expert).then_some((il, ie, k))
 }
 
 /// HF tensors that carry nothing llama.cpp needs.
@@ -266,6 +412,9 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
         }
         // A tied model may still ship lm_head (a copy): llama.cpp drops it.
         if t.name == "lm_head.weight" && c.tied {
+            continue;
+        }
+        if expert_part(c, &t.name).is_some() {
             continue;
         }
         let m = mapping(c, &t.name).ok_or_else(|| ConvertError::UnmappedTensor {
@@ -290,18 +439,34 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
         needed.push("lm_head.weight".into());
     }
     for il in 0..c.n_layer {
-        for p in [
-            "input_layernorm",
-            "post_attention_layernorm",
-            "self_attn.q_proj",
-            "self_attn.k_proj",
-            "self_attn.v_proj",
-            "self_attn.o_proj",
-            "mlp.gate_proj",
-            "mlp.up_proj",
-            "mlp.down_proj",
-        ] {
-            needed.push(format!("model.layers.{il}.{p}.weight"));
+        let mut parts = vec![
+            "input_layernorm.weight",
+            "post_attention_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+        ];
+        if c.qkv_bias {
+            parts.extend([
+                "self_attn.q_proj.bias",
+                "self_attn.k_proj.bias",
+                "self_attn.v_proj.bias",
+            ]);
+        }
+        if c.qk_norm {
+            parts.extend(["self_attn.q_norm.weight", "self_attn.k_norm.weight"]);
+        }
+        match &c.experts {
+            None => parts.extend([
+                "mlp.gate_proj.weight",
+                "mlp.up_proj.weight",
+                "mlp.down_proj.weight",
+            ]),
+            Some(_) => parts.push("mlp.gate.weight"),
+        }
+        for p in parts {
+            needed.push(format!("model.layers.{il}.{p}"));
         }
     }
     for n in &needed {
@@ -325,7 +490,7 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
         }
     };
     found.sort_by_key(|(m, _)| rank(&m.gguf));
-    Ok(found
+    let mut out: Vec<SourceTensor<'a>> = found
         .into_iter()
         .map(|(m, t)| {
             // GGUF dims: row length first.
@@ -342,7 +507,68 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
                 },
             }
         })
-        .collect())
+        .collect();
+    if let Some(e) = &c.experts {
+        out.extend(stack_experts(c, e, ck)?);
+    }
+    if let Some(f) = &c.rope_freqs {
+        out.insert(
+            0,
+            SourceTensor {
+                name: "rope_freqs.weight".into(),
+                dims: vec![f.len() as u64],
+                pages: None,
+                data: SourceData::F32(f.clone()),
+            },
+        );
+    }
+    out.sort_by_key(|t| rank(&t.name));
+    Ok(out)
+}
+
+/// Each layer's per-expert gate/up/down matrices as llama.cpp's 3-D stacks
+/// `ffn_{gate,up,down}_exps` (expert-major: expert e's rows follow expert e−1's).
+fn stack_experts<'a>(
+    c: &LlamaConfig,
+    e: &Experts,
+    ck: &'a Checkpoint,
+) -> Result<Vec<SourceTensor<'a>>> {
+    let d = c.n_embd;
+    let mut out = Vec::new();
+    for il in 0..c.n_layer {
+        for (k, (name, rows, cols)) in [("gate", e.n_ff, d), ("up", e.n_ff, d), ("down", d, e.n_ff)]
+            .into_iter()
+            .enumerate()
+        {
+            let mut parts = Vec::with_capacity(e.n_expert);
+            for ie in 0..e.n_expert {
+                let hf = format!("model.layers.{il}.mlp.experts.{ie}.{name}_proj.weight");
+                let t = ck
+                    .get(&hf)
+                    .ok_or_else(|| ConvertError::MissingTensor(hf.clone()))?;
+                debug_assert_eq!(expert_part(c, &hf), Some((il, ie, k)));
+                if t.shape != [rows, cols] {
+                    return Err(ConvertError::BadShape {
+                        name: hf,
+                        expected: vec![rows, cols],
+                        found: t.shape.clone(),
+                    });
+                }
+                parts.push((t.dtype, ck.data(t)));
+            }
+            out.push(SourceTensor {
+                name: format!("blk.{il}.ffn_{name}_exps.weight"),
+                dims: vec![cols as u64, rows as u64, e.n_expert as u64],
+                pages: None,
+                data: SourceData::Stack {
+                    parts,
+                    rows_per_part: rows,
+                    row_len: cols,
+                },
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

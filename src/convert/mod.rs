@@ -163,7 +163,7 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Summa
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "model".into());
-    b.set("general.architecture", "llama")?;
+    b.set("general.architecture", cfg.arch.name())?;
     b.set("general.type", "model")?;
     b.set("general.name", name.as_str())?;
     b.set("general.file_type", MetaValue::U32(opts.target.file_type()))?;

@@ -23,6 +23,13 @@ pub enum SourceData<'a> {
     },
     /// Values already in memory (tests, transformed tensors).
     F32(Vec<f32>),
+    /// Equal-shaped safetensors matrices stacked along a new outer axis (a mixture of
+    /// experts' per-expert matrices as one 3-D tensor).
+    Stack {
+        parts: Vec<(StDtype, &'a [u8])>,
+        rows_per_part: usize,
+        row_len: usize,
+    },
 }
 
 /// One output tensor: GGUF name, ggml dims (row length first), and its values.
@@ -57,6 +64,7 @@ impl SourceTensor<'_> {
             SourceData::Gguf(v) => v.data.len(),
             SourceData::St { data, .. } => data.len(),
             SourceData::F32(v) => v.len() * 4,
+            SourceData::Stack { parts, .. } => parts.iter().map(|p| p.1.len()).sum(),
         }
     }
 
@@ -71,6 +79,20 @@ impl SourceTensor<'_> {
             SourceData::Gguf(v) => v.dequantize_into(first, out),
             SourceData::F32(v) => {
                 out.copy_from_slice(&v[first * row_len..first * row_len + out.len()]);
+                Ok(())
+            }
+            SourceData::Stack {
+                parts,
+                rows_per_part,
+                row_len,
+            } => {
+                for (k, o) in out.chunks_exact_mut(*row_len).enumerate() {
+                    let r = first + k;
+                    let (dtype, data) = parts[r / rows_per_part];
+                    let rb = row_len * dtype.size();
+                    let i = r % rows_per_part;
+                    dtype.to_f32(&data[i * rb..(i + 1) * rb], o);
+                }
                 Ok(())
             }
             SourceData::St {

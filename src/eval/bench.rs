@@ -229,17 +229,12 @@ pub fn startup_table(model_name: &str, s: &Startup, peak_rss: Option<u64>) -> St
     )
 }
 
-/// Weight bytes one generated token streams: every matmul weight of every layer and the
-/// output matrix once, as the matmul reads it (the packed copy's size where the model has
-/// one, else the GGUF blocks). The embedding row (a few KB) and the KV cache are left out.
+/// Weight bytes one generated token streams: every matmul weight of every layer (of a
+/// mixture of experts, the router and the experts a token uses) and the output matrix once,
+/// as the matmul reads it (the packed copy's size where the model has one, else the GGUF
+/// blocks). The embedding row (a few KB) and the KV cache are left out.
 pub fn weight_bytes_per_token(model: &Model) -> u64 {
-    model
-        .layers
-        .iter()
-        .flat_map(|l| l.matmul_weights())
-        .chain(std::iter::once(&model.output))
-        .map(|w| w.read_bytes() as u64)
-        .sum()
+    model.read_bytes_per_token() as u64
 }
 
 /// How fast generation streams the weights: bytes per token × tokens per second.
