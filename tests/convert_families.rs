@@ -180,3 +180,36 @@ fn phi3_and_gemma2_are_refused_by_name() {
         assert!(!out.exists());
     }
 }
+
+/// Pruning what ledge cannot prune yet is refused with the reason, and writes nothing:
+/// FFN channels of a mixture of experts, and Phi-3's fused matrices.
+#[test]
+fn pruning_experts_and_fused_matrices_is_refused() {
+    for (fam, flag, why) in [
+        ("qwen3moe", "--prune-ffn", "mixture-of-experts"),
+        ("phi3", "--prune-heads", "fused"),
+        ("phi3", "--prune-ffn", "fused"),
+    ] {
+        let out = common::scratch(&format!("prune_refused_{fam}")).join("m.gguf");
+        let value = if flag == "--prune-ffn" { "0.25" } else { "1" };
+        let st = Command::new(env!("CARGO_BIN_EXE_ledge"))
+            .args([
+                "convert",
+                &format!("{}/{fam}.f32.gguf", dir(fam)),
+                "--type",
+                "F16",
+            ])
+            .args([flag, value, "--calib"])
+            .arg(format!("{}/README.md", env!("CARGO_MANIFEST_DIR")))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(
+            !st.status.success() && err.contains(why) && err.contains(fam),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}

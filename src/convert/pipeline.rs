@@ -137,7 +137,9 @@ pub fn write_gguf(
             }
             let hessian = match &opts.gptq {
                 Some(g) if !is_float(ty) && t.dims.len() >= 2 => {
-                    let h = if super::weighted::supports(ty) {
+                    // Not for a mixture's 3-D expert stacks: each expert sees only the
+                    // tokens routed to it, whose Gram matrix calibration does not collect.
+                    let h = if super::weighted::supports(ty) && t.dims.len() == 2 {
                         g.hessian(&t.name, plan.tied, t.row_len())?
                     } else {
                         None

@@ -110,6 +110,19 @@ impl PrunePlan {
         let cfg = ModelConfig::from_gguf(f).map_err(|e| {
             ConvertError::Usage(format!("pruning needs a model ledge can run: {e}"))
         })?;
+        let family = cfg.arch.name();
+        if spec.ffn_fraction.is_some() && cfg.n_expert > 0 {
+            return Err(ConvertError::Usage(format!(
+                "--prune-ffn: {family} has mixture-of-experts FFNs, which cannot be pruned yet \
+                 (--prune-layers and --prune-heads work)"
+            )));
+        }
+        if cfg.spec.fused && (spec.ffn_fraction.is_some() || spec.prune_heads.is_some()) {
+            return Err(ConvertError::Usage(format!(
+                "--prune-ffn/--prune-heads: {family} stores Q/K/V and gate/up as fused matrices, \
+                 which cannot be pruned yet (--prune-layers works)"
+            )));
+        }
         let n = cfg.n_layer;
         let mut dropped = plan::explicit_drops(spec, n)?;
         let n_ff_in: Vec<usize> = cfg.layers.iter().map(|l| l.n_ff).collect();
