@@ -1,7 +1,9 @@
 //! Hugging Face checkpoints of the llama-like families (Llama/Mistral, Qwen2, Qwen3,
-//! Qwen3-MoE): config.json → hyperparameters, HF tensor names → GGUF names (per-expert
-//! matrices stacked into llama.cpp's 3-D `*_exps`), Llama 3's RoPE factors as the
-//! `rope_freqs` tensor, and the Q/K row order llama.cpp expects for Llama.
+//! Qwen3-MoE, Phi-3, Gemma 2): config.json → hyperparameters, HF tensor names → GGUF names
+//! (per-expert matrices stacked into llama.cpp's 3-D `*_exps`), Llama 3's RoPE factors as
+//! the `rope_freqs` tensor, Phi-3's LongRoPE factors as `rope_factors_{long,short}`, Gemma's
+//! norm weights stored as w − 1 written as w, and the Q/K row order llama.cpp expects for
+//! Llama.
 //!
 //! HF stores each attention head's rotary pairs as two halves (x[i], x[i + d/2]) — the
 //! "rotate_half" layout; llama.cpp's RoPE rotates adjacent pairs (x[2i], x[2i+1]). So the
@@ -19,8 +21,8 @@ use super::{io_err, ConvertError, Result};
 use crate::model::Arch;
 
 /// Architectures (config.json `architectures[0]`) the converter maps.
-pub const SUPPORTED: &str =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM";
+pub const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, \
+    Qwen3ForCausalLM, Qwen3MoeForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM";
 
 fn family(hf_arch: &str) -> Option<Arch> {
     Some(match hf_arch {
@@ -28,6 +30,8 @@ fn family(hf_arch: &str) -> Option<Arch> {
         "Qwen2ForCausalLM" => Arch::Qwen2,
         "Qwen3ForCausalLM" => Arch::Qwen3,
         "Qwen3MoeForCausalLM" => Arch::Qwen3Moe,
+        "Phi3ForCausalLM" => Arch::Phi3,
+        "Gemma2ForCausalLM" => Arch::Gemma2,
         _ => return None,
     })
 }
@@ -38,6 +42,15 @@ pub struct Experts {
     pub n_expert: usize,
     pub n_used: usize,
     pub n_ff: usize,
+}
+
+/// Phi-3's LongRoPE: per-dimension factors for contexts up to and past the original one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    pub long: Vec<f32>,
+    pub short: Vec<f32>,
+    pub attn_factor: f32,
+    pub orig_ctx: usize,
 }
 
 /// Hyperparameters of a llama-family model.
@@ -66,8 +79,15 @@ pub struct LlamaConfig {
     pub qk_norm: bool,
     pub experts: Option<Experts>,
     pub tied: bool,
-    pub bos_id: Option<u32>,
-    pub eos_id: Option<u32>,
+    /// Rotated dimensions per head (Phi-4-mini rotates 3/4 of them).
+    pub n_rot: usize,
+    pub longrope: Option<LongRope>,
+    /// Phi-3's original training context, where config.json names one.
+    pub orig_ctx: Option<usize>,
+    /// Gemma 2: attention and final-logit soft-caps.
+    pub softcap: Option<(f32, f32)>,
+    pub sliding_window: Option<usize>,
+    pub ids: super::vocab::ConfigIds,
 }
 
 fn cfg_err(key: &str, reason: impl Into<String>) -> ConvertError {
@@ -169,7 +189,39 @@ impl LlamaConfig {
                 .or(d)
                 .ok_or_else(|| cfg_err(&format!("rope_scaling.{k}"), "missing"))
         };
-        let (mut rope_linear, mut rope_freqs) = (None, None);
+        let (mut rope_linear, mut rope_freqs, mut longrope) = (None, None, None);
+        let orig_ctx = match j.get("original_max_position_embeddings") {
+            Some(Json::Null) | None => rope
+                .and_then(|r| r.get("original_max_position_embeddings"))
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize),
+            Some(_) => Some(uint("original_max_position_embeddings")?),
+        };
+        let partial = match j.get("partial_rotary_factor") {
+            Some(v) if !v.is_null() => v.as_f64(),
+            _ => rope
+                .and_then(|r| r.get("partial_rotary_factor"))
+                .and_then(|v| v.as_f64()),
+        }
+        .unwrap_or(1.0);
+        if !(partial > 0.0 && partial <= 1.0) {
+            return Err(cfg_err(
+                "partial_rotary_factor",
+                format!("{partial} is not in (0, 1]"),
+            ));
+        }
+        // llama.cpp: int(partial · n_embd) // n_head.
+        let n_rot = if family == Arch::Phi3 {
+            (partial * n_embd as f64) as usize / n_head
+        } else {
+            (partial * head_dim as f64) as usize
+        };
+        if n_rot % 2 != 0 || n_rot == 0 || n_rot > head_dim {
+            return Err(cfg_err(
+                "partial_rotary_factor",
+                format!("{n_rot} rotated dimensions of {head_dim}"),
+            ));
+        }
         if let Some(r) = rope {
             let ty = r
                 .get("rope_type")
@@ -179,6 +231,55 @@ impl LlamaConfig {
             match ty {
                 "default" => {}
                 "linear" => rope_linear = Some(rope_num("factor", None)? as f32),
+                "longrope" | "su" if family == Arch::Phi3 => {
+                    let factors = |k: &str| -> Result<Vec<f32>> {
+                        r.get(k)
+                            .and_then(|v| v.as_array())
+                            .and_then(|a| {
+                                a.iter()
+                                    .map(|x| x.as_f64().map(|x| x as f32))
+                                    .collect::<Option<Vec<f32>>>()
+                            })
+                            .ok_or_else(|| {
+                                cfg_err(
+                                    &format!("rope_scaling.{k}"),
+                                    "missing or not a list of numbers",
+                                )
+                            })
+                    };
+                    let (long, short) = (factors("long_factor")?, factors("short_factor")?);
+                    let orig = orig_ctx.ok_or_else(|| {
+                        cfg_err(
+                            "original_max_position_embeddings",
+                            "missing (LongRoPE needs it)",
+                        )
+                    })?;
+                    let max = uint_or("max_position_embeddings", orig)?;
+                    let scale = max as f64 / orig as f64;
+                    let attn_factor = if scale > 1.0 {
+                        (1.0 + scale.ln() / (orig as f64).ln()).sqrt()
+                    } else {
+                        1.0
+                    };
+                    for (k, f) in [("long_factor", &long), ("short_factor", &short)] {
+                        if f.len() != n_rot / 2 {
+                            return Err(cfg_err(
+                                &format!("rope_scaling.{k}"),
+                                format!(
+                                    "{} factors for {} rotated dimensions (expected half)",
+                                    f.len(),
+                                    n_rot
+                                ),
+                            ));
+                        }
+                    }
+                    longrope = Some(LongRope {
+                        long,
+                        short,
+                        attn_factor: attn_factor as f32,
+                        orig_ctx: orig,
+                    });
+                }
                 "llama3" if family == Arch::Llama => {
                     rope_freqs = Some(llama3_rope_factors(
                         rope_theta,
@@ -222,9 +323,48 @@ impl LlamaConfig {
             }
             _ => None,
         };
-        if let Some(act) = j.get("hidden_act").and_then(|a| a.as_str()) {
-            if act != "silu" {
-                return Err(cfg_err("hidden_act", format!("{act:?} (only silu)")));
+        let wanted = match family {
+            Arch::Gemma2 => ["gelu_pytorch_tanh", "gelu_tanh"],
+            _ => ["silu", "silu"],
+        };
+        for key in ["hidden_act", "hidden_activation"] {
+            if let Some(act) = j.get(key).and_then(|a| a.as_str()) {
+                if !wanted.contains(&act) {
+                    return Err(cfg_err(
+                        key,
+                        format!("{act:?} (this family uses {})", wanted[0]),
+                    ));
+                }
+            }
+        }
+        let float_opt = |k: &str| j.get(k).and_then(|v| v.as_f64()).map(|v| v as f32);
+        let softcap = match family {
+            Arch::Gemma2 => Some((
+                float_opt("attn_logit_softcapping").unwrap_or(50.0),
+                float_opt("final_logit_softcapping").unwrap_or(30.0),
+            )),
+            _ => None,
+        };
+        let sliding_window = match family {
+            Arch::Gemma2 => Some(uint_or("sliding_window", 4096)?),
+            Arch::Phi3 => Some(uint_or("sliding_window", 0)?),
+            _ => None,
+        };
+        if family == Arch::Gemma2 {
+            // llama.cpp scales queries by 1/sqrt(head_dim), or 1/sqrt(n_embd / n_head) for the
+            // 46-layer 27B; a checkpoint asking for anything else would run differently.
+            let n_layer = uint("num_hidden_layers")?;
+            let used = if n_layer == 46 {
+                n_embd / n_head
+            } else {
+                head_dim
+            };
+            if let Some(q) = float_opt("query_pre_attn_scalar") {
+                if q != used as f32 {
+                    eprintln!(
+                        "convert: warning: query_pre_attn_scalar {q} differs from the {used} that llama.cpp and ledge scale queries by"
+                    );
+                }
             }
         }
         let bias = |k: &str| j.get(k).and_then(|b| b.as_bool()) == Some(true);
@@ -253,8 +393,16 @@ impl LlamaConfig {
                 .get("tie_word_embeddings")
                 .and_then(|b| b.as_bool())
                 .unwrap_or(false),
-            bos_id: id("bos_token_id"),
-            eos_id: id("eos_token_id"),
+            n_rot,
+            longrope,
+            orig_ctx,
+            softcap,
+            sliding_window,
+            ids: super::vocab::ConfigIds {
+                bos: id("bos_token_id"),
+                eos: id("eos_token_id"),
+                pad: id("pad_token_id"),
+            },
         })
     }
 
@@ -272,15 +420,28 @@ impl LlamaConfig {
             (k("rope.freq_base"), F32(self.rope_theta)),
             (k("attention.layer_norm_rms_epsilon"), F32(self.rms_eps)),
             (k("vocab_size"), U32(self.n_vocab as u32)),
-            (k("rope.dimension_count"), U32(self.head_dim as u32)),
+            (k("rope.dimension_count"), U32(self.n_rot as u32)),
         ];
-        if self.head_dim * self.n_head != self.n_embd {
+        if self.head_dim * self.n_head != self.n_embd || self.arch == Arch::Gemma2 {
             v.push((k("attention.key_length"), U32(self.head_dim as u32)));
             v.push((k("attention.value_length"), U32(self.head_dim as u32)));
         }
         if let Some(f) = self.rope_linear {
             v.push((k("rope.scaling.type"), S("linear".into())));
             v.push((k("rope.scaling.factor"), F32(f)));
+        }
+        if let Some(o) = self.orig_ctx.filter(|_| self.arch == Arch::Phi3) {
+            v.push((k("rope.scaling.original_context_length"), U32(o as u32)));
+        }
+        if let Some(l) = &self.longrope {
+            v.push((k("rope.scaling.attn_factor"), F32(l.attn_factor)));
+        }
+        if let Some((attn, fin)) = self.softcap {
+            v.push((k("attn_logit_softcapping"), F32(attn)));
+            v.push((k("final_logit_softcapping"), F32(fin)));
+        }
+        if let Some(w) = self.sliding_window {
+            v.push((k("attention.sliding_window"), U32(w as u32)));
         }
         if let Some(e) = &self.experts {
             v.push((k("expert_count"), U32(e.n_expert as u32)));
@@ -333,12 +494,16 @@ struct Mapping {
     shape: Vec<usize>,
     /// Q/K: permute rows per head, with this many heads.
     permute_heads: Option<usize>,
+    /// Gemma stores RMSNorm weights as w − 1 (its norm multiplies by 1 + w).
+    add_one: bool,
 }
 
 fn mapping(c: &LlamaConfig, hf: &str) -> Option<Mapping> {
     let (d, hd) = (c.n_embd, c.head_dim);
+    let gemma = c.arch == Arch::Gemma2;
     let m = |gguf: String, shape: Vec<usize>, permute_heads| {
         Some(Mapping {
+            add_one: gemma && gguf.ends_with("norm.weight"),
             gguf,
             shape,
             permute_heads,
@@ -361,6 +526,31 @@ fn mapping(c: &LlamaConfig, hf: &str) -> Option<Mapping> {
     let b = |s: &str| format!("blk.{il}.{s}.weight");
     let bias = |s: &str| format!("blk.{il}.{s}.bias");
     let (q, kv) = (c.n_head * hd, c.n_head_kv * hd);
+    match (c.arch, part) {
+        (Arch::Phi3, "self_attn.qkv_proj.weight") => {
+            return m(b("attn_qkv"), vec![q + 2 * kv, d], None)
+        }
+        (Arch::Phi3, "mlp.gate_up_proj.weight") => {
+            return m(b("ffn_up"), vec![2 * c.n_ff, d], None)
+        }
+        (Arch::Phi3, "mlp.down_proj.weight") => return m(b("ffn_down"), vec![d, c.n_ff], None),
+        (Arch::Phi3, "self_attn.o_proj.weight") => {
+            return m(b("attn_output"), vec![d, c.n_head * hd], None)
+        }
+        (Arch::Phi3, "input_layernorm.weight") => return m(b("attn_norm"), vec![d], None),
+        (Arch::Phi3, "post_attention_layernorm.weight") => return m(b("ffn_norm"), vec![d], None),
+        (Arch::Phi3, _) => return None,
+        (Arch::Gemma2, "post_attention_layernorm.weight") => {
+            return m(b("post_attention_norm"), vec![d], None)
+        }
+        (Arch::Gemma2, "pre_feedforward_layernorm.weight") => {
+            return m(b("ffn_norm"), vec![d], None)
+        }
+        (Arch::Gemma2, "post_feedforward_layernorm.weight") => {
+            return m(b("post_ffw_norm"), vec![d], None)
+        }
+        _ => {}
+    }
     match part {
         "input_layernorm.weight" => m(b("attn_norm"), vec![d], None),
         "post_attention_layernorm.weight" => m(b("ffn_norm"), vec![d], None),
@@ -439,14 +629,31 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
         needed.push("lm_head.weight".into());
     }
     for il in 0..c.n_layer {
-        let mut parts = vec![
-            "input_layernorm.weight",
-            "post_attention_layernorm.weight",
+        let mut parts = vec!["input_layernorm.weight", "post_attention_layernorm.weight"];
+        if c.arch == Arch::Phi3 {
+            parts.extend([
+                "self_attn.qkv_proj.weight",
+                "self_attn.o_proj.weight",
+                "mlp.gate_up_proj.weight",
+                "mlp.down_proj.weight",
+            ]);
+            for p in parts {
+                needed.push(format!("model.layers.{il}.{p}"));
+            }
+            continue;
+        }
+        if c.arch == Arch::Gemma2 {
+            parts.extend([
+                "pre_feedforward_layernorm.weight",
+                "post_feedforward_layernorm.weight",
+            ]);
+        }
+        parts.extend([
             "self_attn.q_proj.weight",
             "self_attn.k_proj.weight",
             "self_attn.v_proj.weight",
             "self_attn.o_proj.weight",
-        ];
+        ]);
         if c.qkv_bias {
             parts.extend([
                 "self_attn.q_proj.bias",
@@ -476,7 +683,10 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
     }
     let rank = |g: &str| -> (usize, usize, String) {
         match g {
-            "token_embd.weight" => (0, 0, String::new()),
+            "rope_freqs.weight" | "rope_factors_long.weight" | "rope_factors_short.weight" => {
+                (0, 0, g.to_string())
+            }
+            "token_embd.weight" => (0, 1, String::new()),
             "output_norm.weight" => (2, 0, String::new()),
             "output.weight" => (3, 0, String::new()),
             _ => {
@@ -495,6 +705,17 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
         .map(|(m, t)| {
             // GGUF dims: row length first.
             let dims: Vec<u64> = t.shape.iter().rev().map(|&x| x as u64).collect();
+            if m.add_one {
+                let mut v = vec![0f32; t.shape.iter().product()];
+                t.dtype.to_f32(ck.data(t), &mut v);
+                v.iter_mut().for_each(|x| *x += 1.0);
+                return SourceTensor {
+                    name: m.gguf,
+                    dims,
+                    pages: None,
+                    data: SourceData::F32(v),
+                };
+            }
             SourceTensor {
                 name: m.gguf,
                 dims,
@@ -521,6 +742,19 @@ pub fn plan_tensors<'a>(c: &LlamaConfig, ck: &'a Checkpoint) -> Result<Vec<Sourc
                 data: SourceData::F32(f.clone()),
             },
         );
+    }
+    if let Some(l) = &c.longrope {
+        for (name, f) in [
+            ("rope_factors_long", &l.long),
+            ("rope_factors_short", &l.short),
+        ] {
+            out.push(SourceTensor {
+                name: format!("{name}.weight"),
+                dims: vec![f.len() as u64],
+                pages: None,
+                data: SourceData::F32(f.clone()),
+            });
+        }
     }
     out.sort_by_key(|t| rank(&t.name));
     Ok(out)

@@ -28,6 +28,7 @@ pub mod prune;
 pub mod recipe;
 pub mod safetensors;
 pub mod source;
+pub mod sp_model;
 pub mod vocab;
 pub mod weighted;
 
@@ -144,7 +145,11 @@ pub fn convert_hf(dir: &Path, out: &Path, opts: &ConvertOptions) -> Result<Summa
         return convert_hf_pruned(dir, out, opts, spec);
     }
     let cfg = LlamaConfig::from_dir(dir)?;
-    let vocab = Vocab::from_dir(dir, cfg.n_vocab, (cfg.bos_id, cfg.eos_id))?;
+    let mut vocab = Vocab::from_dir(dir, cfg.n_vocab, &cfg.ids)?;
+    if cfg.arch == crate::model::Arch::Gemma2 {
+        // Gemma's SentencePiece model adds no leading space (llama.cpp writes this too).
+        vocab.add_space_prefix = Some(false);
+    }
     let ck = safetensors::Checkpoint::open_dir(dir)?;
     let tensors = hf::plan_tensors(&cfg, &ck)?;
     if opts.progress {

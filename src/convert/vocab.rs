@@ -1,5 +1,6 @@
 //! tokenizer.json + tokenizer_config.json → llama.cpp's `tokenizer.ggml.*` keys, for
-//! byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`).
+//! byte-level BPE vocabularies (`tokenizer.ggml.model = gpt2`), and SentencePiece's
+//! tokenizer.model (`llama`, read by sp_model.rs).
 //!
 //! `tokenizer.ggml.pre` is found as llama.cpp's converter finds it: tokenize a fixed check
 //! text, hash the ids, look the hash up (pre_hashes.rs). A vocabulary the table does not know
@@ -20,9 +21,11 @@ use crate::tokenizer::bpe::{PreConfig, GPT2};
 
 /// llama.cpp's token types.
 pub const TOKEN_NORMAL: i32 = 1;
+pub const TOKEN_UNKNOWN: i32 = 2;
 pub const TOKEN_CONTROL: i32 = 3;
 pub const TOKEN_USER_DEFINED: i32 = 4;
 pub const TOKEN_UNUSED: i32 = 5;
+pub const TOKEN_BYTE: i32 = 6;
 
 fn tok_err(msg: impl Into<String>) -> ConvertError {
     ConvertError::Tokenizer(msg.into())
@@ -31,7 +34,11 @@ fn tok_err(msg: impl Into<String>) -> ConvertError {
 /// The tokenizer keys of a GGUF, ready to set.
 #[derive(Clone, Debug)]
 pub struct Vocab {
+    /// `tokenizer.ggml.model`: "gpt2" (byte-level BPE) or "llama" (SentencePiece).
+    pub model: &'static str,
     pub tokens: Vec<String>,
+    /// SentencePiece scores (none for BPE).
+    pub scores: Option<Vec<f32>>,
     pub types: Vec<i32>,
     pub merges: Vec<String>,
     pub pre: String,
@@ -41,19 +48,21 @@ pub struct Vocab {
     pub eos: Option<u32>,
     pub unk: Option<u32>,
     pub pad: Option<u32>,
-    pub add_bos: bool,
-    pub add_eos: bool,
+    /// Unset where the tokenizer files do not say (llama.cpp then uses the model's default).
+    pub add_bos: Option<bool>,
+    pub add_eos: Option<bool>,
+    pub add_space_prefix: Option<bool>,
     pub chat_template: Option<String>,
 }
 
 impl Vocab {
     /// Reads `dir`'s tokenizer files; `n_vocab` is config.json's vocab_size (ids past the
     /// tokenizer's own become `[PAD{id}]` unused tokens, as in llama.cpp).
-    pub fn from_dir(
-        dir: &Path,
-        n_vocab: usize,
-        config_ids: (Option<u32>, Option<u32>),
-    ) -> Result<Vocab> {
+    pub fn from_dir(dir: &Path, n_vocab: usize, config_ids: &ConfigIds) -> Result<Vocab> {
+        // As llama.cpp's converter: SentencePiece when the folder has its model file.
+        if dir.join("tokenizer.model").exists() {
+            return Self::from_sentencepiece(dir, n_vocab, config_ids);
+        }
         let tj_path = dir.join("tokenizer.json");
         let tj = read_json(&tj_path)?;
         let model = tj
@@ -128,66 +137,121 @@ impl Vocab {
         let merges = read_merges(model)?;
         let (pre, pre_source) = detect_pre(&tj_path, &tj)?;
 
-        let cfg_path = dir.join("tokenizer_config.json");
-        let cfg = if cfg_path.exists() {
-            read_json(&cfg_path)?
-        } else {
-            Json::Null
-        };
+        let cfg = tokenizer_config(dir)?;
         let lookup: HashMap<&str, u32> = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.as_str(), i as u32))
             .collect();
-        let special = |key: &str| -> Result<Option<u32>> {
-            let text = match cfg.get(key) {
-                Some(Json::String(s)) => Some(s.as_str()),
-                Some(Json::Object(o)) => o.get("content").and_then(|c| c.as_str()),
-                _ => None,
-            };
-            match text {
-                None => Ok(None),
-                Some(t) => lookup.get(t).copied().map(Some).ok_or_else(|| {
-                    tok_err(format!(
-                        "tokenizer_config.json: {key} {t:?} is not in the vocabulary"
-                    ))
-                }),
-            }
-        };
         let (tpl_bos, tpl_eos) = template_adds(&tj, &lookup);
         let flag = |k: &str| cfg.get(k).and_then(|b| b.as_bool());
-        let bos = special("bos_token")?.or(config_ids.0);
-        let eos = special("eos_token")?.or(config_ids.1);
-        let unk = special("unk_token")?;
-        let pad = special("pad_token")?;
+        let ids = special_ids(&cfg, &lookup, config_ids)?;
         drop(lookup);
-        let chat_template = match cfg.get("chat_template") {
-            Some(Json::String(s)) => Some(s.clone()),
-            // A list of named templates: the default one.
-            Some(Json::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(|t| t.as_str())
-                .map(str::to_string),
-            _ => {
-                let jinja = dir.join("chat_template.jinja");
-                std::fs::read_to_string(&jinja).ok()
-            }
-        };
         Ok(Vocab {
+            model: "gpt2",
             tokens,
+            scores: None,
             types,
             merges,
             pre,
             pre_source,
-            bos,
-            eos,
-            unk,
-            pad,
-            add_bos: flag("add_bos_token").unwrap_or(tpl_bos),
-            add_eos: flag("add_eos_token").unwrap_or(tpl_eos),
-            chat_template,
+            bos: ids.bos,
+            eos: ids.eos,
+            unk: ids.unk,
+            pad: ids.pad,
+            add_bos: Some(flag("add_bos_token").unwrap_or(tpl_bos)),
+            add_eos: Some(flag("add_eos_token").unwrap_or(tpl_eos)),
+            add_space_prefix: None,
+            chat_template: chat_template(dir, &cfg),
+        })
+    }
+
+    /// A SentencePiece `tokenizer.model`, as llama.cpp's `_create_vocab_sentencepiece`
+    /// reads it: the pieces in id order with their scores, user-defined pieces typed
+    /// normal, ids up to config.json's vocab_size padded with `[PAD{id}]`, then the added
+    /// tokens of added_tokens.json and tokenizer_config.json's `added_tokens_decoder`.
+    fn from_sentencepiece(dir: &Path, n_vocab: usize, config_ids: &ConfigIds) -> Result<Vocab> {
+        use super::sp_model::{piece_type as pt, SpModel};
+        let path = dir.join("tokenizer.model");
+        let bytes = std::fs::read(&path).map_err(super::io_err(&path))?;
+        let sp = SpModel::parse(&bytes).map_err(|e| tok_err(e.to_string()))?;
+        if sp.model_type != 1 && sp.model_type != 2 {
+            return Err(tok_err(format!(
+                "tokenizer.model: model type {} (only unigram and BPE SentencePiece models)",
+                sp.model_type
+            )));
+        }
+        let mut tokens: Vec<String> = (0..n_vocab).map(|i| format!("[PAD{i}]")).collect();
+        let mut scores = vec![-10000.0f32; n_vocab];
+        let mut types = vec![TOKEN_UNUSED; n_vocab];
+        for (id, p) in sp.pieces.iter().enumerate().take(n_vocab) {
+            tokens[id] = p.piece.clone();
+            scores[id] = p.score;
+            types[id] = match p.ty {
+                pt::UNKNOWN => TOKEN_UNKNOWN,
+                pt::CONTROL => TOKEN_CONTROL,
+                pt::UNUSED => TOKEN_UNUSED,
+                pt::BYTE => TOKEN_BYTE,
+                _ => TOKEN_NORMAL,
+            };
+        }
+        let added_path = dir.join("added_tokens.json");
+        if added_path.exists() {
+            let added = read_json(&added_path)?;
+            for (text, id) in added.as_object().into_iter().flatten() {
+                let id = id.as_u64().map(|i| i as usize).filter(|&i| i < n_vocab);
+                let Some(id) = id else {
+                    return Err(tok_err(format!(
+                        "added_tokens.json: {text:?} has no id below vocab_size {n_vocab}"
+                    )));
+                };
+                tokens[id] = text.clone();
+                scores[id] = -1000.0;
+                types[id] = TOKEN_USER_DEFINED;
+            }
+        }
+        let cfg = tokenizer_config(dir)?;
+        if let Some(dec) = cfg.get("added_tokens_decoder").and_then(|d| d.as_object()) {
+            for (id, a) in dec {
+                let id = id.parse::<usize>().ok().filter(|&i| i < n_vocab);
+                let (Some(id), Some(text)) = (id, a.get("content").and_then(|c| c.as_str())) else {
+                    return Err(tok_err(
+                        "tokenizer_config.json: an added token has no content or an id past vocab_size",
+                    ));
+                };
+                let special = a.get("special").and_then(|s| s.as_bool()) == Some(true);
+                tokens[id] = text.to_string();
+                (scores[id], types[id]) = if special {
+                    (0.0, TOKEN_CONTROL)
+                } else {
+                    (-10000.0, TOKEN_USER_DEFINED)
+                };
+            }
+        }
+        let lookup: HashMap<&str, u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i as u32))
+            .collect();
+        let ids = special_ids(&cfg, &lookup, config_ids)?;
+        drop(lookup);
+        let flag = |k: &str| cfg.get(k).and_then(|b| b.as_bool());
+        Ok(Vocab {
+            model: "llama",
+            tokens,
+            scores: Some(scores),
+            types,
+            merges: Vec::new(),
+            pre: "default".into(),
+            pre_source: "SentencePiece model".into(),
+            bos: ids.bos,
+            eos: ids.eos,
+            unk: ids.unk,
+            pad: ids.pad,
+            add_bos: flag("add_bos_token"),
+            add_eos: flag("add_eos_token"),
+            add_space_prefix: None,
+            chat_template: chat_template(dir, &cfg),
         })
     }
 
@@ -195,24 +259,35 @@ impl Vocab {
     pub fn gguf_metadata(&self) -> Vec<(String, MetaValue)> {
         let k = |s: &str| format!("tokenizer.ggml.{s}");
         let mut v = vec![
-            (k("model"), MetaValue::String("gpt2".into())),
+            (k("model"), MetaValue::String(self.model.into())),
             (k("pre"), MetaValue::String(self.pre.clone())),
             (
                 k("tokens"),
                 MetaValue::Array(MetaArray::strings(self.tokens.iter().cloned())),
             ),
-            (
-                k("token_type"),
+        ];
+        if let Some(scores) = &self.scores {
+            v.push((
+                k("scores"),
                 MetaValue::Array(MetaArray::new(
-                    ValueType::I32,
-                    self.types.iter().map(|&t| MetaValue::I32(t)).collect(),
+                    ValueType::F32,
+                    scores.iter().map(|&s| MetaValue::F32(s)).collect(),
                 )),
-            ),
-            (
+            ));
+        }
+        v.push((
+            k("token_type"),
+            MetaValue::Array(MetaArray::new(
+                ValueType::I32,
+                self.types.iter().map(|&t| MetaValue::I32(t)).collect(),
+            )),
+        ));
+        if self.model == "gpt2" {
+            v.push((
                 k("merges"),
                 MetaValue::Array(MetaArray::strings(self.merges.iter().cloned())),
-            ),
-        ];
+            ));
+        }
         for (name, id) in [
             ("bos_token_id", self.bos),
             ("eos_token_id", self.eos),
@@ -223,8 +298,15 @@ impl Vocab {
                 v.push((k(name), MetaValue::U32(id)));
             }
         }
-        v.push((k("add_bos_token"), MetaValue::Bool(self.add_bos)));
-        v.push((k("add_eos_token"), MetaValue::Bool(self.add_eos)));
+        for (name, flag) in [
+            ("add_bos_token", self.add_bos),
+            ("add_eos_token", self.add_eos),
+            ("add_space_prefix", self.add_space_prefix),
+        ] {
+            if let Some(f) = flag {
+                v.push((k(name), MetaValue::Bool(f)));
+            }
+        }
         if let Some(t) = &self.chat_template {
             v.push((
                 "tokenizer.chat_template".into(),
@@ -232,6 +314,76 @@ impl Vocab {
             ));
         }
         v
+    }
+}
+
+/// Special-token ids config.json names (`bos_token_id`, …), used where the tokenizer files
+/// do not name them, as llama.cpp's SpecialVocab does.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConfigIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub pad: Option<u32>,
+}
+
+struct SpecialIds {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+}
+
+fn tokenizer_config(dir: &Path) -> Result<Json> {
+    let path = dir.join("tokenizer_config.json");
+    if path.exists() {
+        read_json(&path)
+    } else {
+        Ok(Json::Null)
+    }
+}
+
+/// tokenizer_config.json's special tokens (by text), else config.json's ids.
+fn special_ids(
+    cfg: &Json,
+    lookup: &HashMap<&str, u32>,
+    config_ids: &ConfigIds,
+) -> Result<SpecialIds> {
+    let special = |key: &str| -> Result<Option<u32>> {
+        let text = match cfg.get(key) {
+            Some(Json::String(s)) => Some(s.as_str()),
+            Some(Json::Object(o)) => o.get("content").and_then(|c| c.as_str()),
+            _ => None,
+        };
+        match text {
+            None => Ok(None),
+            Some(t) => lookup.get(t).copied().map(Some).ok_or_else(|| {
+                tok_err(format!(
+                    "tokenizer_config.json: {key} {t:?} is not in the vocabulary"
+                ))
+            }),
+        }
+    };
+    let n = lookup.len() as u32;
+    let valid = |id: Option<u32>| id.filter(|&i| i < n);
+    Ok(SpecialIds {
+        bos: special("bos_token")?.or(valid(config_ids.bos)),
+        eos: special("eos_token")?.or(valid(config_ids.eos)),
+        unk: special("unk_token")?,
+        pad: special("pad_token")?.or(valid(config_ids.pad)),
+    })
+}
+
+fn chat_template(dir: &Path, cfg: &Json) -> Option<String> {
+    match cfg.get("chat_template") {
+        Some(Json::String(s)) => Some(s.clone()),
+        // A list of named templates: the default one.
+        Some(Json::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(|t| t.as_str())
+            .map(str::to_string),
+        _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
     }
 }
 
