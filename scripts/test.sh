@@ -13,6 +13,9 @@ step() { printf '\n== %s\n' "$*"; }
 step "models"
 bash scripts/fetch-models.sh
 
+step "llama.cpp's tokenizer tests and chat templates (data/llamacpp-vocab, from PyPI's llama-cpp-python source)"
+bash scripts/fetch-vocab.sh
+
 step "evaluation text (data/eval: tests/eval.rs compares perplexity with llama.cpp on it)"
 bash scripts/fetch-eval-text.sh
 
