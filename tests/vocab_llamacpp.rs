@@ -39,7 +39,11 @@ fn cases(vocab: &str) -> Vec<(String, Vec<u32>)> {
         .lines()
         .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
         .collect();
-    assert_eq!(texts.len(), ids.len(), "{vocab}: .inp and .out differ in length");
+    assert_eq!(
+        texts.len(),
+        ids.len(),
+        "{vocab}: .inp and .out differ in length"
+    );
     texts.into_iter().zip(ids).collect()
 }
 
@@ -54,7 +58,9 @@ fn check(vocab: &str) {
     for (text, want) in &cases {
         let got = tok.encode(text, false, false);
         if &got != want {
-            failures.push(format!("{text:?}\n    ledge     {got:?}\n    llama.cpp {want:?}"));
+            failures.push(format!(
+                "{text:?}\n    ledge     {got:?}\n    llama.cpp {want:?}"
+            ));
         }
     }
     assert!(

@@ -51,7 +51,8 @@ cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -G Ninja \
 
 echo "== building (this is the long part)"
 cmake --build "$BUILD" -j "${JOBS:-$(nproc)}" --target \
-  llama llama-tokenize llama-perplexity llama-bench llama-quantize llama-imatrix llama-cli llama-simple
+  llama llama-tokenize llama-perplexity llama-bench llama-quantize llama-imatrix llama-cli llama-simple \
+  llama-server
 
 # A second, generic build (no SIMD beyond x86-64's SSE2, no repacking, no llamafile sgemm):
 # its kernels sum in ggml's reference order, and its greedy continuations show how far two

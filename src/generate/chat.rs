@@ -2,6 +2,12 @@
 //! rendered with minijinja configured the way transformers renders them: trim_blocks and
 //! lstrip_blocks on, Python string methods (pycompat), `raise_exception` and `strftime_now`.
 //! A model without a template gets a plain "User:/Assistant:" format.
+//!
+//! Around the template ledge does what llama.cpp's server does (common/chat.cpp), so a
+//! conversation renders to the same text: `date_string` / `datetime` (today) and
+//! `enable_thinking` in the context; a system message folded into the first user message
+//! when the template has no system role (Gemma); a leading BOS / trailing EOS text removed
+//! when the tokenizer adds those tokens itself.
 
 use minijinja::{context, Environment, Error, ErrorKind};
 
@@ -37,6 +43,11 @@ pub struct ChatTemplate {
     source: Option<String>,
     bos: String,
     eos: String,
+    /// The tokenizer adds BOS / EOS itself: the rendering's own copies are removed.
+    strip_bos: bool,
+    strip_eos: bool,
+    /// Whether the template renders a system message (probed once).
+    system_role: bool,
 }
 
 /// Formats the current UTC time with the strftime codes chat templates use.
@@ -134,7 +145,16 @@ impl ChatTemplate {
                 .unwrap_or_default()
                 .to_string()
         };
-        Self::new(source, piece(tok.bos()), piece(tok.eos()))
+        Ok(Self::new(source, piece(tok.bos()), piece(tok.eos()))?
+            .strip_special(tok.add_bos(), tok.add_eos()))
+    }
+
+    /// Removes a leading BOS / trailing EOS text from renderings when the tokenizer adds
+    /// those tokens itself (llama.cpp does, so its prompt text is ledge's).
+    pub fn strip_special(mut self, add_bos: bool, add_eos: bool) -> ChatTemplate {
+        self.strip_bos = add_bos && !self.bos.is_empty();
+        self.strip_eos = add_eos && !self.eos.is_empty();
+        self
     }
 
     pub fn new(
@@ -159,12 +179,28 @@ impl ChatTemplate {
             env.add_template_owned("chat", src.clone())
                 .map_err(|e| ChatError::BadTemplate(e.to_string()))?;
         }
-        Ok(ChatTemplate {
+        let mut t = ChatTemplate {
             env,
             source,
             bos,
             eos,
-        })
+            strip_bos: false,
+            strip_eos: false,
+            system_role: true,
+        };
+        // As llama.cpp's capability check: a system message the output does not show (or
+        // that the template refuses) means the template has no system role.
+        const PROBE: &str = "ledge system-role probe";
+        t.system_role = t.source.is_none()
+            || t.render_raw(
+                &[
+                    Message::new("system", PROBE),
+                    Message::new("user", "User message"),
+                ],
+                false,
+            )
+            .is_ok_and(|out| out.contains(PROBE));
+        Ok(t)
     }
 
     /// True when the model has no template of its own.
@@ -194,15 +230,46 @@ impl ChatTemplate {
             }
             return Ok(s);
         }
+        let mut messages = std::borrow::Cow::Borrowed(messages);
+        if !self.system_role && messages.first().is_some_and(|m| m.role == "system") {
+            // llama.cpp: the system text joins the next message with a newline (or is
+            // dropped when it is alone).
+            let system = messages.to_mut().remove(0);
+            if let Some(next) = messages.to_mut().first_mut() {
+                next.content = format!("{}\n{}", system.content, next.content);
+            }
+        }
+        let mut out = self.render_raw(&messages, add_generation_prompt)?;
+        if self.strip_bos && out.starts_with(&self.bos) {
+            out.drain(..self.bos.len());
+        }
+        if self.strip_eos && out.ends_with(&self.eos) {
+            out.truncate(out.len() - self.eos.len());
+        }
+        Ok(out)
+    }
+
+    fn render_raw(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         let t = self
             .env
             .get_template("chat")
             .map_err(|e| ChatError::BadTemplate(e.to_string()))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
         t.render(context! {
             messages => minijinja::value::Serde(messages),
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos,
             eos_token => &self.eos,
+            // What llama.cpp's server adds (common_chat_extra_context, enable_thinking).
+            date_string => strftime("%d %b %Y", now),
+            datetime => strftime("%b %d %Y", now),
+            enable_thinking => true,
         })
         .map_err(|e| ChatError::Render(format!("{e:#}")))
     }
