@@ -40,7 +40,7 @@ pub fn kernels() -> Vec<KernelSet> {
         attn,
         silu_mul: super::avx512_math::supported().then_some(super::avx512_math::silu_mul as _),
         prefetch_lines: PREFETCH_LINES,
-        prefetch_lines_k: PREFETCH_LINES_K,
+        prefetch_lines_k: super::prefetch_k().lines,
         gemm8_q4_0: Some(gemm8_q4_0),
         gemm8_q4_1: Some(gemm8_q4_1),
         gemm8_q5_0: Some(gemm8_q5_0),

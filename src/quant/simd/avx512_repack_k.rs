@@ -11,7 +11,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{prefetch, PREFETCH_LINES_K};
+use super::{prefetch, prefetch_k, prefetch_l2};
 use crate::quant::line64::Line64;
 use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
 
@@ -180,11 +180,17 @@ unsafe fn tile_q4_k<const T: usize>(
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
+    let pf = prefetch_k();
     let m4 = _mm512_set1_epi8(0x0F);
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
         if T == 1 {
-            prefetch(qs.as_ptr().wrapping_add(9 * sb + PREFETCH_LINES_K), 9);
+            let at = qs.as_ptr().wrapping_add(9 * sb + pf.lines);
+            if pf.l2 {
+                prefetch_l2(at, 9);
+            } else {
+                prefetch(at, 9);
+            }
         }
         let l = &qs[9 * sb..9 * sb + 9];
         // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales, 32..64 the mins.
@@ -243,12 +249,18 @@ unsafe fn tile_q6_k<const T: usize>(
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
+    let pf = prefetch_k();
     let m4 = _mm512_set1_epi8(0x0F);
     let m30 = _mm512_set1_epi8(0x30);
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
         if T == 1 {
-            prefetch(qs.as_ptr().wrapping_add(13 * sb + PREFETCH_LINES_K), 13);
+            let at = qs.as_ptr().wrapping_add(13 * sb + pf.lines);
+            if pf.l2 {
+                prefetch_l2(at, 13);
+            } else {
+                prefetch(at, 13);
+            }
         }
         let l = &qs[13 * sb..13 * sb + 13];
         // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales of sub-blocks

@@ -45,9 +45,62 @@ pub mod neon_repack16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) const PREFETCH_LINES: usize = 64;
 
-/// The same for the K-quant kernels (super-blocks of 9 or 13 lines per four rows).
+/// How the one-token K-quant kernels (super-blocks of 9 or 13 lines per four rows)
+/// prefetch: lines ahead, and whether into L2 only. Measured per vendor, as the two differ:
+/// on the Intel Xeon (AMX) they were tuned on, 8 KB ahead into L1 (`prefetcht0`) took decode
+/// from ~60 % to ~85 % of the read bandwidth; on an AMD EPYC (Zen 4, AVX-512) that same
+/// prefetch made the Q6_K one-token kernel 20–30 % slower than none at all, and 16 KB ahead
+/// into L2 (`prefetcht1`) the fastest (Qwen3-MoE shape, 1 and 2 threads, 7 Dec 2026; see
+/// docs/performance.md).
 #[cfg(target_arch = "x86_64")]
-pub(crate) const PREFETCH_LINES_K: usize = 128;
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefetchK {
+    pub lines: usize,
+    pub l2: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn prefetch_k() -> PrefetchK {
+    static P: OnceLock<PrefetchK> = OnceLock::new();
+    *P.get_or_init(|| {
+        if cpu_is_amd() {
+            PrefetchK {
+                lines: 256,
+                l2: true,
+            }
+        } else {
+            PrefetchK {
+                lines: 128,
+                l2: false,
+            }
+        }
+    })
+}
+
+/// CPUID's vendor string is "AuthenticAMD".
+#[cfg(target_arch = "x86_64")]
+fn cpu_is_amd() -> bool {
+    let r = core::arch::x86_64::__cpuid(0);
+    let mut v = [0u8; 12];
+    v[..4].copy_from_slice(&r.ebx.to_le_bytes());
+    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
+    v[8..].copy_from_slice(&r.ecx.to_le_bytes());
+    &v == b"AuthenticAMD"
+}
+
+/// `prefetch` into L2 only (`prefetcht1`).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn prefetch_l2(at: *const super::line64::Line64, n: usize) {
+    for j in 0..n {
+        // SAFETY: a prefetch is only a hint; it reads nothing the program sees.
+        unsafe {
+            core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(
+                at.wrapping_add(j) as *const i8,
+            )
+        };
+    }
+}
 
 /// Prefetches `n` lines from `at`, which may be any address: a prefetch never faults, and
 /// callers form `at` with `wrapping_add`, so running past the matrix is harmless.
@@ -124,7 +177,8 @@ pub struct KernelSet {
     /// Vectorized SiLU·up; `None`: the scalar `silu`, the reference.
     pub silu_mul: Option<SiluMulFn>,
     /// How far ahead (64-byte lines) the one-token sixteen-row and K kernels prefetch; 0
-    /// where they do not (reported by `describe`; the kernels use the constants).
+    /// where they do not (reported by `describe`; the kernels read `PREFETCH_LINES` and
+    /// `prefetch_k()`).
     pub prefetch_lines: usize,
     pub prefetch_lines_k: usize,
     pub quantize_q8_0: QuantFn<BlockQ8_0>,
