@@ -7,7 +7,7 @@
 mod common;
 
 use ledge::gguf::GgufFile;
-use ledge::model::{Logits, Model};
+use ledge::model::{KvType, Logits, Model};
 use ledge::tokenizer::Tokenizer;
 use serde_json::Value;
 
@@ -43,7 +43,11 @@ struct Run {
 }
 
 fn run(model: &Model, prompt: &[u32], n_gen: usize, ctx: usize) -> Run {
-    let mut cache = model.new_cache(ctx);
+    run_with(model, prompt, n_gen, ctx, KvType::F16)
+}
+
+fn run_with(model: &Model, prompt: &[u32], n_gen: usize, ctx: usize, kv: KvType) -> Run {
+    let mut cache = model.new_cache_typed(ctx, kv);
     let prompt_logits = model.forward(&mut cache, prompt, Logits::All).unwrap();
     let n_vocab = model.config.n_vocab;
     let argmax = |r: &[f32]| {
@@ -148,6 +152,33 @@ fn f32_matches(fam: &str, transformers_key: &str) {
     }
 }
 
+/// With an f32 KV cache nothing is rounded to f16 on either side: the bound of 1e-3
+/// of the logit range holds with room. Measured ≤ 3e-6 of the range from transformers, as
+/// llama.cpp's own f32-cache run; Gemma 2 ~1.2e-4 on both, from ggml's GELU). Tolerance:
+/// 1e-5, or 1.25× llama.cpp's own gap where that is larger; 5e-5 from llama.cpp.
+fn f32_cache_matches(fam: &str, transformers_key: &str) {
+    let r = reference(fam);
+    let file = load(fam, "f32");
+    let model = Model::load(&file).unwrap();
+    let llama_gap = worst_rel_refs(&r[transformers_key], &r["llamacpp_kv_f32"]);
+    for (i, case_ids) in r["ids"].as_array().unwrap().iter().enumerate() {
+        let run = run_with(&model, &ids(case_ids), 16, 128, KvType::F32);
+        let (t, l) = (&r[transformers_key][i], &r["llamacpp_kv_f32"][i]);
+        let (wt, wl) = (worst_rel(&run, t), worst_rel(&run, l));
+        eprintln!("{fam} f32 cache case {i}: vs transformers {wt:.2e} (llama.cpp's {llama_gap:.2e}), vs llama.cpp {wl:.2e}");
+        let tol = 1e-5f32.max(1.25 * llama_gap);
+        assert!(
+            wt <= tol,
+            "{fam} case {i}: {wt} from transformers (tol {tol})"
+        );
+        assert!(
+            wl <= 5e-5,
+            "{fam} case {i}: {wl} from llama.cpp (f32 cache)"
+        );
+        assert_eq!(run.greedy, ids(&l["greedy"]), "{fam} case {i}: greedy");
+    }
+}
+
 /// F16 weights: the same, greedy text equal to llama.cpp's.
 fn f16_matches(fam: &str) {
     let r = reference(fam);
@@ -224,6 +255,10 @@ macro_rules! family {
             #[test]
             fn f32_matches_transformers_and_llama_cpp() {
                 super::f32_matches($fam, $t);
+            }
+            #[test]
+            fn f32_cache_matches_transformers() {
+                super::f32_cache_matches($fam, $t);
             }
             #[test]
             fn f16_matches_llama_cpp() {

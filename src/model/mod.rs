@@ -20,7 +20,8 @@ use crate::quant::QuantError;
 use crate::tensor::TensorView;
 use arch::{Activation, AttnScale, FfnKind, Presence, RopeFactors};
 pub use config::{Arch, ConfigError, ModelConfig};
-pub use kv_cache::KvCache;
+use kv_cache::KvLayerMut;
+pub use kv_cache::{KvCache, KvType};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -512,15 +513,20 @@ impl<'a> Model<'a> {
             + self.output.read_bytes()
     }
 
-    /// A KV cache for `ctx` positions.
+    /// A KV cache for `ctx` positions, in f16.
     pub fn new_cache(&self, ctx: usize) -> KvCache {
+        self.new_cache_typed(ctx, KvType::F16)
+    }
+
+    /// A KV cache for `ctx` positions, of type `ty`.
+    pub fn new_cache_typed(&self, ctx: usize, ty: KvType) -> KvCache {
         let c = &self.config;
         let widths: Vec<(usize, usize)> = c
             .layers
             .iter()
             .map(|l| (l.n_head_kv * c.head_dim_k, l.n_head_kv * c.head_dim_v))
             .collect();
-        KvCache::new(ctx, &widths)
+        KvCache::with_type(ctx, &widths, ty)
     }
 
     /// Runs `tokens` at positions `cache.len ..`, appends their keys and values to the cache,
@@ -675,7 +681,7 @@ impl<'a> Model<'a> {
                 1.0
             };
             let att = &mut att_buf[..n * nh * hv]; // (n, n_head·hd_v)
-            let (kc, vc) = (&cache.k[il], &cache.v[il]);
+            let kv = cache.layer(il);
             let window = if lc.sliding { c.sliding_window } else { None };
             let shape = attention::AttnShape {
                 n_head: nh,
@@ -685,7 +691,7 @@ impl<'a> Model<'a> {
                 scale,
                 softcap: c.attn_softcap,
             };
-            attention::attend_positions(qs, kc, vc, shape, pos0, n, window, att);
+            attention::attend_positions(qs, kv, shape, pos0, n, window, att);
             observe(Some(il), MatmulInput::AttnOutput, att);
             // W (n_head·hd_v, d) @ att (n, n_head·hd_v) -> o (n, d)
             matmul(&a.wo, &mut SharedInput::new(att, n), &mut o)?;
@@ -878,19 +884,37 @@ fn rope_and_store(
     pos0: usize,
 ) {
     let n = qs.len() / qw;
-    let (kc, vc) = cache.rows_mut(layer, pos0, n);
-    let one = |t: usize,
-               q: &mut [f32],
-               k: &mut [f32],
-               v: &[f32],
-               kc: &mut [half::f16],
-               vc: &mut [half::f16]| {
+    let rotate = |t: usize, q: &mut [f32], k: &mut [f32]| {
         for head in q.chunks_exact_mut(hk) {
             rt.apply(head, pos0 + t, style);
         }
         for head in k.chunks_exact_mut(hk) {
             rt.apply(head, pos0 + t, style);
         }
+    };
+    let (kc, vc) = match cache.rows_mut(layer, pos0, n) {
+        KvLayerMut::F16(kc, vc) => (kc, vc),
+        KvLayerMut::F32(kc, vc) => {
+            // The unrounded cache is a reference mode: plain serial code.
+            for t in 0..n {
+                rotate(
+                    t,
+                    &mut qs[t * qw..(t + 1) * qw],
+                    &mut ks[t * kw..(t + 1) * kw],
+                );
+            }
+            kc.copy_from_slice(ks);
+            vc.copy_from_slice(vs);
+            return;
+        }
+    };
+    let one = |t: usize,
+               q: &mut [f32],
+               k: &mut [f32],
+               v: &[f32],
+               kc: &mut [half::f16],
+               vc: &mut [half::f16]| {
+        rotate(t, q, k);
         KvCache::convert(k, kc);
         KvCache::convert(v, vc);
     };

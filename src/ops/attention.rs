@@ -6,6 +6,13 @@ use rayon::prelude::*;
 
 use crate::quant::simd;
 
+/// One layer's cached keys and values (all positions), as the cache stores them.
+#[derive(Clone, Copy)]
+pub enum KvLayer<'a> {
+    F16(&'a [f16], &'a [f16]),
+    F32(&'a [f32], &'a [f32]),
+}
+
 /// Shapes of one layer's attention.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnShape {
@@ -80,16 +87,60 @@ pub fn attend_head(
     }
 }
 
+/// `attend_head` over an f32 cache, nothing rounded: q · k and p · v in f32, the softmax
+/// sum in f64.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_head_f32(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    s: AttnShape,
+    h: usize,
+    first: usize,
+    pos: usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let ks = simd::kernels();
+    let g = h / (s.n_head / s.n_kv);
+    let (kw, vw) = (s.n_kv * s.hd_k, s.n_kv * s.hd_v);
+    scores.clear();
+    let mut max = f32::NEG_INFINITY;
+    for p in first..=pos {
+        let kr = &k_cache[p * kw + g * s.hd_k..p * kw + (g + 1) * s.hd_k];
+        let mut v = (ks.f32)(kr, q) * s.scale;
+        if let Some(cap) = s.softcap {
+            v = (v * (1.0 / cap)).tanh() * cap;
+        }
+        max = max.max(v);
+        scores.push(v);
+    }
+    let mut sum = 0f64;
+    for v in scores.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    out.fill(0.0);
+    for (i, &p_un) in scores.iter().enumerate() {
+        let p = first + i;
+        let w = p_un * inv;
+        let vr = &v_cache[p * vw + g * s.hd_v..p * vw + (g + 1) * s.hd_v];
+        out.iter_mut().zip(vr).for_each(|(o, &x)| *o += w * x);
+    }
+}
+
 /// Attention of positions pos0..pos0+n for every head: `qs` is (n, n_head·hd_k), `att`
 /// (n, n_head·hd_v); position p attends to max(0, p+1−window)..=p, whose keys and values
 /// are in the caches. A prompt on AVX-512 goes through the tiled kernel (keys transposed
 /// once, tiles of positions × a KV group's query heads); otherwise, and for a few tokens
 /// (where the tiles would leave threads idle), one task per (position, head).
+///
+/// An f32 cache takes the unrounded path (`attend_head_f32`).
 #[allow(clippy::too_many_arguments)]
 pub fn attend_positions(
     qs: &[f32],
-    k_cache: &[f16],
-    v_cache: &[f16],
+    kv: KvLayer<'_>,
     s: AttnShape,
     pos0: usize,
     n: usize,
@@ -100,6 +151,20 @@ pub fn attend_positions(
     assert_eq!(qs.len(), n * nh * hk);
     assert_eq!(att.len(), n * nh * hv);
     let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let (k_cache, v_cache) = match kv {
+        KvLayer::F16(k, v) => (k, v),
+        KvLayer::F32(k, v) => {
+            att.par_chunks_mut(hv)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (i, out)| {
+                    let (t, h) = (i / nh, i % nh);
+                    let pos = pos0 + t;
+                    let qh = &qs[(t * nh + h) * hk..(t * nh + h + 1) * hk];
+                    attend_head_f32(qh, k, v, s, h, first(pos), pos, scores, out);
+                });
+            return;
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if n >= TILED_MIN_TOKENS && fast_path(s).is_some_and(|a| a.tiled) {
         tiled(qs, k_cache, v_cache, s, pos0, n, &first, att);
