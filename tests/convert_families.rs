@@ -221,3 +221,43 @@ fn pruning_experts_and_fused_matrices_is_refused() {
         assert!(!out.exists());
     }
 }
+
+/// Calibration names the weights each family has: Phi-3's fused attn_qkv and Qwen3-MoE's
+/// router get statistics, and no entry names a tensor the file lacks (llama-quantize would
+/// warn about it).
+#[test]
+fn calibration_covers_fused_and_router_weights() {
+    use ledge::convert::imatrix::Imatrix;
+    for (fam, want) in [
+        ("phi3", "blk.1.attn_qkv.weight"),
+        ("qwen3moe", "blk.1.ffn_gate_inp.weight"),
+        ("qwen2", "blk.1.attn_k.weight"),
+    ] {
+        let model = format!("{}/{fam}.f32.gguf", dir(fam));
+        let out = common::scratch(&format!("calibrate_{fam}")).join("x.imatrix");
+        let st = Command::new(env!("CARGO_BIN_EXE_ledge"))
+            .args(["calibrate", "-m", &model, "--text"])
+            .arg(format!("{}/README.md", env!("CARGO_MANIFEST_DIR")))
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let im = Imatrix::load(&out).unwrap();
+        assert!(
+            im.importance(want).is_some(),
+            "{fam}: no statistics for {want}"
+        );
+        let f = GgufFile::open(&model).unwrap();
+        for name in im.entries.keys() {
+            assert!(
+                f.tensor_info(name).is_some(),
+                "{fam}: imatrix entry {name} is not a tensor of the model"
+            );
+        }
+    }
+}

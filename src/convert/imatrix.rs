@@ -238,8 +238,11 @@ pub fn calibrate_with_gram(
             if e.count == 0 {
                 continue;
             }
+            // Only the weights this file has (fused or separate Q/K/V, a router or not).
             for n in weights_reading(l, k, n_layer, tied) {
-                im.entries.insert(n, e.clone());
+                if f.tensor_info(&n).is_some() {
+                    im.entries.insert(n, e.clone());
+                }
             }
         }
     }
@@ -257,9 +260,11 @@ fn weights_reading(l: usize, k: usize, n_layer: usize, tied: bool) -> Vec<String
         return vec![name.to_string()];
     }
     let parts: &[&str] = match KINDS[k] {
-        MatmulInput::Attn => &["attn_q", "attn_k", "attn_v"],
+        MatmulInput::Attn => &["attn_q", "attn_k", "attn_v", "attn_qkv"],
         MatmulInput::AttnOutput => &["attn_output"],
-        MatmulInput::Ffn => &["ffn_gate", "ffn_up"],
+        // A mixture of experts' router reads the FFN input too. (The experts' own inputs
+        // are per expert and are not collected yet: their 3-D tensors quantize unweighted.)
+        MatmulInput::Ffn => &["ffn_gate", "ffn_up", "ffn_gate_inp"],
         _ => &["ffn_down"],
     };
     parts
