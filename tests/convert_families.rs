@@ -261,3 +261,53 @@ fn calibration_covers_fused_and_router_weights() {
         }
     }
 }
+
+/// `ledge convert --type Q8_0` of each checkpoint writes llama.cpp's Q8_0 file (its
+/// converter's F32, then llama-quantize) tensor for tensor: the same types (norms and MoE
+/// routers kept F32) and the same bytes (F32 tensors within 1e-6).
+#[test]
+fn q8_0_conversion_equals_llama_cpps_bytes() {
+    for fam in ["llama", "qwen2", "qwen3", "qwen3moe", "phi3", "gemma2"] {
+        let out = common::scratch(&format!("convert_q8_{fam}")).join("m.gguf");
+        let st = Command::new(env!("CARGO_BIN_EXE_ledge"))
+            .args([
+                "convert",
+                &format!("{}/hf", dir(fam)),
+                "--type",
+                "Q8_0",
+                "-o",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let ours = GgufFile::open(&out).unwrap();
+        let theirs = GgufFile::open(format!("{}/{fam}.q8_0.gguf", dir(fam))).unwrap();
+        assert_eq!(
+            ours.tensor_infos().len(),
+            theirs.tensor_infos().len(),
+            "{fam}"
+        );
+        for info in theirs.tensor_infos() {
+            let name = theirs.tensor_name(info);
+            let (a, b) = (ours.tensor(name).unwrap(), theirs.tensor(name).unwrap());
+            assert_eq!(a.ty, b.ty, "{fam}: {name} type");
+            if a.ty == ledge::gguf::GgmlType::F32 {
+                // Llama 3's rope_freqs are computed, not copied: the last bit may differ.
+                let (va, vb) = (a.to_f32().unwrap(), b.to_f32().unwrap());
+                let worst = va
+                    .iter()
+                    .zip(&vb)
+                    .map(|(x, y)| (x - y).abs() / y.abs().max(1e-3))
+                    .fold(0f32, f32::max);
+                assert!(worst <= 1e-6, "{fam}: {name} differs by {worst}");
+            } else {
+                assert!(a.data == b.data, "{fam}: {name} bytes differ");
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! A target is a plain type (every matrix gets it) or a mixed recipe (sensitive tensors get
 //! more bits). In every quantized target, as in llama.cpp's `llama_tensor_get_type`:
-//! - 1-D tensors (norms) stay F32;
+//! - 1-D tensors (norms) and mixture-of-experts routers (`ffn_gate_inp`) stay F32;
 //! - `output.weight`, and `token_embd.weight` when the model ties it to the output, get Q6_K
 //!   (Q8_0 when the target is Q8_0 or the row length is not a multiple of 256).
 //!
@@ -292,7 +292,9 @@ impl Plan {
 
     fn rule(&self, name: &str, dims: &[u64]) -> GgmlType {
         let t = self.target;
-        if dims.len() < 2 {
+        // Mixture-of-experts routers stay F32 in every target, as llama.cpp's converter and
+        // llama-quantize keep them: n_expert rows, and the expert choice hinges on them.
+        if dims.len() < 2 || name.ends_with("ffn_gate_inp.weight") {
             return GgmlType::F32;
         }
         if t.is_float() {
@@ -367,6 +369,10 @@ mod tests {
         assert_eq!(ty("token_embd.weight"), GgmlType::Q4_K);
         assert_eq!(
             p.choose("blk.0.attn_norm.weight", &[4096]).ty,
+            GgmlType::F32
+        );
+        assert_eq!(
+            p.choose("blk.3.ffn_gate_inp.weight", &[2048, 128]).ty,
             GgmlType::F32
         );
         let tied = plan("q4_k_m", true);
