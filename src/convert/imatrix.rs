@@ -21,11 +21,13 @@ use super::{ConvertError, Result};
 use crate::gguf::{GgmlType, GgufBuilder, GgufFile, MetaArray, MetaValue};
 use crate::model::MatmulInput;
 
-/// Squared-activation sums of one weight's inputs.
+/// Squared-activation sums of one weight's inputs. A mixture's 3-D expert tensor has one
+/// row of sums and one count per expert (the tokens routed to it), as llama.cpp stores them.
 #[derive(Clone, Debug, Default)]
 pub struct Entry {
+    /// (counts.len(), width) row-major.
     pub sum2: Vec<f64>,
-    pub count: u64,
+    pub counts: Vec<u64>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -37,16 +39,22 @@ pub struct Imatrix {
 }
 
 impl Imatrix {
-    /// Mean squared activation per input column of weight `name`.
+    /// Mean squared activation per input column of weight `name` (per expert, one after
+    /// another, for an expert tensor; an expert no token reached gets equal weights).
     pub fn importance(&self, name: &str) -> Option<Vec<f32>> {
         let e = self.entries.get(name)?;
-        if e.count == 0 {
+        if e.counts.iter().all(|&c| c == 0) || e.counts.is_empty() {
             return None;
         }
+        let width = e.sum2.len() / e.counts.len();
         Some(
             e.sum2
-                .iter()
-                .map(|&s| (s / e.count as f64) as f32)
+                .chunks_exact(width)
+                .zip(&e.counts)
+                .flat_map(|(row, &c)| {
+                    row.iter()
+                        .map(move |&s| if c == 0 { 1.0 } else { (s / c as f64) as f32 })
+                })
                 .collect(),
         )
     }
@@ -62,10 +70,11 @@ impl Imatrix {
         b.set("imatrix.chunk_size", MetaValue::U32(self.chunk_size))?;
         let mut data: Vec<Vec<u8>> = Vec::new();
         for (name, e) in &self.entries {
+            let n_mat = e.counts.len().max(1) as u64;
             b.add_tensor(
                 &format!("{name}.in_sum2"),
                 GgmlType::F32,
-                &[e.sum2.len() as u64, 1],
+                &[e.sum2.len() as u64 / n_mat, n_mat],
             )?;
             data.push(
                 e.sum2
@@ -73,8 +82,13 @@ impl Imatrix {
                     .flat_map(|&v| (v as f32).to_le_bytes())
                     .collect(),
             );
-            b.add_tensor(&format!("{name}.counts"), GgmlType::F32, &[1, 1])?;
-            data.push((e.count as f32).to_le_bytes().to_vec());
+            b.add_tensor(&format!("{name}.counts"), GgmlType::F32, &[1, n_mat])?;
+            data.push(
+                e.counts
+                    .iter()
+                    .flat_map(|&c| (c as f32).to_le_bytes())
+                    .collect(),
+            );
         }
         let mut s = b.create(path)?;
         for d in &data {
@@ -113,9 +127,10 @@ impl Imatrix {
                     name: counts_name.clone(),
                     source,
                 })?;
-            if counts.len() != 1 {
+            if counts.is_empty() || sums.len() % counts.len() != 0 {
                 return Err(bad(format!(
-                    "{name}: {} experts; only dense models are supported",
+                    "{name}: {} sums do not split into {} experts' rows",
+                    sums.len(),
                     counts.len()
                 )));
             }
@@ -123,7 +138,7 @@ impl Imatrix {
                 name.to_string(),
                 Entry {
                     sum2: sums.iter().map(|&v| v as f64).collect(),
-                    count: counts[0].max(0.0) as u64,
+                    counts: counts.iter().map(|&c| c.max(0.0) as u64).collect(),
                 },
             );
         }
@@ -155,12 +170,15 @@ const KINDS: [MatmulInput; 4] = [
     MatmulInput::FfnDown,
 ];
 
-/// Per (layer, input kind): the squared-activation sums and, if asked, the Gram.
+/// Per (layer, input kind): the squared-activation sums and, if asked, the Gram; per
+/// (layer, expert input or down input): each expert's sums.
 struct Sums {
     n_layer: usize,
     n_pos: usize,
+    n_expert: usize,
     acc: Vec<Vec<Entry>>,
     grams: Vec<Vec<GramEntry>>,
+    experts: BTreeMap<(usize, bool), Entry>,
 }
 
 impl ChunkObserver for Sums {
@@ -170,8 +188,17 @@ impl ChunkObserver for Sums {
 
     fn observe(&mut self, layer: Option<usize>, which: MatmulInput, x: &[f32]) {
         let (l, k) = match (layer, which) {
+            (Some(l), MatmulInput::ExpertIn { expert, rows }) => {
+                return self.expert(l, false, expert, rows, x)
+            }
+            (Some(l), MatmulInput::ExpertDown { expert, rows }) => {
+                return self.expert(l, true, expert, rows, x)
+            }
             (None, _) | (_, MatmulInput::Output) => (self.n_layer, 0),
-            (Some(l), w) => (l, KINDS.iter().position(|&k| k == w).unwrap_or(0)),
+            (Some(l), w) => match KINDS.iter().position(|&k| k == w) {
+                Some(k) => (l, k),
+                None => return,
+            },
         };
         let e = &mut self.acc[l][k];
         // Every observed matrix holds one row per position of the chunk.
@@ -181,6 +208,7 @@ impl ChunkObserver for Sums {
         }
         if e.sum2.is_empty() {
             e.sum2 = vec![0.0; width];
+            e.counts = vec![0];
         }
         if e.sum2.len() != width {
             return;
@@ -192,8 +220,33 @@ impl ChunkObserver for Sums {
             for (s, &v) in e.sum2.iter_mut().zip(row) {
                 *s += (v as f64) * (v as f64);
             }
-            e.count += 1;
+            e.counts[0] += 1;
         }
+    }
+}
+
+impl Sums {
+    /// `rows` rows of expert `expert`'s input (or down input) in block `l`.
+    fn expert(&mut self, l: usize, down: bool, expert: usize, rows: usize, x: &[f32]) {
+        if rows == 0 || expert >= self.n_expert {
+            return;
+        }
+        let width = x.len() / rows;
+        let n_expert = self.n_expert;
+        let e = self.experts.entry((l, down)).or_insert_with(|| Entry {
+            sum2: vec![0.0; n_expert * width],
+            counts: vec![0; n_expert],
+        });
+        if e.sum2.len() != n_expert * width {
+            return;
+        }
+        let sums = &mut e.sum2[expert * width..(expert + 1) * width];
+        for row in x.chunks_exact(width) {
+            for (s, &v) in sums.iter_mut().zip(row) {
+                *s += (v as f64) * (v as f64);
+            }
+        }
+        e.counts[expert] += rows as u64;
     }
 }
 
@@ -212,6 +265,8 @@ pub fn calibrate_with_gram(
     let mut sums = Sums {
         n_layer,
         n_pos: 1,
+        n_expert: cal.model.config.n_expert,
+        experts: BTreeMap::new(),
         acc: vec![vec![Entry::default(); KINDS.len()]; n_layer + 1],
         grams: if gram {
             vec![vec![GramEntry::default(); KINDS.len()]; n_layer + 1]
@@ -233,9 +288,22 @@ pub fn calibrate_with_gram(
         chunk_size: ctx as u32,
         ..Default::default()
     };
+    for ((l, down), e) in std::mem::take(&mut sums.experts) {
+        let parts: &[&str] = if down {
+            &["ffn_down_exps"]
+        } else {
+            &["ffn_gate_exps", "ffn_up_exps"]
+        };
+        for p in parts {
+            let n = format!("blk.{l}.{p}.weight");
+            if f.tensor_info(&n).is_some() {
+                im.entries.insert(n, e.clone());
+            }
+        }
+    }
     for (l, per) in sums.acc.into_iter().enumerate() {
         for (k, e) in per.into_iter().enumerate() {
-            if e.count == 0 {
+            if e.counts.iter().all(|&c| c == 0) {
                 continue;
             }
             // Only the weights this file has (fused or separate Q/K/V, a router or not).
@@ -262,8 +330,8 @@ fn weights_reading(l: usize, k: usize, n_layer: usize, tied: bool) -> Vec<String
     let parts: &[&str] = match KINDS[k] {
         MatmulInput::Attn => &["attn_q", "attn_k", "attn_v", "attn_qkv"],
         MatmulInput::AttnOutput => &["attn_output"],
-        // A mixture of experts' router reads the FFN input too. (The experts' own inputs
-        // are per expert and are not collected yet: their 3-D tensors quantize unweighted.)
+        // A mixture of experts' router reads the FFN input too (the experts' own inputs are
+        // collected per expert, in `Sums::expert`).
         MatmulInput::Ffn => &["ffn_gate", "ffn_up", "ffn_gate_inp"],
         _ => &["ffn_down"],
     };

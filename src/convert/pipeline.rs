@@ -124,7 +124,11 @@ pub fn write_gguf(
                 if is_float(ty) {
                     return None;
                 }
-                let v = im.importance(&t.name).filter(|v| v.len() == t.row_len());
+                // One row of importance per matrix: 1, or each expert's of a 3-D stack.
+                let n_mat = t.dims.iter().skip(2).product::<u64>() as usize;
+                let v = im
+                    .importance(&t.name)
+                    .filter(|v| v.len() == t.row_len() * n_mat);
                 if v.is_some() && super::weighted::supports(ty) {
                     v
                 } else {
@@ -218,16 +222,45 @@ fn convert_tensor(
         .ok_or_else(|| ConvertError::Usage(format!("tensor {:?}: row too long", t.name)))?
         as usize;
     let mut out = vec![0u8; row_bytes * rows];
-    let per = rows_per_chunk(row_len);
-    out.par_chunks_mut(per * row_bytes)
-        .enumerate()
-        .try_for_each(|(ci, chunk)| {
-            let n_rows = chunk.len() / row_bytes;
-            let mut f = vec![0f32; n_rows * row_len];
-            t.rows_f32(ci * per, &mut f)?;
+    // Rows of one matrix of a 3-D stack (an expert): chunks never straddle two, so each
+    // takes its own importance.
+    let n_mat = t.dims.iter().skip(2).product::<u64>().max(1) as usize;
+    let mat_rows = rows / n_mat;
+    let per = rows_per_chunk(row_len).min(mat_rows.max(1));
+    let chunks_per_mat = mat_rows.div_ceil(per);
+    let spans: Vec<(usize, usize)> = (0..n_mat)
+        .flat_map(|m| {
+            (0..chunks_per_mat).map(move |c| {
+                let r0 = m * mat_rows + c * per;
+                (r0, (r0 + per).min((m + 1) * mat_rows))
+            })
+        })
+        .collect();
+    let mut pieces: Vec<&mut [u8]> = Vec::with_capacity(spans.len());
+    let mut rest = &mut out[..];
+    for &(r0, r1) in &spans {
+        let (head, tail) = rest.split_at_mut((r1 - r0) * row_bytes);
+        pieces.push(head);
+        rest = tail;
+        debug_assert!(r0 < r1);
+    }
+    pieces
+        .into_par_iter()
+        .zip(spans.par_iter())
+        .try_for_each(|(chunk, &(r0, r1))| {
+            let mut f = vec![0f32; (r1 - r0) * row_len];
+            t.rows_f32(r0, &mut f)?;
+            let m = r0 / mat_rows.max(1);
+            let w = imp.map(|w| {
+                if w.len() == row_len {
+                    w
+                } else {
+                    &w[m * row_len..(m + 1) * row_len]
+                }
+            });
             let q = match hessian.and_then(|h| super::gptq::quantize_rows(ty, &f, h)) {
                 Some(q) => q,
-                None => match imp.and_then(|w| super::weighted::quantize_weighted(ty, &f, w)) {
+                None => match w.and_then(|w| super::weighted::quantize_weighted(ty, &f, w)) {
                     Some(q) => q,
                     None => quant::quantize_to_vec(ty, &f)?,
                 },

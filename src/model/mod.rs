@@ -189,6 +189,11 @@ pub enum MatmulInput {
     FfnDown,
     /// Normed input of the output matrix (layer is None).
     Output,
+    /// Normed input of one expert's ffn_gate_exps / ffn_up_exps rows: only the `rows`
+    /// tokens the router sent to it.
+    ExpertIn { expert: usize, rows: usize },
+    /// Input of one expert's ffn_down_exps rows, for those `rows` tokens.
+    ExpertDown { expert: usize, rows: usize },
 }
 
 /// Sees each matmul input: (layer, or None for the output matrix; which; rows of the input).
@@ -722,7 +727,9 @@ impl<'a> Model<'a> {
                         n_used: *n_used,
                         n_ff: lc.n_ff,
                     };
-                    moe.forward(spec.activation, &xn, n, &mut o)?;
+                    moe.forward(spec.activation, &xn, n, &mut o, &mut |w, x| {
+                        observe(Some(il), w, x)
+                    })?;
                 }
             }
             if let Some(w) = &lw.post_ffn_norm {
@@ -787,6 +794,9 @@ fn mlp(
     Ok(())
 }
 
+/// One expert's pass over its tokens: (output, its inputs, its down matrix's inputs).
+type ExpertOut = (Vec<f32>, Vec<f32>, Vec<f32>);
+
 /// A mixture-of-experts FFN over x (n, d) into out (n, d): the router picks `n_used`
 /// experts per token; each chosen expert runs once over all the tokens routed to it (its
 /// rows streamed once per pass), and each token sums its experts' outputs times their
@@ -805,6 +815,7 @@ impl Moe<'_, '_> {
         x: &[f32],
         n: usize,
         out: &mut [f32],
+        observe: &mut dyn FnMut(MatmulInput, &[f32]),
     ) -> Result<(), ModelError> {
         let Moe {
             router,
@@ -830,7 +841,7 @@ impl Moe<'_, '_> {
             .collect();
         let outputs = active
             .par_iter()
-            .map(|&(e, group)| -> Result<Vec<f32>, ModelError> {
+            .map(|&(e, group)| -> Result<ExpertOut, ModelError> {
                 let m = group.len();
                 let xs: Vec<f32> = group
                     .iter()
@@ -851,10 +862,16 @@ impl Moe<'_, '_> {
                     &mut y,
                     &mut |_| {},
                 )?;
-                Ok(y)
+                // The inputs go back too, for a calibration observer (which is not Sync).
+                Ok((y, xs, gate))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for (&(_, group), y) in active.iter().zip(&outputs) {
+        for (&(e, group), (_, xs, gate)) in active.iter().zip(&outputs) {
+            let rows = group.len();
+            observe(MatmulInput::ExpertIn { expert: e, rows }, xs);
+            observe(MatmulInput::ExpertDown { expert: e, rows }, gate);
+        }
+        for (&(_, group), (y, _, _)) in active.iter().zip(&outputs) {
             for (&(t, r), yr) in group.iter().zip(y.chunks_exact(d)) {
                 ys[(t * n_used + r) * d..][..d].copy_from_slice(yr);
             }
