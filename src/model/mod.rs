@@ -15,7 +15,9 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use crate::gguf::{GgmlType, GgufFile};
-use crate::ops::{activation, attention, matmul, norm, rope, Input as SharedInput, Weight};
+use crate::ops::{
+    activation, attention, matmul, matmul_many, norm, rope, Input as SharedInput, Weight,
+};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
 use arch::{Activation, AttnScale, FfnKind, Presence, RopeFactors};
@@ -794,6 +796,9 @@ fn mlp(
     Ok(())
 }
 
+/// Tokens up to which a mixture's experts run as one parallel loop (`experts_together`).
+const FEW_TOKENS: usize = 8;
+
 /// One expert's pass over its tokens: (output, its inputs, its down matrix's inputs).
 type ExpertOut = (Vec<f32>, Vec<f32>, Vec<f32>);
 
@@ -821,7 +826,7 @@ impl Moe<'_, '_> {
             router,
             experts,
             n_used,
-            n_ff,
+            ..
         } = *self;
         let (d, ne) = (x.len() / n, experts.len());
         // W (d, n_expert) @ x (n, d) -> logits (n, n_expert)
@@ -830,16 +835,123 @@ impl Moe<'_, '_> {
         let routes = moe::route(&logits, ne, n_used);
         // ys (n, n_used, d): each token's expert outputs by rank.
         let mut ys = vec![0f32; n * n_used * d];
-        // The chosen experts run side by side: one token's eight small matmuls each split
-        // across the threads cost more in fork/join than they stream (decode ran at 0.7× of
-        // llama.cpp that way); each expert still splits its rows when it has the pool alone.
+        // Decode: all chosen experts' matrices as one parallel loop (one token's 24 small
+        // matmuls each split across the threads cost more in fork/join than they stream:
+        // 0.7× of llama.cpp that way). Prompts: each expert over its tokens, side by side.
         let groups = routes.by_expert(ne);
         let active: Vec<(usize, &Vec<(usize, usize)>)> = groups
             .iter()
             .enumerate()
             .filter(|(_, g)| !g.is_empty())
             .collect();
-        let outputs = active
+        let outputs = if n <= FEW_TOKENS {
+            self.experts_together(act, x, d, &active)?
+        } else {
+            self.experts_apart(act, x, d, &active)?
+        };
+        for (&(e, group), (_, xs, gate)) in active.iter().zip(&outputs) {
+            let rows = group.len();
+            observe(MatmulInput::ExpertIn { expert: e, rows }, xs);
+            observe(MatmulInput::ExpertDown { expert: e, rows }, gate);
+        }
+        for (&(_, group), (y, _, _)) in active.iter().zip(&outputs) {
+            for (&(t, r), yr) in group.iter().zip(y.chunks_exact(d)) {
+                ys[(t * n_used + r) * d..][..d].copy_from_slice(yr);
+            }
+        }
+        for (t, o) in out.chunks_exact_mut(d).enumerate() {
+            o.fill(0.0);
+            for r in 0..n_used {
+                let w = routes.weights[t * n_used + r];
+                let yr = &ys[(t * n_used + r) * d..][..d];
+                o.iter_mut().zip(yr).for_each(|(o, &v)| *o += v * w);
+            }
+        }
+        Ok(())
+    }
+
+    /// Few tokens (decode): every chosen expert's gate and up as one parallel loop, then
+    /// every down, so the threads share all the experts' rows (as llama.cpp's mul_mat_id),
+    /// with two fork-joins per layer.
+    fn experts_together(
+        &self,
+        act: Activation,
+        x: &[f32],
+        d: usize,
+        active: &[(usize, &Vec<(usize, usize)>)],
+    ) -> Result<Vec<ExpertOut>, ModelError> {
+        let n_ff = self.n_ff;
+        let xs: Vec<Vec<f32>> = active
+            .iter()
+            .map(|(_, group)| {
+                group
+                    .iter()
+                    .flat_map(|&(t, _)| x[t * d..(t + 1) * d].iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut gates: Vec<Vec<f32>> = active
+            .iter()
+            .map(|(_, g)| vec![0f32; g.len() * n_ff])
+            .collect();
+        let mut ups = gates.clone();
+        {
+            let mut inputs: Vec<SharedInput> = xs
+                .iter()
+                .zip(active)
+                .map(|(xs, (_, g))| SharedInput::new(xs, g.len()))
+                .collect();
+            let mut jobs: Vec<(&Weight, usize, &mut [f32])> = Vec::new();
+            for (a, ((&(e, _), gate), up)) in
+                active.iter().zip(&mut gates).zip(&mut ups).enumerate()
+            {
+                // W (d, n_ff) @ x (m, d) -> gate, up (m, n_ff)
+                jobs.push((&self.experts[e].gate, a, &mut gate[..]));
+                jobs.push((&self.experts[e].up, a, &mut up[..]));
+            }
+            matmul_many(&mut inputs, &mut jobs)?;
+        }
+        for (gate, up) in gates.iter_mut().zip(&ups) {
+            activation::gated(gate, up, act == Activation::GeluTanh);
+        }
+        let mut ys: Vec<Vec<f32>> = active
+            .iter()
+            .map(|(_, g)| vec![0f32; g.len() * d])
+            .collect();
+        {
+            let mut inputs: Vec<SharedInput> = gates
+                .iter()
+                .zip(active)
+                .map(|(g, (_, grp))| SharedInput::new(g, grp.len()))
+                .collect();
+            // W (n_ff, d) @ gate (m, n_ff) -> y (m, d)
+            let mut jobs: Vec<(&Weight, usize, &mut [f32])> = active
+                .iter()
+                .zip(&mut ys)
+                .enumerate()
+                .map(|(a, (&(e, _), y))| (&self.experts[e].down, a, &mut y[..]))
+                .collect();
+            matmul_many(&mut inputs, &mut jobs)?;
+        }
+        Ok(ys
+            .into_iter()
+            .zip(xs)
+            .zip(gates)
+            .map(|((y, xs), g)| (y, xs, g))
+            .collect())
+    }
+
+    /// A prompt batch: each chosen expert runs over its tokens on its own, the experts side
+    /// by side (each splits its rows further when it has the pool alone).
+    fn experts_apart(
+        &self,
+        act: Activation,
+        x: &[f32],
+        d: usize,
+        active: &[(usize, &Vec<(usize, usize)>)],
+    ) -> Result<Vec<ExpertOut>, ModelError> {
+        let (experts, n_ff) = (self.experts, self.n_ff);
+        active
             .par_iter()
             .map(|&(e, group)| -> Result<ExpertOut, ModelError> {
                 let m = group.len();
@@ -865,26 +977,7 @@ impl Moe<'_, '_> {
                 // The inputs go back too, for a calibration observer (which is not Sync).
                 Ok((y, xs, gate))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        for (&(e, group), (_, xs, gate)) in active.iter().zip(&outputs) {
-            let rows = group.len();
-            observe(MatmulInput::ExpertIn { expert: e, rows }, xs);
-            observe(MatmulInput::ExpertDown { expert: e, rows }, gate);
-        }
-        for (&(_, group), (y, _, _)) in active.iter().zip(&outputs) {
-            for (&(t, r), yr) in group.iter().zip(y.chunks_exact(d)) {
-                ys[(t * n_used + r) * d..][..d].copy_from_slice(yr);
-            }
-        }
-        for (t, o) in out.chunks_exact_mut(d).enumerate() {
-            o.fill(0.0);
-            for r in 0..n_used {
-                let w = routes.weights[t * n_used + r];
-                let yr = &ys[(t * n_used + r) * d..][..d];
-                o.iter_mut().zip(yr).for_each(|(o, &v)| *o += v * w);
-            }
-        }
-        Ok(())
+            .collect::<Result<Vec<_>, _>>()
     }
 }
 

@@ -42,30 +42,83 @@ pub fn matmul_packed_k(
     (0..p.groups().div_ceil(GROUPS_PER_TASK))
         .into_par_iter()
         .for_each(|task| {
-            let g1 = ((task + 1) * GROUPS_PER_TASK).min(p.groups());
-            let mut res = [[0f32; 4]; TILE];
-            // Tokens outer, groups inner: the task's few groups of weights stay in cache
-            // while each tile of activations is used by all of them.
-            for t0 in (0..n).step_by(TILE) {
-                let tn = TILE.min(n - t0);
-                for g in task * GROUPS_PER_TASK..g1 {
-                    kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut res[..tn]);
-                    let rows = 4.min(m - g * 4);
-                    for (t, r) in res[..tn].iter().enumerate() {
-                        // SAFETY: `out` has n·m elements (asserted above); this task writes
-                        // only out[t·m + 4·g .. t·m + 4·g + rows] for its own groups g, and
-                        // the groups of different tasks are disjoint.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                r.as_ptr(),
-                                out_ptr.at((t0 + t) * m + g * 4),
-                                rows,
-                            );
-                        }
-                    }
+            let g0 = task * GROUPS_PER_TASK;
+            let g1 = (g0 + GROUPS_PER_TASK).min(p.groups());
+            // SAFETY: `out` has n·m elements (asserted above), and the tasks' group ranges
+            // are disjoint.
+            unsafe { run_groups(p, kernel, acts, n, out_ptr, g0..g1) };
+        });
+}
+
+/// One product of `matmul_packed_k_many`: out (n, p.rows) = x · Wᵀ, `acts` from x.
+pub struct KJob<'a> {
+    pub p: &'a PackedK,
+    pub kernel: GemmKFn,
+    pub acts: &'a [ActK],
+    pub n: usize,
+    pub out: &'a mut [f32],
+}
+
+/// Several products as one parallel loop (a mixture's chosen experts): the groups of all
+/// of them become the tasks of one pool loop, so the threads share every expert's rows
+/// evenly with one fork-join, instead of one per matrix or one expert per thread.
+pub fn matmul_packed_k_many(jobs: &mut [KJob<'_>]) {
+    let mut tasks: Vec<(usize, usize)> = Vec::new();
+    let mut outs = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter_mut().enumerate() {
+        let nsb = job.p.k / QK_K;
+        assert_eq!(
+            job.acts.len(),
+            job.n * nsb,
+            "packed K matmul: acts are not n×k/256"
+        );
+        assert_eq!(
+            job.out.len(),
+            job.n * job.p.rows,
+            "packed K matmul: out is not n×m"
+        );
+        tasks.extend((0..job.p.groups().div_ceil(GROUPS_PER_TASK)).map(|t| (j, t)));
+        outs.push(OutPtr(job.out.as_mut_ptr()));
+    }
+    let jobs = &*jobs;
+    tasks.into_par_iter().for_each(|(j, task)| {
+        let job = &jobs[j];
+        let g0 = task * GROUPS_PER_TASK;
+        let g1 = (g0 + GROUPS_PER_TASK).min(job.p.groups());
+        // SAFETY: each job's `out` has n·m elements (asserted above), the jobs' outputs are
+        // distinct slices, and within a job the tasks' group ranges are disjoint.
+        unsafe { run_groups(job.p, job.kernel, job.acts, job.n, outs[j], g0..g1) };
+    });
+}
+
+/// Groups `gs` of out (n, m) = x · Wᵀ, tokens outer and groups inner: the task's few groups
+/// of weights stay in cache while each tile of activations is used by all of them.
+///
+/// # Safety
+/// `out` must point to n·m floats that no one else writes at rows 4·gs.start .. 4·gs.end.
+unsafe fn run_groups(
+    p: &PackedK,
+    kernel: GemmKFn,
+    acts: &[ActK],
+    n: usize,
+    out: OutPtr,
+    gs: std::ops::Range<usize>,
+) {
+    let (m, nsb) = (p.rows, p.k / QK_K);
+    let mut res = [[0f32; 4]; TILE];
+    for t0 in (0..n).step_by(TILE) {
+        let tn = TILE.min(n - t0);
+        for g in gs.clone() {
+            kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut res[..tn]);
+            let rows = 4.min(m - g * 4);
+            for (t, r) in res[..tn].iter().enumerate() {
+                // SAFETY: in bounds of the n·m output, in this caller's rows (the contract).
+                unsafe {
+                    std::ptr::copy_nonoverlapping(r.as_ptr(), out.at((t0 + t) * m + g * 4), rows);
                 }
             }
-        });
+        }
+    }
 }
 
 /// Fewest tokens for the AMX path: it decodes each sixteen-row supergroup once per call,

@@ -104,6 +104,44 @@ impl<'x> Input<'x> {
     }
 }
 
+/// Several products as one parallel loop when every weight is in the K layout (a mixture's
+/// chosen experts: one fork-join for all of them, their rows shared evenly by the threads);
+/// otherwise one `matmul` after another. `jobs[i]` = (weight, index of its input in
+/// `inputs`, output). For a few tokens: prompts should call `matmul` per weight, which
+/// picks AMX where it pays.
+pub fn matmul_many(
+    inputs: &mut [Input],
+    jobs: &mut [(&Weight, usize, &mut [f32])],
+) -> Result<(), QuantError> {
+    if !jobs.iter().all(|(w, _, _)| matches!(w, Weight::K4 { .. })) {
+        for (w, i, out) in jobs.iter_mut() {
+            matmul(w, &mut inputs[*i], out)?;
+        }
+        return Ok(());
+    }
+    for (w, i, _) in jobs.iter() {
+        if let Weight::K4 { p, .. } = w {
+            inputs[*i].acts_k(p.k);
+        }
+    }
+    let inputs = &*inputs;
+    let mut kjobs: Vec<super::matmul_k::KJob> = jobs
+        .iter_mut()
+        .filter_map(|(w, i, out)| match w {
+            Weight::K4 { p, gemm, .. } => Some(super::matmul_k::KJob {
+                p,
+                kernel: *gemm,
+                acts: inputs[*i].ak.as_deref().unwrap_or(&[]),
+                n: inputs[*i].n,
+                out: &mut out[..],
+            }),
+            _ => None,
+        })
+        .collect();
+    super::matmul_k::matmul_packed_k_many(&mut kjobs);
+    Ok(())
+}
+
 /// W (k, m) @ x (n, k) -> out (n, m), for prompts and generation alike.
 pub fn matmul(w: &Weight, input: &mut Input, out: &mut [f32]) -> Result<(), QuantError> {
     let n = input.n;
