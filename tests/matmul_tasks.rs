@@ -65,3 +65,65 @@ fn one_token_long_tasks_equal_the_multi_token_split() {
         });
     }
 }
+
+/// `matmul_many` (a mixture's chosen experts as one pool loop) gives each product exactly
+/// the bits `matmul` gives it alone: Q4_K and Q6_K (packed where the kernel set packs them),
+/// row counts that leave short last groups and tasks, inputs shared by two weights, one and
+/// five tokens, three threads.
+#[test]
+fn many_products_in_one_loop_equal_each_alone() {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(3)
+        .build()
+        .unwrap();
+    let mut rng = Rng(0xb0_0005);
+    let ks = ledge::quant::simd::kernels();
+    let k = 512;
+    for n in [1usize, 5] {
+        let shapes = [
+            (GgmlType::Q4_K, 70),
+            (GgmlType::Q6_K, 36),
+            (GgmlType::Q4_K, 18),
+        ];
+        let bufs: Vec<(GgmlType, usize, Vec<u8>)> = shapes
+            .iter()
+            .map(|&(ty, m)| (ty, m, quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap()))
+            .collect();
+        let weights: Vec<Weight> = bufs
+            .iter()
+            .map(|(ty, m, b)| Weight::load(TensorView::borrowed("w", *ty, vec![k, *m], b), ks))
+            .collect();
+        let xs: Vec<Vec<f32>> = (0..2).map(|_| data(&mut rng, n * k)).collect();
+        // Inputs: 0 feeds weights 0 and 1, 1 feeds weight 2.
+        let which = [0usize, 0, 1];
+        pool.install(|| {
+            let alone: Vec<Vec<f32>> = weights
+                .iter()
+                .zip(&shapes)
+                .zip(which)
+                .map(|((w, &(_, m)), i)| {
+                    let mut out = vec![0f32; n * m];
+                    matmul(w, &mut Input::new(&xs[i], n), &mut out).unwrap();
+                    out
+                })
+                .collect();
+            let mut outs: Vec<Vec<f32>> = shapes.iter().map(|&(_, m)| vec![0f32; n * m]).collect();
+            let mut inputs: Vec<Input> = xs.iter().map(|x| Input::new(x, n)).collect();
+            let mut jobs: Vec<(&Weight, usize, &mut [f32])> = weights
+                .iter()
+                .zip(which)
+                .zip(&mut outs)
+                .map(|((w, i), o)| (w, i, &mut o[..]))
+                .collect();
+            ledge::ops::matmul_many(&mut inputs, &mut jobs).unwrap();
+            for (j, (a, b)) in alone.iter().zip(&outs).enumerate() {
+                assert!(a.iter().any(|&v| v != 0.0), "job {j}: all zeros");
+                let (a, b): (Vec<u32>, Vec<u32>) = (
+                    a.iter().map(|v| v.to_bits()).collect(),
+                    b.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(a, b, "n {n}, job {j} ({:?})", shapes[j]);
+            }
+        });
+    }
+}
