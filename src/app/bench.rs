@@ -54,7 +54,7 @@ pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
     // take their memory.
     let bandwidth = match args.bandwidth_mib {
         Some(mib) => {
-            let mut counts = vec![1, super::physical_cores(), threads];
+            let mut counts = vec![1, super::threads::default_threads().threads, threads];
             counts.sort_unstable();
             counts.dedup();
             crate::eval::bandwidth::measure(mib << 20, &counts, 5)?

@@ -70,7 +70,7 @@ pub struct QuantArgs {
     /// GPTQ damping, relative to the mean of diag(H).
     #[arg(long, default_value_t = 0.01)]
     pub damp: f64,
-    /// Worker threads (default: one per physical core).
+    /// Worker threads (default: one per performance core).
     // Long only: -t is --type here.
     #[arg(long)]
     pub threads: Option<usize>,

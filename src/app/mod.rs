@@ -14,6 +14,7 @@ pub mod report;
 pub mod run;
 pub mod serve;
 pub mod synth;
+pub mod threads;
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +52,7 @@ impl ModelArg {
 /// `-t/--threads`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct Threads {
-    /// Worker threads (default: one per physical core).
+    /// Worker threads (default: one per performance core; `-v` says what was chosen).
     #[arg(short = 't', long = "threads", value_name = "N")]
     pub n: Option<usize>,
 }
@@ -210,9 +211,11 @@ pub fn physical_cores() -> usize {
     }
 }
 
-/// Sizes the global rayon pool: `threads`, or one per physical core.
+/// Sizes the global rayon pool: `threads`, or one per performance core (`threads.rs`).
 pub fn init_threads(threads: Option<usize>) -> usize {
-    let n = threads.filter(|&n| n > 0).unwrap_or_else(physical_cores);
+    let n = threads
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| threads::default_threads().threads);
     // A second call (tests, a library user) keeps the first pool; that is fine.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)

@@ -56,8 +56,12 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
             c.n_vocab,
             t0.elapsed().as_secs_f64() * 1e3
         );
+        let why = match args.generation.threads.n {
+            Some(n) if n > 0 => "-t".to_string(),
+            _ => super::threads::default_threads().why,
+        };
         eprintln!(
-            "threads: {threads}, context: {ctx}, kernels: {}",
+            "threads: {threads} ({why}), context: {ctx}, kernels: {}",
             kernels.name
         );
         eprintln!("{}", kernels.describe());
