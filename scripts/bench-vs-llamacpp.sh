@@ -5,7 +5,10 @@
 # native CPU features on). Usage: scripts/bench-vs-llamacpp.sh [MODEL.gguf ...]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-LCPP=${LLAMACPP_HOME:-$HOME/.cache/ledge/llamacpp}/build/bin
+# LLAMACPP_BUILD=build-avx2 (made by `AVX2=1 build-llamacpp.sh`) compares with llama.cpp
+# restricted to AVX2; pair it with LEDGE_SIMD=avx2 so both sides use the same instructions.
+LCPP_DIR=${LLAMACPP_HOME:-$HOME/.cache/ledge/llamacpp}/${LLAMACPP_BUILD:-build}
+LCPP=$LCPP_DIR/bin
 [ -x "$LCPP/llama-bench" ] || { echo "llama-bench missing: run scripts/reference/build-llamacpp.sh" >&2; exit 1; }
 PP=${PP:-64}; TG=${TG:-32}; REPS=${REPS:-3}; THREADS=${THREADS:-"1 2"}
 # ledge bench's own load/time-to-first-token timings (prompt length; 0 skips them: on 7B
@@ -27,6 +30,20 @@ read -r -a LBARGS <<< "${LLAMA_BENCH_ARGS:-}"
 [ $# -gt 0 ] || set -- "$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$ROOT/models/gemma-3-270m-q4_k_m.gguf"
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
+# What is compared: the CPU, llama.cpp's build and its instruction sets, ledge's kernel set.
+cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2- | sed 's/^ *//')
+cache=$LCPP_DIR/CMakeCache.txt
+if grep -q '^GGML_NATIVE:BOOL=ON' "$cache" 2>/dev/null; then
+  isa="native: -march=native"
+else
+  isa=$(grep -E '^GGML_(SSE42|AVX|AVX2|FMA|F16C|AVX_VNNI|AVX512|AVX512_VNNI|AVX512_VBMI|AVX512_BF16|AMX_INT8):BOOL=ON' \
+    "$cache" 2>/dev/null | cut -d: -f1 | sed 's/^GGML_//' | tr '\n' ' ' | sed 's/ $//')
+fi
+kset=$("$ROOT/target/release/ledge" run -v -p x -n 1 -m "$1" 2>&1 >/dev/null | grep -o 'kernels: [a-z0-9-]*' | head -1)
+echo "CPU: ${cpu:-unknown}"
+echo "llama.cpp: $LCPP_DIR (${isa:-flags unknown})"
+echo "ledge: ${kset:-kernels: unknown}${LEDGE_SIMD:+ (LEDGE_SIMD=$LEDGE_SIMD)}"
+echo
 # Busy share of all CPUs over one second, in percent (from /proc/stat).
 busy() {
   local a b

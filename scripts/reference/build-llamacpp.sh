@@ -3,6 +3,7 @@
 # llama-cpp-python, once per machine, outside the repository (never in CI: ~11 min on 2 cores).
 #
 #   scripts/reference/build-llamacpp.sh            # builds into $LLAMACPP_HOME (default ~/.cache/ledge/llamacpp)
+#   AVX2=1 SKIP_GENERIC=1 scripts/reference/build-llamacpp.sh   # also build-avx2 (AVX2 only)
 #
 # Produces $LLAMACPP_HOME/build/bin/{libllama.so, llama-tokenize, llama-perplexity, llama-bench,
 # llama-quantize, llama-cli, …} and a venv $LLAMACPP_HOME/venv whose python can `import llama_cpp`
@@ -65,6 +66,20 @@ if [ -z "${SKIP_GENERIC:-}" ]; then
     -DGGML_SSE42=OFF -DGGML_BMI2=OFF -DGGML_CPU_REPACK=OFF -DGGML_LLAMAFILE=OFF \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF >/dev/null
   cmake --build "$HOME_DIR/build-generic" -j "${JOBS:-$(nproc)}" --target llama
+fi
+
+# AVX2=1: also a build restricted to AVX2 (+FMA, F16C, BMI2; no AVX-512, no AVX-VNNI), so
+# that on an AVX-512 machine `LEDGE_SIMD=avx2 ledge bench` is compared with llama.cpp on the
+# same instruction set: LLAMACPP_BUILD=build-avx2 scripts/bench-vs-llamacpp.sh.
+if [ -n "${AVX2:-}" ]; then
+  echo "== configuring and building llama.cpp restricted to AVX2 (build-avx2)"
+  cmake -S "$SRC/vendor/llama.cpp" -B "$HOME_DIR/build-avx2" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=ON -DGGML_NATIVE=OFF \
+    -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+    -DGGML_AVX_VNNI=OFF -DGGML_AVX512=OFF -DGGML_AVX512_VBMI=OFF -DGGML_AVX512_VNNI=OFF \
+    -DGGML_AVX512_BF16=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+    -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON >/dev/null
+  cmake --build "$HOME_DIR/build-avx2" -j "${JOBS:-$(nproc)}" --target llama llama-bench
 fi
 
 # The ctypes bindings, without building the package's own copy of llama.cpp.
