@@ -1,5 +1,5 @@
-//! The AVX-512 attention kernels (one query, and tiles of queries) and SiLU·up against
-//! scalar references.
+//! The AVX-512 and AVX2 attention kernels (one query, and tiles of queries) and SiLU·up
+//! against scalar references.
 
 #![cfg(target_arch = "x86_64")]
 #![allow(clippy::needless_range_loop)] // index loops read clearer over (token, row) grids
@@ -29,18 +29,37 @@ fn data(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// through f16 as in ggml), for GQA layouts, windows and the head sizes it supports.
 #[test]
 fn avx512_attention_equals_reference() {
+    use ledge::quant::simd::avx512_attn::{attend, supports};
+    attention_equals_reference("AVX-512", supports, attend, 0xa77e_0003);
+}
+
+/// The AVX2 attention kernel likewise.
+#[test]
+fn avx2_attention_equals_reference() {
+    use ledge::quant::simd::avx2_attn::{attend, supports};
+    attention_equals_reference("AVX2", supports, attend, 0xa77e_0013);
+}
+
+fn attention_equals_reference(
+    name: &str,
+    supports: fn(usize, usize) -> bool,
+    attend: ledge::quant::simd::HeadAttnFn,
+    seed: u64,
+) {
     use half::f16;
-    use ledge::quant::simd::avx512_attn::{attend, supports, HeadLayout};
-    let mut rng = Rng(0xa77e_0003);
+    use ledge::quant::simd::HeadLayout;
+    let mut rng = Rng(seed);
     for &(hd, n_kv, g, first, pos) in &[
         (64, 3, 1, 0, 0),
         (64, 3, 2, 0, 6),
         (128, 1, 0, 3, 40),
         (256, 2, 1, 0, 129),
+        (64, 2, 1, 2, 37),
+        (96, 1, 0, 0, 20),
     ] {
         if !supports(hd, hd) {
-            eprintln!("no AVX-512 here: skipped");
-            return;
+            eprintln!("{name}: head size {hd} not supported here: skipped");
+            continue;
         }
         let w = n_kv * hd;
         let kc: Vec<f16> = data(&mut rng, (pos + 1) * w)
@@ -94,9 +113,27 @@ fn avx512_attention_equals_reference() {
 /// supports, and several KV groups.
 #[test]
 fn avx512_tiled_attention_equals_reference() {
+    use ledge::quant::simd::avx512_attn::{attend_tile, supports};
+    tiled_attention_equals_reference("AVX-512", supports, attend_tile, 0xa77e_0004);
+}
+
+/// The AVX2 tiled kernel likewise (16-key blocks, 16-column value passes).
+#[test]
+fn avx2_tiled_attention_equals_reference() {
+    use ledge::quant::simd::avx2_attn::{attend_tile, supports};
+    tiled_attention_equals_reference("AVX2", supports, attend_tile, 0xa77e_0014);
+}
+
+fn tiled_attention_equals_reference(
+    name: &str,
+    supports: fn(usize, usize) -> bool,
+    attend_tile: ledge::quant::simd::TileAttnFn,
+    seed: u64,
+) {
     use half::f16;
-    use ledge::quant::simd::avx512_attn::{attend_tile, supports, HeadLayout, KeysT, TileScratch};
-    let mut rng = Rng(0xa77e_0004);
+    use ledge::quant::simd::attn_tile::{KeysT, TileScratch};
+    use ledge::quant::simd::HeadLayout;
+    let mut rng = Rng(seed);
     let mut scratch = TileScratch::default();
     // (head size, kv heads, group, positions in the cache, query ranges)
     type Case<'a> = (usize, usize, usize, usize, &'a [(usize, usize)]);
@@ -131,11 +168,12 @@ fn avx512_tiled_attention_equals_reference() {
             70,
             &[(0, 64), (0, 65), (5, 66), (6, 67), (7, 68), (8, 69)],
         ),
+        (96, 1, 0, 23, &[(0, 20), (3, 21), (4, 22)]),
     ];
     for &(hd, n_kv, g, npos, ranges) in cases {
         if !supports(hd, hd) {
-            eprintln!("no AVX-512 here: skipped");
-            return;
+            eprintln!("{name}: head size {hd} not supported here: skipped");
+            continue;
         }
         let w = n_kv * hd;
         let kc: Vec<f16> = data(&mut rng, npos * w)
@@ -196,12 +234,28 @@ fn avx512_tiled_attention_equals_reference() {
 #[test]
 fn avx512_silu_mul_equals_reference() {
     use ledge::quant::simd::avx512_math::{silu_mul, supported};
+    silu_mul_equals_reference("AVX-512", supported, silu_mul, 0x5110_0001);
+}
+
+/// The AVX2 SiLU·up likewise.
+#[test]
+fn avx2_silu_mul_equals_reference() {
+    use ledge::quant::simd::avx2_math::{silu_mul, supported};
+    silu_mul_equals_reference("AVX2", supported, silu_mul, 0x5110_0002);
+}
+
+fn silu_mul_equals_reference(
+    name: &str,
+    supported: fn() -> bool,
+    silu_mul: fn(&mut [f32], &[f32]),
+    seed: u64,
+) {
     if !supported() {
-        eprintln!("no AVX-512 here: skipped");
+        eprintln!("no {name} here: skipped");
         return;
     }
-    let mut rng = Rng(0x5110_0001);
-    for n in [1, 15, 16, 17, 1000, 4099] {
+    let mut rng = Rng(seed);
+    for n in [1, 7, 8, 9, 15, 16, 17, 1000, 4099] {
         let g: Vec<f32> = data(&mut rng, n).iter().map(|v| v * 25.0).collect();
         let u = data(&mut rng, n);
         let mut got = g.clone();

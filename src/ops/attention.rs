@@ -166,8 +166,11 @@ pub fn attend_positions(
         }
     };
     #[cfg(target_arch = "x86_64")]
-    if n >= TILED_MIN_TOKENS && fast_path(s).is_some_and(|a| a.tiled) {
-        tiled(qs, k_cache, v_cache, s, pos0, n, &first, att);
+    if let Some(tile) = fast_path(s)
+        .and_then(|a| a.tile)
+        .filter(|_| n >= TILED_MIN_TOKENS)
+    {
+        tiled(tile, qs, k_cache, v_cache, s, pos0, n, &first, att);
         return;
     }
     att.par_chunks_mut(hv).enumerate().for_each_init(
@@ -200,6 +203,7 @@ const TILED_MIN_TOKENS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn tiled(
+    attend_tile: simd::TileAttnFn,
     qs: &[f32],
     k_cache: &[f16],
     v_cache: &[f16],
@@ -209,7 +213,8 @@ fn tiled(
     first: &(dyn Fn(usize) -> usize + Sync),
     att: &mut [f32],
 ) {
-    use simd::avx512_attn::{attend_tile, HeadLayout, KeysT, TileScratch};
+    use simd::attn_tile::{KeysT, TileScratch};
+    use simd::HeadLayout;
     let (nh, nkv, hk, hv) = (s.n_head, s.n_kv, s.hd_k, s.hd_v);
     let group = nh / nkv;
     let layout = |g: usize| HeadLayout {

@@ -30,7 +30,14 @@ pub fn kernels() -> Option<KernelSet> {
     Some(KernelSet {
         name: "avx2",
         gemm16: super::avx2_repack16::kernel(),
-        prefetch_lines: PREFETCH_LINES,
+        attn: super::avx2_attn::usable().then_some(AttnKernel {
+            name: "avx2",
+            supports: super::avx2_attn::supports,
+            head: super::avx2_attn::attend,
+            tile: Some(super::avx2_attn::attend_tile),
+        }),
+        silu_mul: super::avx2_math::supported().then_some(super::avx2_math::silu_mul as _),
+        prefetch_lines: super::prefetch16_avx2().lines,
         quantize_q8_0,
         quantize_q8_1,
         q4_0,

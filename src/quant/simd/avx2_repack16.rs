@@ -9,7 +9,14 @@
 //! stored bytes (q + 128) would overflow, so Q8_0 takes the signed weight q itself through
 //! the sign trick (|q| × sign(q)·a, at most 2·128·127 = 32512 per pair) and sums Σ q·a
 //! directly, which is the reference's bias + Σ (q + 128)·a. A 256-bit register holds eight
-//! rows' four bytes, so each block is done as two halves of eight rows.
+//! rows' four bytes, so a block's sixteen rows are two halves of eight.
+//!
+//! Every function is monomorphized per weight kind (`K`), so the kind's decoding is straight
+//! code: with one function for all kinds, the decoding stayed an out-of-line call returning
+//! its eight registers through memory, a third of a one-token decode's time (perf, SmolLM2
+//! Q8_0 on an AMD EPYC). One token (`gemv`) takes both halves of each block in one pass, so
+//! every activation word is broadcast once and each line is read once; prompt tiles of up to
+//! `TILE` tokens decode a half's eight registers once for all their tokens.
 
 use core::arch::x86_64::*;
 
@@ -18,6 +25,12 @@ use crate::quant::repack16::{self, Act16, Gemm16Fn, Group, Kind16, Packed16, ROW
 
 /// Tokens per tile: one accumulator each beside eight decoded weight registers.
 pub const TILE: usize = 4;
+
+// The kinds as const-generic parameters.
+const Q4_0: u8 = 0;
+const Q4_1: u8 = 1;
+const Q5_0: u8 = 2;
+const Q8_0: u8 = 3;
 
 /// The AVX2 sixteen-row kernel, if this CPU has AVX2, FMA and F16C.
 pub fn kernel() -> Option<Gemm16Fn> {
@@ -32,62 +45,26 @@ pub fn kernel() -> Option<Gemm16Fn> {
 }
 
 fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
-    repack16::for_each_tile(p, g, acts, out, TILE, |group, chunk, o| {
-        for half in 0..2 {
-            macro_rules! tile {
-                ($($t:literal)*) => {
-                    match o.len() {
-                        $($t => {
-                            // SAFETY: `kernel()` checked the CPU features; the group holds nb
-                            // blocks, chunk t·nb activation blocks, o t rows (for_each_tile).
-                            unsafe { tile::<$t>(group, half, chunk, o) }
-                        })*
-                        _ => unreachable!("tiles hold 1..=4 tokens"),
-                    }
-                };
-            }
-            tile!(1 2 3 4);
-        }
-    });
+    match p.kind {
+        Kind16::Q4_0 => gemm_kind::<Q4_0>(p, g, acts, out),
+        Kind16::Q4_1 => gemm_kind::<Q4_1>(p, g, acts, out),
+        Kind16::Q5_0 => gemm_kind::<Q5_0>(p, g, acts, out),
+        Kind16::Q8_0 => gemm_kind::<Q8_0>(p, g, acts, out),
+    }
 }
 
-/// The eight weight registers of one block's half (rows 8·half .. 8·half + 8), in the
-/// activation's word order: w[j] pairs with activation bytes 4j .. 4j + 4. Q8_0's are the
-/// signed weights; the others' the unsigned stored values.
-///
-/// # Safety
-/// AVX2 must be available; `qs` holds the block's lines, `qh` its masks (Q5_0).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn decode(kind: Kind16, half: usize, qs: &[Line64], qh: &[u64; 8]) -> [__m256i; 8] {
-    let line = |j: usize| {
-        // SAFETY: a Line64 is 64 readable bytes; the half is bytes 32·half .. 32·half + 32.
-        unsafe { _mm256_loadu_si256(qs[j].0.as_ptr().add(32 * half) as *const __m256i) }
-    };
-    let mut w = [_mm256_setzero_si256(); 8];
-    match kind {
-        Kind16::Q8_0 => {
-            let flip = _mm256_set1_epi8(-128);
-            for (j, w) in w.iter_mut().enumerate() {
-                *w = _mm256_xor_si256(line(j), flip);
-            }
+fn gemm_kind<const K: u8>(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
+    repack16::for_each_tile(p, g, acts, out, TILE, |group, chunk, o| {
+        // SAFETY (every arm): `kernel()` checked the CPU features; the group holds nb
+        // blocks, `chunk` t·nb activation blocks and `o` t rows (for_each_tile).
+        match o.len() {
+            1 => unsafe { gemv::<K>(group, chunk, &mut o[0]) },
+            2 => unsafe { tile::<K, 2>(group, chunk, o) },
+            3 => unsafe { tile::<K, 3>(group, chunk, o) },
+            4 => unsafe { tile::<K, 4>(group, chunk, o) },
+            _ => unreachable!("tiles hold 1..=4 tokens"),
         }
-        _ => {
-            let m4 = _mm256_set1_epi8(0x0F);
-            for j in 0..4 {
-                let x = line(j);
-                w[j] = _mm256_and_si256(x, m4);
-                w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-            }
-            if kind == Kind16::Q5_0 {
-                for j in 0..4 {
-                    w[j] = _mm256_or_si256(w[j], bit4(qh[2 * j], half));
-                    w[4 + j] = _mm256_or_si256(w[4 + j], bit4(qh[2 * j + 1], half));
-                }
-            }
-        }
-    }
-    w
+    });
 }
 
 /// 0x10 in each byte i of the half whose bit 32·half + i is set in `mask`, else 0.
@@ -108,107 +85,243 @@ fn bit4(mask: u64, half: usize) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
-/// The block's integer sum for one token and eight rows: bias + Σ u·a (Σ q·a for Q8_0).
+/// Bytes 32·half .. 32·half + 32 of a line.
 ///
 /// # Safety
-/// AVX2 must be available.
+/// AVX2; `half` < 2.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn load_half(line: &Line64, half: usize) -> __m256i {
+    // SAFETY: a Line64 is 64 readable bytes.
+    unsafe { _mm256_loadu_si256(line.0.as_ptr().add(32 * half) as *const __m256i) }
+}
+
+/// Activation word j (bytes 4j .. 4j + 4) in every lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn word(a: &Act16, j: usize) -> __m256i {
+    let w = i32::from_le_bytes([
+        a.qs[4 * j] as u8,
+        a.qs[4 * j + 1] as u8,
+        a.qs[4 * j + 2] as u8,
+        a.qs[4 * j + 3] as u8,
+    ]);
+    _mm256_set1_epi32(w)
+}
+
+/// The eight rows' f16 values of one half, as f32.
+///
+/// # Safety
+/// AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_sum(kind: Kind16, w: &[__m256i; 8], a: &Act16) -> __m256i {
-    let p = a.qs.as_ptr() as *const i32;
-    // SAFETY: qs is 32 bytes: words 0..8 are readable.
-    let word = |j: usize| _mm256_set1_epi32(unsafe { p.add(j).read_unaligned() });
-    let ones = _mm256_set1_epi16(1);
-    match kind {
-        Kind16::Q8_0 => {
-            let mut s = _mm256_setzero_si256();
-            for (j, &wj) in w.iter().enumerate() {
-                let pairs =
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(wj, wj), _mm256_sign_epi8(word(j), wj));
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones));
-            }
-            s
-        }
-        Kind16::Q5_0 => {
-            let mut s = _mm256_set1_epi32(a.bias);
-            for q in 0..2 {
-                let mut h = _mm256_setzero_si256();
-                for (j, &wj) in w.iter().enumerate().skip(4 * q).take(4) {
-                    h = _mm256_add_epi16(h, _mm256_maddubs_epi16(wj, word(j)));
-                }
-                s = _mm256_add_epi32(s, _mm256_madd_epi16(h, ones));
-            }
-            s
-        }
-        _ => {
-            let mut h = _mm256_setzero_si256();
-            for (j, &wj) in w.iter().enumerate() {
-                h = _mm256_add_epi16(h, _mm256_maddubs_epi16(wj, word(j)));
-            }
-            _mm256_add_epi32(_mm256_set1_epi32(a.bias), _mm256_madd_epi16(h, ones))
-        }
+unsafe fn half_f16(v: &[half::f16; ROWS], half: usize) -> __m256 {
+    // SAFETY: 8 f16 = 16 readable bytes at rows 8·half ...
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(v.as_ptr().add(8 * half) as *const __m128i) })
+}
+
+/// acc += (s as f32)·(d_w·d_a), then Q4_1's acc += m_w·s_a: the reference's float steps.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_add<const K: u8>(acc: __m256, s: __m256i, dw: __m256, mw: __m256, a: &Act16) -> __m256 {
+    let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
+    let acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, acc);
+    if K == Q4_1 {
+        _mm256_fmadd_ps(mw, _mm256_set1_ps(a.s), acc)
+    } else {
+        acc
     }
 }
 
-/// T tokens of one group's half (eight rows), any kind.
+/// One token, both halves of every block in one pass.
 ///
 /// # Safety
-/// AVX2, FMA and F16C must be available; `group` comes from `Packed16::group` (its nb
-/// blocks are in bounds), `acts` holds T·nb blocks and `out` T rows.
+/// AVX2, FMA and F16C; `group` from `Packed16::group` (nb blocks in bounds), `act` nb blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const T: usize>(group: Group, half: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
+unsafe fn gemv<const K: u8>(group: Group, act: &[Act16], out: &mut [f32; ROWS]) {
     let Group {
-        kind,
-        d,
-        m,
-        qh,
-        i0,
-        qs,
+        d, m, qh, i0, qs, ..
     } = group;
     let nb = d.len();
-    let lines = kind.lines();
-    let no_qh = [0u64; 8];
-    let mut acc = [_mm256_setzero_ps(); T];
-    for b in 0..nb {
-        // The second half's pass finds the lines in cache.
-        if T == 1 && half == 0 {
-            super::prefetch(
-                qs.as_ptr().wrapping_add(b * lines + super::PREFETCH_LINES),
-                lines,
-            );
+    let lines = if K == Q8_0 { 8 } else { 4 };
+    assert!(act.len() == nb && qs.len() == nb * lines);
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let pf = super::prefetch16_avx2();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for (b, a) in act.iter().enumerate() {
+        let ahead = qs.as_ptr().wrapping_add(b * lines + pf.lines);
+        if pf.l2 {
+            super::prefetch_l2(ahead, lines);
+        } else {
+            super::prefetch(ahead, lines);
         }
-        let h = if kind == Kind16::Q5_0 {
-            &qh[i0 + b]
+        let ql = &qs[b * lines..(b + 1) * lines];
+        let mut s = [_mm256_setzero_si256(); 2];
+        if K == Q8_0 {
+            let flip = _mm256_set1_epi8(-128);
+            for (j, line) in ql.iter().enumerate() {
+                let aw = word(a, j);
+                for (h, s) in s.iter_mut().enumerate() {
+                    // SAFETY: AVX2 (this function's features), h < 2.
+                    let q = _mm256_xor_si256(unsafe { load_half(line, h) }, flip);
+                    let pairs =
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(aw, q));
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
+                }
+            }
         } else {
-            &no_qh
-        };
-        // SAFETY: the block's lines are within qs (b < nb); AVX2 checked by the caller.
-        let w = unsafe { decode(kind, half, &qs[b * lines..(b + 1) * lines], h) };
-        // SAFETY: 8 f16 = 16 readable bytes at rows 8·half ...
-        let dw = _mm256_cvtph_ps(unsafe {
-            _mm_loadu_si128(d[b].as_ptr().add(8 * half) as *const __m128i)
-        });
-        let mw = if kind == Kind16::Q4_1 {
-            // SAFETY: as for d.
-            _mm256_cvtph_ps(unsafe {
-                _mm_loadu_si128(m[i0 + b].as_ptr().add(8 * half) as *const __m128i)
-            })
-        } else {
-            _mm256_setzero_ps()
-        };
-        for (t, acc) in acc.iter_mut().enumerate() {
-            let a = &acts[t * nb + b];
-            // SAFETY: AVX2 checked by the caller.
-            let s = unsafe { block_sum(kind, &w, a) };
-            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
-            *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), scale, *acc);
-            if kind == Kind16::Q4_1 {
-                *acc = _mm256_fmadd_ps(mw, _mm256_set1_ps(a.s), *acc);
+            // Q5_0's 5-bit products are summed in i16 four at a time (low and high nibbles
+            // apart); the 4-bit kinds' all eight together.
+            let mut lo = [_mm256_setzero_si256(); 2];
+            let mut hi = [_mm256_setzero_si256(); 2];
+            for (j, line) in ql.iter().enumerate() {
+                let (a_lo, a_hi) = (word(a, j), word(a, 4 + j));
+                for h in 0..2 {
+                    // SAFETY: as above.
+                    let x = unsafe { load_half(line, h) };
+                    let mut wl = _mm256_and_si256(x, m4);
+                    let mut wh = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                    if K == Q5_0 {
+                        let masks = &qh[i0 + b];
+                        wl = _mm256_or_si256(wl, bit4(masks[2 * j], h));
+                        wh = _mm256_or_si256(wh, bit4(masks[2 * j + 1], h));
+                    }
+                    lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(wl, a_lo));
+                    if K == Q5_0 {
+                        hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(wh, a_hi));
+                    } else {
+                        lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(wh, a_hi));
+                    }
+                }
+            }
+            for h in 0..2 {
+                let mut v =
+                    _mm256_add_epi32(_mm256_set1_epi32(a.bias), _mm256_madd_epi16(lo[h], ones));
+                if K == Q5_0 {
+                    v = _mm256_add_epi32(v, _mm256_madd_epi16(hi[h], ones));
+                }
+                s[h] = v;
+            }
+        }
+        for h in 0..2 {
+            // SAFETY: AVX2, F16C (this function's features).
+            let dw = unsafe { half_f16(&d[b], h) };
+            let mw = if K == Q4_1 {
+                // SAFETY: as for dw.
+                unsafe { half_f16(&m[i0 + b], h) }
+            } else {
+                _mm256_setzero_ps()
+            };
+            acc[h] = scale_add::<K>(acc[h], s[h], dw, mw, a);
+        }
+    }
+    for (h, a) in acc.into_iter().enumerate() {
+        // SAFETY: `out` is 16 writable f32; the half is floats 8·h .. 8·h + 8.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(8 * h), a) };
+    }
+}
+
+/// The eight weight registers of one block's half, in the activation's word order: w[j]
+/// pairs with activation bytes 4j .. 4j + 4. Q8_0's are the signed weights; the others' the
+/// unsigned stored values.
+///
+/// # Safety
+/// AVX2; `ql` holds the block's lines, `masks` its fifth bits (Q5_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode<const K: u8>(half: usize, ql: &[Line64], masks: &[u64; 8]) -> [__m256i; 8] {
+    let mut w = [_mm256_setzero_si256(); 8];
+    if K == Q8_0 {
+        let flip = _mm256_set1_epi8(-128);
+        for (j, w) in w.iter_mut().enumerate() {
+            // SAFETY: AVX2 (this function's features); the caller passes 8 lines.
+            *w = _mm256_xor_si256(unsafe { load_half(&ql[j], half) }, flip);
+        }
+    } else {
+        let m4 = _mm256_set1_epi8(0x0F);
+        for j in 0..4 {
+            // SAFETY: as above, 4 lines.
+            let x = unsafe { load_half(&ql[j], half) };
+            w[j] = _mm256_and_si256(x, m4);
+            w[4 + j] = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            if K == Q5_0 {
+                w[j] = _mm256_or_si256(w[j], bit4(masks[2 * j], half));
+                w[4 + j] = _mm256_or_si256(w[4 + j], bit4(masks[2 * j + 1], half));
             }
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        // SAFETY: o is 16 writable f32; the half is floats 8·half .. 8·half + 8.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * half), a) };
+    w
+}
+
+/// The block's integer sum for one token and eight rows: bias + Σ u·a (Σ q·a for Q8_0).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn block_sum<const K: u8>(w: &[__m256i; 8], a: &Act16) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    if K == Q8_0 {
+        let mut s = _mm256_setzero_si256();
+        for (j, &wj) in w.iter().enumerate() {
+            let pairs =
+                _mm256_maddubs_epi16(_mm256_sign_epi8(wj, wj), _mm256_sign_epi8(word(a, j), wj));
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(pairs, ones));
+        }
+        s
+    } else if K == Q5_0 {
+        let mut s = _mm256_set1_epi32(a.bias);
+        for q in 0..2 {
+            let mut h = _mm256_setzero_si256();
+            for (j, &wj) in w.iter().enumerate().skip(4 * q).take(4) {
+                h = _mm256_add_epi16(h, _mm256_maddubs_epi16(wj, word(a, j)));
+            }
+            s = _mm256_add_epi32(s, _mm256_madd_epi16(h, ones));
+        }
+        s
+    } else {
+        let mut h = _mm256_setzero_si256();
+        for (j, &wj) in w.iter().enumerate() {
+            h = _mm256_add_epi16(h, _mm256_maddubs_epi16(wj, word(a, j)));
+        }
+        _mm256_add_epi32(_mm256_set1_epi32(a.bias), _mm256_madd_epi16(h, ones))
+    }
+}
+
+/// T tokens of one group, a half (eight rows) at a time.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `group` from `Packed16::group` (its nb blocks are in bounds), `acts`
+/// holds T·nb blocks and `out` T rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile<const K: u8, const T: usize>(group: Group, acts: &[Act16], out: &mut [[f32; ROWS]]) {
+    let Group {
+        d, m, qh, i0, qs, ..
+    } = group;
+    let nb = d.len();
+    let lines = if K == Q8_0 { 8 } else { 4 };
+    assert!(acts.len() == T * nb && out.len() == T && qs.len() == nb * lines);
+    let no_qh = [0u64; 8];
+    for half in 0..2 {
+        let mut acc = [_mm256_setzero_ps(); T];
+        for b in 0..nb {
+            let masks = if K == Q5_0 { &qh[i0 + b] } else { &no_qh };
+            // SAFETY: the block's lines are within qs (b < nb); AVX2 checked by the caller.
+            let w = unsafe { decode::<K>(half, &qs[b * lines..(b + 1) * lines], masks) };
+            // SAFETY: AVX2, F16C checked by the caller.
+            let dw = unsafe { half_f16(&d[b], half) };
+            let mw = if K == Q4_1 {
+                // SAFETY: as for dw.
+                unsafe { half_f16(&m[i0 + b], half) }
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let a = &acts[t * nb + b];
+                *acc = scale_add::<K>(*acc, block_sum::<K>(&w, a), dw, mw, a);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: o is 16 writable f32; the half is floats 8·half .. 8·half + 8.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * half), a) };
+        }
     }
 }

@@ -29,7 +29,7 @@ pub fn kernels() -> Vec<KernelSet> {
         name: "avx512",
         supports: super::avx512_attn::supports,
         head: super::avx512_attn::attend,
-        tiled: true,
+        tile: Some(super::avx512_attn::attend_tile),
     });
     let vnni = KernelSet {
         name: "avx512-vnni",

@@ -9,10 +9,10 @@ use core::arch::x86_64::*;
 
 use half::f16;
 
+pub use super::attn_tile::{KeysT, TileScratch};
 pub use super::HeadLayout;
 
-/// The largest key head size handled (q is rounded into a stack buffer of this size).
-const MAX_HD_K: usize = 512;
+use super::attn_tile::{prepare, MAX_HD_K};
 
 /// Whether this CPU has the features the kernels need.
 pub fn usable() -> bool {
@@ -170,64 +170,6 @@ unsafe fn pv<const N: usize>(w: &[f32], v: &[f16], l: HeadLayout, first: usize, 
 // used by four queries. Numerics as `attend` (q and probabilities through f16, f64 sum)
 // except summation order and the exp's last bit.
 
-/// One KV group's keys as f32 columns: `data[d·stride + p]` is dimension d of position p.
-/// Columns are padded with zeros to `stride` (≥ positions + 32) so 32-key blocks never read
-/// past the end.
-pub struct KeysT {
-    data: Vec<f32>,
-    stride: usize,
-    hd_k: usize,
-    npos: usize,
-}
-
-impl KeysT {
-    /// Positions 0..npos of the group laid out by `l` (key rows of hd_k f16).
-    pub fn new(k_cache: &[f16], l: HeadLayout, hd_k: usize, npos: usize) -> KeysT {
-        assert!(hd_k.is_multiple_of(16) && hd_k <= MAX_HD_K);
-        assert!(npos == 0 || (npos - 1) * l.k_stride + l.k_off + hd_k <= k_cache.len());
-        let stride = npos.next_multiple_of(16) + 32;
-        let mut data = vec![0f32; hd_k * stride];
-        let mut row = [0f32; MAX_HD_K];
-        for p in 0..npos {
-            let src = &k_cache[p * l.k_stride + l.k_off..][..hd_k];
-            // SAFETY: `supports` (checked by every caller before building) implies F16C;
-            // src and row hold hd_k elements.
-            unsafe { cvt_row(src, &mut row[..hd_k]) };
-            for (d, &v) in row[..hd_k].iter().enumerate() {
-                data[d * stride + p] = v;
-            }
-        }
-        KeysT {
-            data,
-            stride,
-            hd_k,
-            npos,
-        }
-    }
-}
-
-/// f16 → f32 of a row whose length is a multiple of 16.
-///
-/// # Safety
-/// AVX-512 F and F16C; `dst.len() == src.len()`, a multiple of 16.
-#[target_feature(enable = "avx2,f16c,avx512f")]
-unsafe fn cvt_row(src: &[f16], dst: &mut [f32]) {
-    for c in (0..dst.len()).step_by(16) {
-        // SAFETY: c + 16 ≤ len on both sides.
-        unsafe {
-            let v = _mm512_cvtph_ps(_mm256_loadu_si256(src.as_ptr().add(c) as *const __m256i));
-            _mm512_storeu_ps(dst.as_mut_ptr().add(c), v);
-        }
-    }
-}
-
-/// Reusable buffers of `attend_tile`.
-#[derive(Default)]
-pub struct TileScratch {
-    q: Vec<f32>,
-    scores: Vec<f32>,
-}
-
 /// Attention of a tile of queries of one KV group: query i (row i of `q`, hd_k long)
 /// attends to positions `ranges[i].0..=ranges[i].1`; its output goes to row i of `out`
 /// (hd_v long). Callers check `supports(hd_k, hd_v)`; every range must lie below the keys'
@@ -243,31 +185,15 @@ pub fn attend_tile(
     scratch: &mut TileScratch,
     out: &mut [f32],
 ) {
-    let nq = ranges.len();
     let hd_k = kt.hd_k;
-    let hd_v = out.len() / nq.max(1);
-    assert!(supports(hd_k, hd_v), "attend_tile: unsupported head sizes");
-    assert_eq!(q.len(), nq * hd_k);
-    assert_eq!(out.len(), nq * hd_v);
-    if nq == 0 {
+    let Some((lo, hi, width, hd_v)) = prepare(q, ranges, kt, v_cache.len(), l, out.len(), scratch)
+    else {
         return;
-    }
-    assert!(ranges.iter().all(|&(f, p)| f <= p && p < kt.npos));
-    let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
-    let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
-    assert!(
-        hi * l.v_stride + l.v_off + hd_v <= v_cache.len(),
-        "attend_tile: values too short"
-    );
-    // Score rows: 32-key blocks from lo; queries padded to a multiple of 4 with zeros.
-    let width = (hi + 1 - lo).next_multiple_of(32);
+    };
+    assert!(supports(hd_k, hd_v), "attend_tile: unsupported head sizes");
+    let nq = ranges.len();
     let nq4 = nq.next_multiple_of(4);
     let TileScratch { q: qr, scores } = scratch;
-    qr.clear();
-    qr.extend(q.iter().map(|&x| f16::from_f32(x).to_f32()));
-    qr.resize(nq4 * hd_k, 0.0);
-    scores.clear();
-    scores.resize(nq4 * width, 0.0);
     // SAFETY: `supports` checked AVX-512 F, F16C and FMA; lo + width ≤ hi + 32 < npos + 32
     // ≤ stride bounds the key columns; ranges below npos and the value assert bound the
     // value rows; the buffers were sized just above.

@@ -13,10 +13,17 @@ use super::repack16::Gemm16Fn;
 use super::repack_k::GemmKFn;
 use super::*;
 
+// Only x86 sets have tile kernels so far; the types are part of `AttnKernel` everywhere.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub mod attn_tile;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_attn;
+#[cfg(target_arch = "x86_64")]
 pub mod avx2_kquants;
+#[cfg(target_arch = "x86_64")]
+pub mod avx2_math;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2_repack16;
 #[cfg(target_arch = "x86_64")]
@@ -88,6 +95,29 @@ fn cpu_is_amd() -> bool {
     &v == b"AuthenticAMD"
 }
 
+/// How the AVX2 one-token sixteen-row kernel prefetches. On the AMD EPYC (Zen 4) it was
+/// measured on (SmolLM2 Q4_0 and Q8_0, 1 and 2 threads, 7 Dec 2026, docs/performance.md),
+/// 32 KB ahead into L2 was the fastest: Q8_0 decode 103 → 149 tokens/s at one thread against
+/// 4 KB into L1, Q4_0 181 → 195; 16 KB and 64 KB were slower. Elsewhere the distance tuned
+/// on the Intel Xeon for the AVX-512 kernel, `PREFETCH_LINES` into L1.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn prefetch16_avx2() -> PrefetchK {
+    static P: OnceLock<PrefetchK> = OnceLock::new();
+    *P.get_or_init(|| {
+        if cpu_is_amd() {
+            PrefetchK {
+                lines: 512,
+                l2: true,
+            }
+        } else {
+            PrefetchK {
+                lines: PREFETCH_LINES,
+                l2: false,
+            }
+        }
+    })
+}
+
 /// `prefetch` into L2 only (`prefetcht1`).
 #[cfg(target_arch = "x86_64")]
 #[inline]
@@ -143,15 +173,29 @@ pub struct HeadLayout {
     pub v_off: usize,
 }
 
-/// A vectorized attention kernel: `head` for one (position, head), and whether prompts may
-/// use the tiled kernel of the same ISA (keys transposed once per layer).
+/// A tile of queries of one KV group against its transposed keys (see
+/// `avx512_attn::attend_tile`).
+#[allow(clippy::type_complexity)]
+pub type TileAttnFn = fn(
+    &[f32],
+    &[(usize, usize)],
+    &attn_tile::KeysT,
+    &[f16],
+    HeadLayout,
+    f32,
+    &mut attn_tile::TileScratch,
+    &mut [f32],
+);
+
+/// A vectorized attention kernel: `head` for one (position, head), and the tiled kernel of
+/// the same ISA prompts use where it has one (keys transposed once per layer).
 #[derive(Clone, Copy)]
 pub struct AttnKernel {
     pub name: &'static str,
     /// Whether `head` handles these (hd_k, hd_v); the portable path runs otherwise.
     pub supports: fn(usize, usize) -> bool,
     pub head: HeadAttnFn,
-    pub tiled: bool,
+    pub tile: Option<TileAttnFn>,
 }
 
 /// gate = SiLU(gate) ⊙ up, vectorized.
@@ -399,7 +443,7 @@ impl KernelSet {
         s += &format!(
             "attention: {}\n",
             match self.attn {
-                Some(a) if a.tiled => format!("{} (tiled prompts)", a.name),
+                Some(a) if a.tile.is_some() => format!("{} (tiled prompts)", a.name),
                 Some(a) => a.name.to_string(),
                 None => "portable".to_string(),
             }
