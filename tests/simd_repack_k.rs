@@ -111,11 +111,27 @@ fn reference_equals_canonical_dot() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx512_kernel_equals_reference_bits() {
-    let Some(kernel) = ledge::quant::simd::avx512_repack_k::kernel() else {
-        eprintln!("no AVX-512 VNNI here: skipped");
-        return;
-    };
-    let mut rng = Rng(0x4b5e_ed02);
+    match ledge::quant::simd::avx512_repack_k::kernel() {
+        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed02),
+        None => eprintln!("no AVX-512 VNNI here: skipped"),
+    }
+}
+
+/// The AVX2 kernel (two rows per 256-bit half, tiles of 1..=4 tokens).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_kernel_equals_reference_bits() {
+    match ledge::quant::simd::avx2_repack_k::kernel() {
+        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed12),
+        None => eprintln!("no AVX2 here: skipped"),
+    }
+}
+
+/// `kernel` against `gemm_ref`, bit for bit: row counts that leave padded groups, token
+/// counts across the kernels' tile sizes, several super-blocks per row.
+#[cfg(target_arch = "x86_64")]
+fn kernel_equals_reference_bits(kernel: GemmKFn, seed: u64) {
+    let mut rng = Rng(seed);
     for ty in TYPES {
         for &(k, m, n) in &[
             (256, 3, 1),
@@ -123,6 +139,8 @@ fn avx512_kernel_equals_reference_bits() {
             (512, 6, 8),
             (1280, 11, 19),
             (2048, 4, 2),
+            (512, 5, 5),
+            (256, 2, 3),
         ] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);

@@ -246,6 +246,36 @@ impl GgufFile {
         Ok(parsed)
     }
 
+    /// Gives back the memory of `data`'s whole pages where `data` lies in this file's map (a
+    /// tensor whose load-time packed copy replaced it): they stop counting in the process's
+    /// resident memory, and a later read faults them in again from the file. Anything else
+    /// (an owned image, a slice from elsewhere) is left alone. Best effort.
+    pub fn release_pages(&self, data: &[u8]) {
+        #[cfg(unix)]
+        if let Backing::Map(map) = &self.backing {
+            const PAGE: usize = 4096;
+            let base = map.as_ptr() as usize;
+            let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+            if start < base || end > base + map.len() {
+                return;
+            }
+            // Only pages wholly inside `data`: a neighbour's bytes stay resident.
+            let (from, to) = ((start - base).next_multiple_of(PAGE), (end - base) / PAGE * PAGE);
+            if to <= from {
+                return;
+            }
+            // SAFETY: the map is read-only and file-backed (a shared mapping ledge never writes),
+            // so MADV_DONTNEED only drops clean page-table entries: any later read of these
+            // bytes, through a slice that is still alive or a new one, gets the same contents
+            // back from the file. No Rust-visible value changes.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, from, to - from)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = data;
+    }
+
     /// Parses a GGUF image held in memory (copied into an 8-aligned buffer).
     pub fn from_bytes(bytes: &[u8]) -> Result<GgufFile> {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];

@@ -383,8 +383,13 @@ impl<'a> LayerViews<'a> {
     }
 
     /// Gives each matrix its layout (`Weight::load`) and assembles the block.
-    fn load(self, ks: &crate::quant::simd::KernelSet, n_used: usize) -> LayerWeights<'a> {
-        let mut w = self.matrices.into_iter().map(|v| Weight::load(v, ks));
+    fn load(
+        self,
+        f: &GgufFile,
+        ks: &crate::quant::simd::KernelSet,
+        n_used: usize,
+    ) -> LayerWeights<'a> {
+        let mut w = self.matrices.into_iter().map(|v| load_weight(f, v, ks));
         let mut take = move || w.next();
         let mlp = |take: &mut dyn FnMut() -> Option<Weight<'a>>| {
             Some(Mlp {
@@ -428,6 +433,25 @@ impl<'a> LayerViews<'a> {
             post_ffn_norm: self.post_ffn_norm,
         }
     }
+}
+
+/// `Weight::load`, then the mapped pages a packed copy replaced are given back, so that peak
+/// memory is about one copy of the weights, not two (a tied output shares the embedding's
+/// pages: the few rows a token lookup reads fault back in).
+fn load_weight<'a>(
+    f: &GgufFile,
+    v: crate::tensor::TensorView<'a>,
+    ks: &crate::quant::simd::KernelSet,
+) -> Weight<'a> {
+    let data = match &v.data {
+        std::borrow::Cow::Borrowed(d) => Some(*d),
+        std::borrow::Cow::Owned(_) => None,
+    };
+    let w = Weight::load(v, ks);
+    if let (Some(d), true) = (data, w.packed_bytes() > 0) {
+        f.release_pages(d);
+    }
+    w
 }
 
 impl<'a> Model<'a> {
@@ -474,9 +498,9 @@ impl<'a> Model<'a> {
         let ks = crate::quant::simd::kernels();
         let layers: Vec<LayerWeights> = views
             .into_par_iter()
-            .map(|v| v.load(ks, config.n_expert_used))
+            .map(|v| v.load(f, ks, config.n_expert_used))
             .collect();
-        let output = Weight::load(output_view, ks);
+        let output = load_weight(f, output_view, ks);
         let packed = PackedSize(
             layers
                 .iter()

@@ -30,6 +30,8 @@ pub fn kernels() -> Option<KernelSet> {
     Some(KernelSet {
         name: "avx2",
         gemm16: super::avx2_repack16::kernel(),
+        gemm_k: super::avx2_repack_k::kernel(),
+        prefetch_lines_k: super::prefetch_k().lines,
         attn: super::avx2_attn::usable().then_some(AttnKernel {
             name: "avx2",
             supports: super::avx2_attn::supports,

@@ -27,6 +27,8 @@ pub mod avx2_math;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2_repack16;
 #[cfg(target_arch = "x86_64")]
+pub mod avx2_repack_k;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_amx_k;

@@ -1,0 +1,302 @@
+//! AVX2 kernels over the four-row K-quant layouts of `quant::repack_k`, for CPUs without
+//! AVX-512: the same integer lanes and f32 steps as `repack_k::gemm_ref`, bit for bit.
+//!
+//! A 64-byte line holds four rows' sixteen bytes of one 32-weight chunk (one row per 128-bit
+//! lane); AVX2 takes it as two 256-bit halves of two rows each, in two passes over the
+//! group. Per chunk and token, `vpmaddubsw` of the unsigned weights (Q4_K's nibbles, Q6_K's
+//! q + 32) with the sixteen broadcast activation bytes gives pairs in i16 (Q4_K: the low
+//! and high nibbles' pairs summed, at most 4·15·127; Q6_K: 2·63·127), and `vpmaddwd` with
+//! the row's sub-block scale, replicated by a byte shuffle, gives four exact i32 per row.
+//! Those land in `gemm_ref`'s lanes through one `vphaddd` per super-block: Q4_K's even and
+//! odd chunks, Q6_K's low and high sixteens are accumulated apart and added pairwise. The
+//! min (Q4_K) and offset (Q6_K) terms come from the activation sums with `vpmaddwd`; the f32
+//! scaling happens once per super-block and token, as in the reference.
+
+use core::arch::x86_64::*;
+
+use super::{prefetch, prefetch_k, prefetch_l2};
+use crate::quant::line64::Line64;
+use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
+
+/// Tokens per tile: two i32 sums per token beside the chunk's decoded weights.
+pub const TILE: usize = 4;
+
+/// The packed K kernel, if this CPU has AVX2, FMA and F16C.
+pub fn kernel() -> Option<GemmKFn> {
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        Some(gemm)
+    } else {
+        None
+    }
+}
+
+/// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
+fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
+    let nsb = p.k / 256;
+    assert_eq!(
+        acts.len(),
+        out.len() * nsb,
+        "packed K gemm: activations for the wrong k"
+    );
+    assert!(g < p.groups(), "packed K gemm: group {g} out of range");
+    let nl = p.kind.lines();
+    let d = &p.d[g * nsb..(g + 1) * nsb];
+    let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
+    let m = match p.kind {
+        KindK::Q4_K => &p.m[g * nsb..(g + 1) * nsb],
+        KindK::Q6_K => &[][..],
+    };
+    for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
+        for pair in 0..2 {
+            macro_rules! tile {
+                ($($t:literal)*) => {
+                    match (p.kind, o.len()) {
+                        $((KindK::Q4_K, $t) => {
+                            // SAFETY: `kernel()` checked the features; d, m: nsb entries of
+                            // this group, qs: 9·nsb lines, chunk: t·nsb (checked above).
+                            unsafe { tile_q4_k::<$t>(pair, d, m, qs, chunk, o) }
+                        })*
+                        $((KindK::Q6_K, $t) => {
+                            // SAFETY: as above, with 13·nsb lines.
+                            unsafe { tile_q6_k::<$t>(pair, d, qs, chunk, o) }
+                        })*
+                        _ => unreachable!("K tiles hold 1..=4 tokens"),
+                    }
+                };
+            }
+            tile!(1 2 3 4);
+        }
+    }
+}
+
+/// Bytes 32·pair .. 32·pair + 32 of a line: rows 2·pair and 2·pair + 1.
+///
+/// # Safety
+/// AVX2; pair < 2.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn half(line: &Line64, pair: usize) -> __m256i {
+    // SAFETY: a Line64 is 64 readable bytes.
+    unsafe { _mm256_loadu_si256(line.0.as_ptr().add(32 * pair) as *const __m256i) }
+}
+
+/// Sixteen bytes at `at` of a line.
+///
+/// # Safety
+/// SSE2; at + 16 ≤ 64.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn line16(line: &Line64, at: usize) -> __m128i {
+    debug_assert!(at + 16 <= 64);
+    // SAFETY: the caller keeps at + 16 within the line.
+    unsafe { _mm_loadu_si128(line.0.as_ptr().add(at) as *const __m128i) }
+}
+
+/// Sixteen bytes at byte `at` of an activation block, in both 128-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn bcast16(a: &ActK, at: usize) -> __m256i {
+    debug_assert!(at + 16 <= 304);
+    // SAFETY: an ActK is 320 bytes; callers read at most bytes 288..304.
+    unsafe {
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(
+            (a as *const ActK as *const u8).add(at) as *const __m128i
+        ))
+    }
+}
+
+/// i16 element `e` (0..8) of each 128-bit lane, in all eight positions of that lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn spread16(v: __m256i, e: usize) -> __m256i {
+    let (lo, hi) = (2 * e as i16, 2 * e as i16 + 1);
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16((hi << 8) | lo))
+}
+
+/// The two rows' f16 values, each in four lanes: [a a a a | b b b b].
+///
+/// # Safety
+/// AVX2 and F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pair_f32(v: &[half::f16; 4], pair: usize) -> __m256 {
+    let (a, b) = (v[2 * pair].to_f32(), v[2 * pair + 1].to_f32());
+    _mm256_setr_ps(a, a, a, a, b, b, b, b)
+}
+
+/// Each row's four lanes summed in `gemm_ref`'s order, into out[..][2·pair ..].
+#[inline]
+#[target_feature(enable = "avx2")]
+fn finish(acc: __m256, pair: usize, out: &mut [f32; 4]) {
+    let mut l = [0f32; 8];
+    // SAFETY: `l` is 32 writable bytes.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    for i in 0..2 {
+        out[2 * pair + i] = ((l[4 * i] + l[4 * i + 1]) + l[4 * i + 2]) + l[4 * i + 3];
+    }
+}
+
+/// Prefetch of the super-block `ahead` lines on, for one token (the stream is the weights).
+#[inline]
+fn prefetch_ahead(qs: &[Line64], at: usize, n: usize) {
+    let pf = prefetch_k();
+    let p = qs.as_ptr().wrapping_add(at + pf.lines);
+    if pf.l2 {
+        prefetch_l2(p, n);
+    } else {
+        prefetch(p, n);
+    }
+}
+
+/// Q4_K, rows 2·pair and 2·pair + 1 of a four-row group, against T tokens.
+///
+/// # Safety
+/// AVX2, FMA, F16C; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4_k<const T: usize>(
+    pair: usize,
+    d: &[[half::f16; 4]],
+    m: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActK],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    assert!(m.len() == nsb && qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for sb in 0..nsb {
+        let l = &qs[9 * sb..9 * sb + 9];
+        if T == 1 && pair == 0 {
+            prefetch_ahead(qs, 9 * sb, 9);
+        }
+        // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
+        // The two rows' sub-block scales and mins as i16: [a's 8 | b's 8].
+        let sc = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 16 * pair) });
+        let mn = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 32 + 16 * pair) });
+        let mut even = [_mm256_setzero_si256(); T];
+        let mut odd = [_mm256_setzero_si256(); T];
+        for c in 0..8 {
+            let x = unsafe { half(&l[c], pair) };
+            let lo = _mm256_and_si256(x, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+            let s = spread16(sc, c);
+            for t in 0..T {
+                let a = &acts[t * nsb + sb];
+                let p = _mm256_add_epi16(
+                    _mm256_maddubs_epi16(lo, bcast16(a, 32 * c)),
+                    _mm256_maddubs_epi16(hi, bcast16(a, 32 * c + 16)),
+                );
+                let v = _mm256_madd_epi16(p, s);
+                if c % 2 == 0 {
+                    even[t] = _mm256_add_epi32(even[t], v);
+                } else {
+                    odd[t] = _mm256_add_epi32(odd[t], v);
+                }
+            }
+        }
+        let (dw, mw) = (unsafe { pair_f32(&d[sb], pair) }, unsafe {
+            pair_f32(&m[sb], pair)
+        });
+        for t in 0..T {
+            let a = &acts[t * nsb + sb];
+            let isum = _mm256_hadd_epi32(even[t], odd[t]);
+            let imin = _mm256_madd_epi16(mn, bcast16(a, 288));
+            let dy = _mm256_set1_ps(a.d);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dy), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(mw, dy), acc[t]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        finish(a, pair, o);
+    }
+}
+
+/// Q6_K, rows 2·pair and 2·pair + 1 of a four-row group, against T tokens.
+///
+/// # Safety
+/// AVX2, FMA, F16C; d holds nsb entries, qs 13·nsb lines, acts T·nsb blocks, out T rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q6_k<const T: usize>(
+    pair: usize,
+    d: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActK],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    assert!(qs.len() == 13 * nsb && acts.len() == T * nsb && out.len() == T);
+    let m4 = _mm256_set1_epi8(0x0F);
+    let m30 = _mm256_set1_epi8(0x30);
+    let mut acc = [_mm256_setzero_ps(); T];
+    for sb in 0..nsb {
+        let l = &qs[13 * sb..13 * sb + 13];
+        if T == 1 && pair == 0 {
+            prefetch_ahead(qs, 13 * sb, 13);
+        }
+        // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
+        // Sixteen-weight scales (i8) as i16, sub-blocks 0..8 and 8..16: [a's 8 | b's 8].
+        let sc_lo = _mm256_cvtepi8_epi16(unsafe { line16(&l[12], 16 * pair) });
+        let sc_hi = _mm256_cvtepi8_epi16(unsafe { line16(&l[12], 32 + 16 * pair) });
+        let mut lows = [_mm256_setzero_si256(); T];
+        let mut highs = [_mm256_setzero_si256(); T];
+        for c in 0..8 {
+            let x = unsafe { half(&l[c], pair) };
+            let h = unsafe { half(&l[8 + c / 2], pair) };
+            // Chunk c = 2p + u: its low sixteen's high bits at shift 4u, high sixteen's 4u + 2.
+            let (hl, hh) = if c % 2 == 0 {
+                (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2))
+            } else {
+                (h, _mm256_srli_epi16(h, 2))
+            };
+            let lo = _mm256_or_si256(_mm256_and_si256(x, m4), _mm256_and_si256(hl, m30));
+            let hi = _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
+                _mm256_and_si256(hh, m30),
+            );
+            let scs = if c < 4 { sc_lo } else { sc_hi };
+            let (s_lo, s_hi) = (spread16(scs, (2 * c) % 8), spread16(scs, (2 * c + 1) % 8));
+            for t in 0..T {
+                let a = &acts[t * nsb + sb];
+                let vl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast16(a, 32 * c)), s_lo);
+                let vh =
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast16(a, 32 * c + 16)), s_hi);
+                lows[t] = _mm256_add_epi32(lows[t], vl);
+                highs[t] = _mm256_add_epi32(highs[t], vh);
+            }
+        }
+        let dw = unsafe { pair_f32(&d[sb], pair) };
+        // Each row's sixteen scales as i16, for the offset term: rows a and b.
+        let row_scales = |r: usize| {
+            // SAFETY: bytes 8r .. 8r + 8 and 32 + 8r .. 32 + 8r + 8 of line 12 (r < 4).
+            unsafe {
+                let lo = _mm_loadl_epi64(l[12].0.as_ptr().add(8 * r) as *const __m128i);
+                let hi = _mm_loadl_epi64(l[12].0.as_ptr().add(32 + 8 * r) as *const __m128i);
+                _mm256_cvtepi8_epi16(_mm_unpacklo_epi64(lo, hi))
+            }
+        };
+        let (sa, sb16) = (row_scales(2 * pair), row_scales(2 * pair + 1));
+        for t in 0..T {
+            let a = &acts[t * nsb + sb];
+            let isum = _mm256_hadd_epi32(lows[t], highs[t]);
+            // SAFETY: bsums are the 32 bytes at 256 of the 320-byte block.
+            let bs = unsafe {
+                _mm256_loadu_si256((a as *const ActK as *const u8).add(256) as *const __m256i)
+            };
+            let (xa, xb) = (_mm256_madd_epi16(sa, bs), _mm256_madd_epi16(sb16, bs));
+            let ioff = _mm256_add_epi32(
+                _mm256_permute2x128_si256(xa, xb, 0x20),
+                _mm256_permute2x128_si256(xa, xb, 0x31),
+            );
+            let v = _mm256_sub_epi32(isum, _mm256_slli_epi32(ioff, 5));
+            let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd, acc[t]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        finish(a, pair, o);
+    }
+}
