@@ -260,7 +260,10 @@ impl GgufFile {
                 return;
             }
             // Only pages wholly inside `data`: a neighbour's bytes stay resident.
-            let (from, to) = ((start - base).next_multiple_of(PAGE), (end - base) / PAGE * PAGE);
+            let (from, to) = (
+                (start - base).next_multiple_of(PAGE),
+                (end - base) / PAGE * PAGE,
+            );
             if to <= from {
                 return;
             }

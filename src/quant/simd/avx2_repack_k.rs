@@ -50,24 +50,36 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
         KindK::Q6_K => &[][..],
     };
     for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
+        // One token: both row pairs in one pass (each line read once, each activation
+        // broadcast once). Tiles: a pair at a time, to keep the per-token sums in registers.
+        if o.len() == 1 {
+            // SAFETY: `kernel()` checked the features; d, m: nsb entries of this group, qs:
+            // 9·nsb (Q4_K) or 13·nsb (Q6_K) lines, chunk: nsb blocks (checked above).
+            unsafe {
+                match p.kind {
+                    KindK::Q4_K => tile_q4_k::<1, 2>(0, d, m, qs, chunk, o),
+                    KindK::Q6_K => tile_q6_k::<1, 2>(0, d, qs, chunk, o),
+                }
+            }
+            continue;
+        }
         for pair in 0..2 {
             macro_rules! tile {
                 ($($t:literal)*) => {
                     match (p.kind, o.len()) {
                         $((KindK::Q4_K, $t) => {
-                            // SAFETY: `kernel()` checked the features; d, m: nsb entries of
-                            // this group, qs: 9·nsb lines, chunk: t·nsb (checked above).
-                            unsafe { tile_q4_k::<$t>(pair, d, m, qs, chunk, o) }
+                            // SAFETY: as above, with t·nsb activation blocks.
+                            unsafe { tile_q4_k::<$t, 1>(pair, d, m, qs, chunk, o) }
                         })*
                         $((KindK::Q6_K, $t) => {
-                            // SAFETY: as above, with 13·nsb lines.
-                            unsafe { tile_q6_k::<$t>(pair, d, qs, chunk, o) }
+                            // SAFETY: as above.
+                            unsafe { tile_q6_k::<$t, 1>(pair, d, qs, chunk, o) }
                         })*
-                        _ => unreachable!("K tiles hold 1..=4 tokens"),
+                        _ => unreachable!("K tiles hold 2..=4 tokens"),
                     }
                 };
             }
-            tile!(1 2 3 4);
+            tile!(2 3 4);
         }
     }
 }
@@ -123,8 +135,13 @@ fn spread16(v: __m256i, e: usize) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn pair_f32(v: &[half::f16; 4], pair: usize) -> __m256 {
-    let (a, b) = (v[2 * pair].to_f32(), v[2 * pair + 1].to_f32());
-    _mm256_setr_ps(a, a, a, a, b, b, b, b)
+    // SAFETY: `v` is 8 readable bytes.
+    let v4 = _mm_cvtph_ps(unsafe { _mm_loadl_epi64(v.as_ptr() as *const __m128i) });
+    let (a, b) = (2 * pair as i32, 2 * pair as i32 + 1);
+    _mm256_permutevar8x32_ps(
+        _mm256_castps128_ps256(v4),
+        _mm256_setr_epi32(a, a, a, a, b, b, b, b),
+    )
 }
 
 /// Each row's four lanes summed in `gemm_ref`'s order, into out[..][2·pair ..].
@@ -151,13 +168,15 @@ fn prefetch_ahead(qs: &[Line64], at: usize, n: usize) {
     }
 }
 
-/// Q4_K, rows 2·pair and 2·pair + 1 of a four-row group, against T tokens.
+/// Q4_K, the row pairs pair0 .. pair0 + NP of a four-row group (rows 2·pair, 2·pair + 1),
+/// against T tokens.
 ///
 /// # Safety
-/// AVX2, FMA, F16C; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows.
+/// AVX2, FMA, F16C; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows;
+/// pair0 + NP ≤ 2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4_k<const T: usize>(
-    pair: usize,
+unsafe fn tile_q4_k<const T: usize, const NP: usize>(
+    pair0: usize,
     d: &[[half::f16; 4]],
     m: &[[half::f16; 4]],
     qs: &[Line64],
@@ -166,62 +185,79 @@ unsafe fn tile_q4_k<const T: usize>(
 ) {
     let nsb = d.len();
     assert!(m.len() == nsb && qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+    assert!(pair0 + NP <= 2);
     let m4 = _mm256_set1_epi8(0x0F);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc = [[_mm256_setzero_ps(); T]; NP];
     for sb in 0..nsb {
         let l = &qs[9 * sb..9 * sb + 9];
-        if T == 1 && pair == 0 {
+        if T == 1 {
             prefetch_ahead(qs, 9 * sb, 9);
         }
         // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
-        // The two rows' sub-block scales and mins as i16: [a's 8 | b's 8].
-        let sc = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 16 * pair) });
-        let mn = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 32 + 16 * pair) });
-        let mut even = [_mm256_setzero_si256(); T];
-        let mut odd = [_mm256_setzero_si256(); T];
-        for c in 0..8 {
-            let x = unsafe { half(&l[c], pair) };
-            let lo = _mm256_and_si256(x, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-            let s = spread16(sc, c);
-            for t in 0..T {
-                let a = &acts[t * nsb + sb];
-                let p = _mm256_add_epi16(
-                    _mm256_maddubs_epi16(lo, bcast16(a, 32 * c)),
-                    _mm256_maddubs_epi16(hi, bcast16(a, 32 * c + 16)),
-                );
-                let v = _mm256_madd_epi16(p, s);
-                if c % 2 == 0 {
-                    even[t] = _mm256_add_epi32(even[t], v);
-                } else {
-                    odd[t] = _mm256_add_epi32(odd[t], v);
+        // Each pair's sub-block scales as i16: [a's 8 | b's 8].
+        let sc: [__m256i; NP] = core::array::from_fn(|i| {
+            _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 16 * (pair0 + i)) })
+        });
+        let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
+        let mut even = [[_mm256_setzero_si256(); T]; NP];
+        let mut odd = [[_mm256_setzero_si256(); T]; NP];
+        // Unrolled, so that each chunk's scale shuffle is a constant and no branch remains.
+        macro_rules! chunk {
+            ($c:literal, $sums:ident) => {
+                for i in 0..NP {
+                    let x = unsafe { half(&l[$c], pair0 + i) };
+                    let lo = _mm256_and_si256(x, m4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                    let s = spread16(sc[i], $c);
+                    for t in 0..T {
+                        let p = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo, bcast16(a[t], 32 * $c)),
+                            _mm256_maddubs_epi16(hi, bcast16(a[t], 32 * $c + 16)),
+                        );
+                        $sums[i][t] = _mm256_add_epi32($sums[i][t], _mm256_madd_epi16(p, s));
+                    }
                 }
+            };
+        }
+        chunk!(0, even);
+        chunk!(1, odd);
+        chunk!(2, even);
+        chunk!(3, odd);
+        chunk!(4, even);
+        chunk!(5, odd);
+        chunk!(6, even);
+        chunk!(7, odd);
+        for i in 0..NP {
+            let pair = pair0 + i;
+            let mn = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 32 + 16 * pair) });
+            let (dw, mw) = (unsafe { pair_f32(&d[sb], pair) }, unsafe {
+                pair_f32(&m[sb], pair)
+            });
+            for t in 0..T {
+                let a = a[t];
+                let isum = _mm256_hadd_epi32(even[i][t], odd[i][t]);
+                let imin = _mm256_madd_epi16(mn, bcast16(a, 288));
+                let dy = _mm256_set1_ps(a.d);
+                let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dy), acc[i][t]);
+                acc[i][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(mw, dy), f);
             }
         }
-        let (dw, mw) = (unsafe { pair_f32(&d[sb], pair) }, unsafe {
-            pair_f32(&m[sb], pair)
-        });
-        for t in 0..T {
-            let a = &acts[t * nsb + sb];
-            let isum = _mm256_hadd_epi32(even[t], odd[t]);
-            let imin = _mm256_madd_epi16(mn, bcast16(a, 288));
-            let dy = _mm256_set1_ps(a.d);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dy), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(mw, dy), acc[t]);
-        }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        finish(a, pair, o);
+    for (i, acc) in acc.iter().enumerate() {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            finish(a, pair0 + i, o);
+        }
     }
 }
 
-/// Q6_K, rows 2·pair and 2·pair + 1 of a four-row group, against T tokens.
+/// Q6_K, the row pairs pair0 .. pair0 + NP of a four-row group, against T tokens.
 ///
 /// # Safety
-/// AVX2, FMA, F16C; d holds nsb entries, qs 13·nsb lines, acts T·nsb blocks, out T rows.
+/// AVX2, FMA, F16C; d holds nsb entries, qs 13·nsb lines, acts T·nsb blocks, out T rows;
+/// pair0 + NP ≤ 2.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q6_k<const T: usize>(
-    pair: usize,
+unsafe fn tile_q6_k<const T: usize, const NP: usize>(
+    pair0: usize,
     d: &[[half::f16; 4]],
     qs: &[Line64],
     acts: &[ActK],
@@ -229,47 +265,68 @@ unsafe fn tile_q6_k<const T: usize>(
 ) {
     let nsb = d.len();
     assert!(qs.len() == 13 * nsb && acts.len() == T * nsb && out.len() == T);
+    assert!(pair0 + NP <= 2);
     let m4 = _mm256_set1_epi8(0x0F);
     let m30 = _mm256_set1_epi8(0x30);
-    let mut acc = [_mm256_setzero_ps(); T];
+    let mut acc = [[_mm256_setzero_ps(); T]; NP];
     for sb in 0..nsb {
         let l = &qs[13 * sb..13 * sb + 13];
-        if T == 1 && pair == 0 {
+        if T == 1 {
             prefetch_ahead(qs, 13 * sb, 13);
         }
-        // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
-        // Sixteen-weight scales (i8) as i16, sub-blocks 0..8 and 8..16: [a's 8 | b's 8].
-        let sc_lo = _mm256_cvtepi8_epi16(unsafe { line16(&l[12], 16 * pair) });
-        let sc_hi = _mm256_cvtepi8_epi16(unsafe { line16(&l[12], 32 + 16 * pair) });
-        let mut lows = [_mm256_setzero_si256(); T];
-        let mut highs = [_mm256_setzero_si256(); T];
-        for c in 0..8 {
-            let x = unsafe { half(&l[c], pair) };
-            let h = unsafe { half(&l[8 + c / 2], pair) };
-            // Chunk c = 2p + u: its low sixteen's high bits at shift 4u, high sixteen's 4u + 2.
-            let (hl, hh) = if c % 2 == 0 {
-                (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2))
-            } else {
-                (h, _mm256_srli_epi16(h, 2))
+        let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
+        let mut lows = [[_mm256_setzero_si256(); T]; NP];
+        let mut highs = [[_mm256_setzero_si256(); T]; NP];
+        // Unrolled, so that shifts, scale shuffles and offsets are constants.
+        macro_rules! chunk {
+            ($c:literal) => {
+                for i in 0..NP {
+                    let pair = pair0 + i;
+                    // SAFETY (loads below): AVX2 (this function's features); offsets within
+                    // the lines. Sixteen-weight scales (i8) as i16, of sub-blocks 0..8
+                    // (chunks 0..4) or 8..16: [a's 8 | b's 8].
+                    let scs =
+                        _mm256_cvtepi8_epi16(unsafe { line16(&l[12], 32 * ($c / 4) + 16 * pair) });
+                    let x = unsafe { half(&l[$c], pair) };
+                    let h = unsafe { half(&l[8 + $c / 2], pair) };
+                    // Chunk c = 2p + u: its low sixteen's high bits at shift 4u, the high
+                    // sixteen's at 4u + 2.
+                    let (hl, hh) = if $c % 2 == 0 {
+                        (_mm256_slli_epi16(h, 4), _mm256_slli_epi16(h, 2))
+                    } else {
+                        (h, _mm256_srli_epi16(h, 2))
+                    };
+                    let lo = _mm256_or_si256(_mm256_and_si256(x, m4), _mm256_and_si256(hl, m30));
+                    let hi = _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
+                        _mm256_and_si256(hh, m30),
+                    );
+                    let s_lo = spread16(scs, (2 * $c) % 8);
+                    let s_hi = spread16(scs, (2 * $c + 1) % 8);
+                    for t in 0..T {
+                        let vl = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(lo, bcast16(a[t], 32 * $c)),
+                            s_lo,
+                        );
+                        let vh = _mm256_madd_epi16(
+                            _mm256_maddubs_epi16(hi, bcast16(a[t], 32 * $c + 16)),
+                            s_hi,
+                        );
+                        lows[i][t] = _mm256_add_epi32(lows[i][t], vl);
+                        highs[i][t] = _mm256_add_epi32(highs[i][t], vh);
+                    }
+                }
             };
-            let lo = _mm256_or_si256(_mm256_and_si256(x, m4), _mm256_and_si256(hl, m30));
-            let hi = _mm256_or_si256(
-                _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
-                _mm256_and_si256(hh, m30),
-            );
-            let scs = if c < 4 { sc_lo } else { sc_hi };
-            let (s_lo, s_hi) = (spread16(scs, (2 * c) % 8), spread16(scs, (2 * c + 1) % 8));
-            for t in 0..T {
-                let a = &acts[t * nsb + sb];
-                let vl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, bcast16(a, 32 * c)), s_lo);
-                let vh =
-                    _mm256_madd_epi16(_mm256_maddubs_epi16(hi, bcast16(a, 32 * c + 16)), s_hi);
-                lows[t] = _mm256_add_epi32(lows[t], vl);
-                highs[t] = _mm256_add_epi32(highs[t], vh);
-            }
         }
-        let dw = unsafe { pair_f32(&d[sb], pair) };
-        // Each row's sixteen scales as i16, for the offset term: rows a and b.
+        chunk!(0);
+        chunk!(1);
+        chunk!(2);
+        chunk!(3);
+        chunk!(4);
+        chunk!(5);
+        chunk!(6);
+        chunk!(7);
+        // Each row's sixteen scales as i16, for the offset term.
         let row_scales = |r: usize| {
             // SAFETY: bytes 8r .. 8r + 8 and 32 + 8r .. 32 + 8r + 8 of line 12 (r < 4).
             unsafe {
@@ -278,25 +335,32 @@ unsafe fn tile_q6_k<const T: usize>(
                 _mm256_cvtepi8_epi16(_mm_unpacklo_epi64(lo, hi))
             }
         };
-        let (sa, sb16) = (row_scales(2 * pair), row_scales(2 * pair + 1));
-        for t in 0..T {
-            let a = &acts[t * nsb + sb];
-            let isum = _mm256_hadd_epi32(lows[t], highs[t]);
-            // SAFETY: bsums are the 32 bytes at 256 of the 320-byte block.
-            let bs = unsafe {
-                _mm256_loadu_si256((a as *const ActK as *const u8).add(256) as *const __m256i)
-            };
-            let (xa, xb) = (_mm256_madd_epi16(sa, bs), _mm256_madd_epi16(sb16, bs));
-            let ioff = _mm256_add_epi32(
-                _mm256_permute2x128_si256(xa, xb, 0x20),
-                _mm256_permute2x128_si256(xa, xb, 0x31),
-            );
-            let v = _mm256_sub_epi32(isum, _mm256_slli_epi32(ioff, 5));
-            let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd, acc[t]);
+        for i in 0..NP {
+            let pair = pair0 + i;
+            // SAFETY: AVX2, F16C (this function's features).
+            let dw = unsafe { pair_f32(&d[sb], pair) };
+            let (sa, sb16) = (row_scales(2 * pair), row_scales(2 * pair + 1));
+            for t in 0..T {
+                let a = a[t];
+                let isum = _mm256_hadd_epi32(lows[i][t], highs[i][t]);
+                // SAFETY: bsums are the 32 bytes at 256 of the 320-byte block.
+                let bs = unsafe {
+                    _mm256_loadu_si256((a as *const ActK as *const u8).add(256) as *const __m256i)
+                };
+                let (xa, xb) = (_mm256_madd_epi16(sa, bs), _mm256_madd_epi16(sb16, bs));
+                let ioff = _mm256_add_epi32(
+                    _mm256_permute2x128_si256(xa, xb, 0x20),
+                    _mm256_permute2x128_si256(xa, xb, 0x31),
+                );
+                let v = _mm256_sub_epi32(isum, _mm256_slli_epi32(ioff, 5));
+                let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
+                acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd, acc[i][t]);
+            }
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        finish(a, pair, o);
+    for (i, acc) in acc.iter().enumerate() {
+        for (o, &a) in out.iter_mut().zip(acc) {
+            finish(a, pair0 + i, o);
+        }
     }
 }
