@@ -14,7 +14,7 @@ LCPP=${LLAMACPP_HOME:-$HOME/.cache/ledge/llamacpp}/${LLAMACPP_BUILD:-build}/bin
 [ $# -gt 0 ] || { echo "usage: $0 MODEL.gguf ..." >&2; exit 2; }
 ROUNDS=${ROUNDS:-2}; THREADS=${THREADS:-2}
 PROMPT="The capital of France is"
-CTX=16
+CTX=64
 cargo build --release --quiet --manifest-path "$ROOT/Cargo.toml"
 LEDGE=$ROOT/target/release/ledge
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
