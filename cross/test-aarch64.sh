@@ -17,7 +17,7 @@ MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf
 # Gemma's Q4_K/Q6_K weights exercise the K-quant kernels end to end.
 GEMMA=models/gemma-3-270m-q4_k_m.gguf
 PROMPT="The capital of France is"
-TESTS=(--test simd --test simd_kquants --test simd_repack16 --test quant_legacy --test quant_k)
+TESTS=(--test simd --test simd_kquants --test simd_repack16 --test simd_repack_k --test quant_legacy --test quant_k)
 LOGS=target/$TARGET/qemu-logs
 mkdir -p "$LOGS"
 

@@ -127,9 +127,26 @@ fn avx2_kernel_equals_reference_bits() {
     }
 }
 
+/// The NEON DotProd kernel (under qemu in cross/test-aarch64.sh: with dotprod by qemu's
+/// default CPU; cortex-a72 has none and gets no kernel).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_kernel_equals_reference_bits() {
+    let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+    let kernel = ledge::quant::simd::neon_repack_k::kernel();
+    assert_eq!(
+        kernel.is_some(),
+        dotprod,
+        "a kernel exactly when the CPU has dotprod"
+    );
+    match kernel {
+        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed22),
+        None => eprintln!("no dotprod here: skipped"),
+    }
+}
+
 /// `kernel` against `gemm_ref`, bit for bit: row counts that leave padded groups, token
 /// counts across the kernels' tile sizes, several super-blocks per row.
-#[cfg(target_arch = "x86_64")]
 fn kernel_equals_reference_bits(kernel: GemmKFn, seed: u64) {
     let mut rng = Rng(seed);
     for ty in TYPES {

@@ -46,6 +46,8 @@ pub mod neon;
 mod neon_f16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_repack16;
+#[cfg(target_arch = "aarch64")]
+pub mod neon_repack_k;
 
 /// How far ahead (64-byte lines) the sixteen-row kernels prefetch their weights when
 /// generating (one token: the matmul streams memory and does little else). The hardware

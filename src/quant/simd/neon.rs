@@ -75,6 +75,7 @@ pub fn dotprod_kernels() -> Option<KernelSet> {
     Some(KernelSet {
         name: "neon-dotprod",
         gemm16: super::neon_repack16::kernel(),
+        gemm_k: super::neon_repack_k::kernel(),
         q4_0: dotprod::q4_0,
         q4_1: dotprod::q4_1,
         q5_0: dotprod::q5_0,

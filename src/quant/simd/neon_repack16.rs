@@ -57,7 +57,7 @@ fn gemm(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f32; ROWS]]) {
 /// `sdot`: each lane += the dot of its four bytes of `a` and of `b`.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+pub(crate) fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
     // SAFETY: registers only; the caller runs with `dotprod` (its target feature, checked at
     // run time before any kernel is entered).
     unsafe {
