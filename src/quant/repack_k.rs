@@ -195,19 +195,37 @@ impl PackedK {
                         let i = g * nsb + sb;
                         d[i][r] = x.d;
                         let lines = &mut qs[13 * i..13 * i + 13];
-                        // q + 32 in 0..=63: the unsigned stored value.
-                        let q = |e: usize| (super::q6k::q6(x, e) + 32) as u8;
+                        // The unsigned stored value q + 32 (0..=63) is the GGUF block's
+                        // nibble | high pair << 4 (`q6k::q6_pos`), so its low nibbles and bit
+                        // pairs are moved over in whole 16-byte runs (the loops vectorize).
+                        // Chunk c's weights 32c + j and 32c + 16 + j: the low (c % 4 < 2) or
+                        // high nibbles of ql[64(c/4) + 32(c%2) + j] and + 16.
                         for c in 0..8 {
-                            for j in 0..16 {
-                                lines[c].0[16 * r + j] =
-                                    (q(32 * c + j) & 0xF) | (q(32 * c + 16 + j) & 0xF) << 4;
+                            let base = 64 * (c / 4) + 32 * (c % 2);
+                            let (a, b) = x.ql[base..base + 32].split_at(16);
+                            let dst = &mut lines[c].0[16 * r..16 * r + 16];
+                            if c % 4 < 2 {
+                                for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+                                    *d = (a & 0xF) | (b << 4);
+                                }
+                            } else {
+                                for ((d, &a), &b) in dst.iter_mut().zip(a).zip(b) {
+                                    *d = (a >> 4) | (b & 0xF0);
+                                }
                             }
                         }
+                        // Weight 64p + o + j's pair: qh[32(p/2) + o%32 + j] at bit
+                        // 4(p%2) + 2(o/32).
                         for p in 0..4 {
-                            for j in 0..16 {
-                                let h = |o: usize| q(64 * p + o + j) >> 4;
-                                lines[8 + p].0[16 * r + j] =
-                                    h(0) | h(16) << 2 | h(32) << 4 | h(48) << 6;
+                            let qh = &x.qh[32 * (p / 2)..32 * (p / 2) + 32];
+                            let sh = 4 * (p % 2);
+                            let dst = &mut lines[8 + p].0[16 * r..16 * r + 16];
+                            for (j, d) in dst.iter_mut().enumerate() {
+                                let (x0, x1) = (qh[j], qh[16 + j]);
+                                *d = ((x0 >> sh) & 3)
+                                    | ((x1 >> sh) & 3) << 2
+                                    | ((x0 >> (sh + 2)) & 3) << 4
+                                    | ((x1 >> (sh + 2)) & 3) << 6;
                             }
                         }
                         for j in 0..16 {
