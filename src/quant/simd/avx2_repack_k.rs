@@ -2,13 +2,14 @@
 //! AVX-512: the same integer lanes and f32 steps as `repack_k::gemm_ref`, bit for bit.
 //!
 //! A 64-byte line holds four rows' sixteen bytes of one 32-weight chunk (one row per 128-bit
-//! lane); AVX2 takes it as two 256-bit halves of two rows each, in two passes over the
-//! group. Per chunk and token, `vpmaddubsw` of the unsigned weights (Q4_K's nibbles, Q6_K's
-//! q + 32) with the sixteen broadcast activation bytes gives pairs in i16 (Q4_K: the low
-//! and high nibbles' pairs summed, at most 4·15·127; Q6_K: 2·63·127), and `vpmaddwd` with
-//! the row's sub-block scale, replicated by a byte shuffle, gives four exact i32 per row.
-//! Those land in `gemm_ref`'s lanes through one `vphaddd` per super-block: Q4_K's even and
-//! odd chunks, Q6_K's low and high sixteens are accumulated apart and added pairwise. The
+//! lane); AVX2 takes it as two 256-bit halves of two rows each. Per chunk and token,
+//! `vpmaddubsw` of the unsigned weights (Q4_K's nibbles, Q6_K's q + 32) with the sixteen
+//! broadcast activation bytes gives pairs in i16. Two such sets (Q4_K: an even and an odd
+//! chunk; Q6_K: a chunk's low and high sixteens) are summed pairwise by one `vphaddw`, whose
+//! eight i16 per row (each at most 4·15·128 or 4·63·128, within i16) are exactly the four
+//! lanes of `gemm_ref` in halves; `vpmaddwd` with the two sub-block scales, replicated by a
+//! byte shuffle, multiplies and completes them, into one i32 accumulator per token (AVX2's
+//! sixteen registers hold four tokens' sums and their f32 totals without spilling). The
 //! min (Q4_K) and offset (Q6_K) terms come from the activation sums with `vpmaddwd`; the f32
 //! scaling happens once per super-block and token, as in the reference.
 
@@ -120,12 +121,19 @@ fn bcast16(a: &ActK, at: usize) -> __m256i {
     }
 }
 
-/// i16 element `e` (0..8) of each 128-bit lane, in all eight positions of that lane.
+/// i16 elements `e` and `e + 1` (e < 7) of each 128-bit lane: [e ×4, e + 1 ×4] in that lane.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn spread16(v: __m256i, e: usize) -> __m256i {
+fn spread16x2(v: __m256i, e: usize) -> __m256i {
     let (lo, hi) = (2 * e as i16, 2 * e as i16 + 1);
-    _mm256_shuffle_epi8(v, _mm256_set1_epi16((hi << 8) | lo))
+    let w0 = (hi << 8) | lo;
+    let w1 = w0 + 0x0202;
+    _mm256_shuffle_epi8(
+        v,
+        _mm256_setr_epi16(
+            w0, w0, w0, w0, w1, w1, w1, w1, w0, w0, w0, w0, w1, w1, w1, w1,
+        ),
+    )
 }
 
 /// The two rows' f16 values, each in four lanes: [a a a a | b b b b].
@@ -199,34 +207,45 @@ unsafe fn tile_q4_k<const T: usize, const NP: usize>(
             _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 16 * (pair0 + i)) })
         });
         let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
-        let mut even = [[_mm256_setzero_si256(); T]; NP];
-        let mut odd = [[_mm256_setzero_si256(); T]; NP];
-        // Unrolled, so that each chunk's scale shuffle is a constant and no branch remains.
-        macro_rules! chunk {
-            ($c:literal, $sums:ident) => {
+        let mut isum = [[_mm256_setzero_si256(); T]; NP];
+        // Unrolled, so that each pair's scale shuffle is a constant and no branch remains.
+        // Chunks 2j and 2j + 1 go together: `vphaddw` of their pair sums (each at most
+        // 4·15·128, so two fit i16) gives per row [even bytes 0-3, 4-7, 8-11, 12-15, odd
+        // …], and `vpmaddwd` with [even scale ×4, odd scale ×4] lands each in its lane of
+        // `gemm_ref`: one accumulator per token instead of an even and an odd one.
+        macro_rules! chunks {
+            ($j:literal) => {
                 for i in 0..NP {
-                    let x = unsafe { half(&l[$c], pair0 + i) };
-                    let lo = _mm256_and_si256(x, m4);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
-                    let s = spread16(sc[i], $c);
+                    let xe = unsafe { half(&l[2 * $j], pair0 + i) };
+                    let xo = unsafe { half(&l[2 * $j + 1], pair0 + i) };
+                    let (lo_e, hi_e) = (
+                        _mm256_and_si256(xe, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(xe, 4), m4),
+                    );
+                    let (lo_o, hi_o) = (
+                        _mm256_and_si256(xo, m4),
+                        _mm256_and_si256(_mm256_srli_epi16(xo, 4), m4),
+                    );
+                    let s = spread16x2(sc[i], 2 * $j);
                     for t in 0..T {
-                        let p = _mm256_add_epi16(
-                            _mm256_maddubs_epi16(lo, bcast16(a[t], 32 * $c)),
-                            _mm256_maddubs_epi16(hi, bcast16(a[t], 32 * $c + 16)),
+                        let pe = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo_e, bcast16(a[t], 64 * $j)),
+                            _mm256_maddubs_epi16(hi_e, bcast16(a[t], 64 * $j + 16)),
                         );
-                        $sums[i][t] = _mm256_add_epi32($sums[i][t], _mm256_madd_epi16(p, s));
+                        let po = _mm256_add_epi16(
+                            _mm256_maddubs_epi16(lo_o, bcast16(a[t], 64 * $j + 32)),
+                            _mm256_maddubs_epi16(hi_o, bcast16(a[t], 64 * $j + 48)),
+                        );
+                        let h = _mm256_hadd_epi16(pe, po);
+                        isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_madd_epi16(h, s));
                     }
                 }
             };
         }
-        chunk!(0, even);
-        chunk!(1, odd);
-        chunk!(2, even);
-        chunk!(3, odd);
-        chunk!(4, even);
-        chunk!(5, odd);
-        chunk!(6, even);
-        chunk!(7, odd);
+        chunks!(0);
+        chunks!(1);
+        chunks!(2);
+        chunks!(3);
         for i in 0..NP {
             let pair = pair0 + i;
             let mn = _mm256_cvtepu8_epi16(unsafe { line16(&l[8], 32 + 16 * pair) });
@@ -235,10 +254,13 @@ unsafe fn tile_q4_k<const T: usize, const NP: usize>(
             });
             for t in 0..T {
                 let a = a[t];
-                let isum = _mm256_hadd_epi32(even[i][t], odd[i][t]);
                 let imin = _mm256_madd_epi16(mn, bcast16(a, 288));
                 let dy = _mm256_set1_ps(a.d);
-                let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dy), acc[i][t]);
+                let f = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(isum[i][t]),
+                    _mm256_mul_ps(dw, dy),
+                    acc[i][t],
+                );
                 acc[i][t] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(mw, dy), f);
             }
         }
@@ -275,9 +297,11 @@ unsafe fn tile_q6_k<const T: usize, const NP: usize>(
             prefetch_ahead(qs, 13 * sb, 13);
         }
         let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
-        let mut lows = [[_mm256_setzero_si256(); T]; NP];
-        let mut highs = [[_mm256_setzero_si256(); T]; NP];
-        // Unrolled, so that shifts, scale shuffles and offsets are constants.
+        let mut isum = [[_mm256_setzero_si256(); T]; NP];
+        // Unrolled, so that shifts, scale shuffles and offsets are constants. Per chunk,
+        // `vphaddw` of the low and high sixteens' pair sums (each at most 2·63·128, so two
+        // fit i16) gives per row [low bytes 0-3, 4-7, 8-11, 12-15, high …], and `vpmaddwd`
+        // with [low scale ×4, high scale ×4] lands each in its lane of `gemm_ref`.
         macro_rules! chunk {
             ($c:literal) => {
                 for i in 0..NP {
@@ -301,19 +325,13 @@ unsafe fn tile_q6_k<const T: usize, const NP: usize>(
                         _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
                         _mm256_and_si256(hh, m30),
                     );
-                    let s_lo = spread16(scs, (2 * $c) % 8);
-                    let s_hi = spread16(scs, (2 * $c + 1) % 8);
+                    let s = spread16x2(scs, (2 * $c) % 8);
                     for t in 0..T {
-                        let vl = _mm256_madd_epi16(
+                        let hs = _mm256_hadd_epi16(
                             _mm256_maddubs_epi16(lo, bcast16(a[t], 32 * $c)),
-                            s_lo,
-                        );
-                        let vh = _mm256_madd_epi16(
                             _mm256_maddubs_epi16(hi, bcast16(a[t], 32 * $c + 16)),
-                            s_hi,
                         );
-                        lows[i][t] = _mm256_add_epi32(lows[i][t], vl);
-                        highs[i][t] = _mm256_add_epi32(highs[i][t], vh);
+                        isum[i][t] = _mm256_add_epi32(isum[i][t], _mm256_madd_epi16(hs, s));
                     }
                 }
             };
@@ -342,7 +360,6 @@ unsafe fn tile_q6_k<const T: usize, const NP: usize>(
             let (sa, sb16) = (row_scales(2 * pair), row_scales(2 * pair + 1));
             for t in 0..T {
                 let a = a[t];
-                let isum = _mm256_hadd_epi32(lows[i][t], highs[i][t]);
                 // SAFETY: bsums are the 32 bytes at 256 of the 320-byte block.
                 let bs = unsafe {
                     _mm256_loadu_si256((a as *const ActK as *const u8).add(256) as *const __m256i)
@@ -352,7 +369,7 @@ unsafe fn tile_q6_k<const T: usize, const NP: usize>(
                     _mm256_permute2x128_si256(xa, xb, 0x20),
                     _mm256_permute2x128_si256(xa, xb, 0x31),
                 );
-                let v = _mm256_sub_epi32(isum, _mm256_slli_epi32(ioff, 5));
+                let v = _mm256_sub_epi32(isum[i][t], _mm256_slli_epi32(ioff, 5));
                 let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
                 acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd, acc[i][t]);
             }
