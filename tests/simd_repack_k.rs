@@ -117,7 +117,7 @@ fn avx512_kernel_equals_reference_bits() {
     }
 }
 
-/// The AVX2 kernel (two rows per 256-bit half, tiles of 1..=4 tokens).
+/// The AVX2 kernel (two rows per 256-bit half, tiles of 1..=6 tokens).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_kernel_equals_reference_bits() {
@@ -158,6 +158,8 @@ fn kernel_equals_reference_bits(kernel: GemmKFn, seed: u64) {
             (2048, 4, 2),
             (512, 5, 5),
             (256, 2, 3),
+            (256, 7, 4),
+            (512, 5, 10),
         ] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
@@ -189,21 +191,23 @@ fn matmul_k(p: &PackedK, kernel: GemmKFn, amx: bool, x: &[f32], n: usize, out: &
     ledge::ops::matmul_k::matmul_packed_k(p, kernel, amx, &acts, n, out);
 }
 
-/// The packed matmul against the blocked one (1, 3, 8, 17 tokens), and n tokens against each
-/// token alone. Runs with the kernel set's packed K kernel and AMX choice (the reference
+/// The packed matmul against the blocked one (1, 3, 8, 17 tokens; 53 tokens of a long row,
+/// several of `run_groups`' token blocks), and n tokens against each token alone. Runs with the kernel set's packed K kernel and AMX choice (the reference
 /// kernel where the set has none).
 #[test]
 fn packed_matmul_equals_blocked_and_single_tokens() {
     let ks = ledge::quant::simd::kernels();
     let (kernel, amx) = (ks.gemm_k.unwrap_or(gemm_ref), ks.amx_k);
     let mut rng = Rng(0x4b5e_ed03);
-    let (k, m) = (768, 37);
-    for ty in TYPES {
+    for ((k, m, ns), ty) in [(768, 37, &[1, 3, 8, 17][..]), (256 * 41, 9, &[53][..])]
+        .into_iter()
+        .flat_map(|c| TYPES.into_iter().map(move |ty| (c, ty)))
+    {
         let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
         let p = PackedK::from_view(&view).unwrap();
         let wf = view.to_f32().unwrap();
-        for n in [1, 3, 8, 17] {
+        for &n in ns {
             let x = data(&mut rng, n * k);
             let (mut packed, mut blocked) = (vec![0f32; n * m], vec![0f32; n * m]);
             matmul_k(&p, kernel, amx, &x, n, &mut packed);

@@ -3,7 +3,8 @@
 //!
 //! The activations are quantized once per input to Q8_K and laid out for the packed kernel
 //! (`act::acts_k`); tasks of a few four-row groups then run the kernel on tiles of up to
-//! eight tokens, each weight super-block decoded once per tile. With one token (generation) the same kernel
+//! 24 tokens (which the kernels split into their own register tiles), each weight
+//! super-block decoded once per register tile. With one token (generation) the same kernel
 //! streams the packed rows once, split across the rayon pool.
 
 use rayon::prelude::*;
@@ -14,8 +15,9 @@ use crate::quant::QK_K;
 
 /// Four-row groups per parallel task (16 rows, as the other matmuls).
 const GROUPS_PER_TASK: usize = 4;
-/// Tokens per kernel call.
-const TILE: usize = 8;
+/// Tokens per kernel call: a multiple of every kernel's register tile (AVX2 6, AVX-512 8,
+/// NEON 4), so that no call ends in a short tile but the prompt's last.
+const TILE: usize = 24;
 
 /// out (n, m) = x (n, k) · Wᵀ over a Q4_K or Q6_K packed W, x quantized by `act::acts_k`
 /// (shared by the matrices that read the same input), with the kernel set's `kernel` and,
@@ -91,8 +93,8 @@ pub fn matmul_packed_k_many(jobs: &mut [KJob<'_>]) {
     });
 }
 
-/// Groups `gs` of out (n, m) = x · Wᵀ, tokens outer and groups inner: the task's few groups
-/// of weights stay in cache while each tile of activations is used by all of them.
+/// Groups `gs` of out (n, m) = x · Wᵀ: blocks of tokens outer, then groups, then tiles of
+/// tokens.
 ///
 /// # Safety
 /// `out` must point to n·m floats that no one else writes at rows 4·gs.start .. 4·gs.end.
@@ -106,20 +108,37 @@ unsafe fn run_groups(
 ) {
     let (m, nsb) = (p.rows, p.k / QK_K);
     let mut res = [[0f32; 4]; TILE];
-    for t0 in (0..n).step_by(TILE) {
-        let tn = TILE.min(n - t0);
+    // Tokens in blocks whose activations stay in L2; per block, each group's rows are
+    // taken against all the block's tiles, so a group is read from memory once and then
+    // hit in L1 (the weights stream evenly, not in a burst on the first tile).
+    let block = (ACT_BLOCK_BYTES / (nsb * std::mem::size_of::<ActK>()))
+        .max(TILE)
+        .div_ceil(TILE)
+        * TILE;
+    for b0 in (0..n).step_by(block) {
+        let b1 = (b0 + block).min(n);
         for g in gs.clone() {
-            kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut res[..tn]);
             let rows = 4.min(m - g * 4);
-            for (t, r) in res[..tn].iter().enumerate() {
-                // SAFETY: in bounds of the n·m output, in this caller's rows (the contract).
-                unsafe {
-                    std::ptr::copy_nonoverlapping(r.as_ptr(), out.at((t0 + t) * m + g * 4), rows);
+            for t0 in (b0..b1).step_by(TILE) {
+                let tn = TILE.min(b1 - t0);
+                kernel(p, g, &acts[t0 * nsb..(t0 + tn) * nsb], &mut res[..tn]);
+                for (t, r) in res[..tn].iter().enumerate() {
+                    // SAFETY: in bounds of the n·m output, in this caller's rows (the contract).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            r.as_ptr(),
+                            out.at((t0 + t) * m + g * 4),
+                            rows,
+                        );
+                    }
                 }
             }
         }
     }
 }
+
+/// Activation bytes per token block of `run_groups`: a quarter of a small L2.
+const ACT_BLOCK_BYTES: usize = 256 << 10;
 
 /// Fewest tokens for the AMX path: it decodes each sixteen-row supergroup once per call,
 /// which only pays over a few tiles of tokens.
