@@ -23,8 +23,9 @@ use core::arch::x86_64::*;
 use crate::quant::line64::Line64;
 use crate::quant::repack16::{self, Act16, Gemm16Fn, Group, Kind16, Packed16, ROWS};
 
-/// Tokens per tile: one accumulator each beside eight decoded weight registers.
-pub const TILE: usize = 4;
+/// Tokens per tile: one accumulator each beside eight decoded weight registers (8 measured
+/// 5 % faster than 4 on SmolLM2 Q4_0 and Q8_0 prompts, AMD EPYC, some values spilled).
+pub const TILE: usize = 8;
 
 // The kinds as const-generic parameters.
 const Q4_0: u8 = 0;
@@ -62,7 +63,11 @@ fn gemm_kind<const K: u8>(p: &Packed16, g: usize, acts: &[Act16], out: &mut [[f3
             2 => unsafe { tile::<K, 2>(group, chunk, o) },
             3 => unsafe { tile::<K, 3>(group, chunk, o) },
             4 => unsafe { tile::<K, 4>(group, chunk, o) },
-            _ => unreachable!("tiles hold 1..=4 tokens"),
+            5 => unsafe { tile::<K, 5>(group, chunk, o) },
+            6 => unsafe { tile::<K, 6>(group, chunk, o) },
+            7 => unsafe { tile::<K, 7>(group, chunk, o) },
+            8 => unsafe { tile::<K, 8>(group, chunk, o) },
+            _ => unreachable!("tiles hold 1..=8 tokens"),
         }
     });
 }
