@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The aarch64 part of scripts/test.sh: cross-builds ledge for aarch64-unknown-linux-gnu and,
-# under qemu-user, runs the SIMD kernel tests and a short greedy SmolLM2 generation twice:
-# with qemu's default CPU (which has dotprod: the `neon-dotprod` kernel set) and with
-# QEMU_CPU=cortex-a72 (no dotprod: the plain `neon` set). The generated text must equal the
+# under qemu-user, runs the SIMD kernel tests and a short greedy SmolLM2 generation three
+# times: with QEMU_CPU=max (dotprod and i8mm: the `neon-i8mm` kernel set), neoverse-n1
+# (dotprod, no i8mm: `neon-dotprod`) and cortex-a72 (neither: the plain `neon` set). The generated text must equal the
 # native run's (for Gemma, the native scalar reference's; see below). Also runs Debian's clippy on the aarch64 build when installed. Run
 # cross/setup.sh first (scripts/test.sh does). Prints the time of each step.
 set -euo pipefail
@@ -60,8 +60,8 @@ grep -E 'kernels:' "$LOGS/native.err" >&2 || true
 NATIVE_GEMMA=$(LEDGE_SIMD=scalar generate ./target/release/ledge "$GEMMA" 2>"$LOGS/native-gemma.err")
 [ -n "$NATIVE_GEMMA" ] || die "the native gemma run generated nothing"
 
-# cpu label, QEMU_CPU value ("" = qemu's default), the kernel set that must be chosen.
-for run in "default::neon-dotprod" "cortex-a72:cortex-a72:neon"; do
+# cpu label, QEMU_CPU value, the kernel set that must be chosen.
+for run in "max:max:neon-i8mm" "neoverse-n1:neoverse-n1:neon-dotprod" "cortex-a72:cortex-a72:neon"; do
   IFS=: read -r label cpu want <<<"$run"
   if [ -n "$cpu" ]; then export QEMU_CPU=$cpu; else unset QEMU_CPU; fi
   echo "-- qemu-aarch64, CPU $label: expecting kernel set '$want'" >&2
@@ -73,15 +73,22 @@ for run in "default::neon-dotprod" "cortex-a72:cortex-a72:neon"; do
     die "aarch64 tests failed under CPU $label (log: $log)"
   fi
   grep -E '^test result' "$log" >&2
-  # The tests assert that the sets offered match is_aarch64_feature_detected!("dotprod");
-  # this checks that the detection really differs between the two CPUs, so that both
-  # flavours ran.
-  if [ "$want" = neon-dotprod ]; then sets='["scalar", "neon", "neon-dotprod"]'; else sets='["scalar", "neon"]'; fi
+  # The tests assert that the sets offered match is_aarch64_feature_detected!("dotprod")
+  # and ("i8mm"); this checks that the detection really differs between the CPUs, so that
+  # every flavour ran.
+  case $want in
+    neon-i8mm) sets='["scalar", "neon", "neon-dotprod", "neon-i8mm"]' ;;
+    neon-dotprod) sets='["scalar", "neon", "neon-dotprod"]' ;;
+    *) sets='["scalar", "neon"]' ;;
+  esac
   grep -qF "kernel sets under test: $sets" "$log" ||
     die "CPU $label: expected the kernel sets $sets to be tested (see $log)"
   if [ "$want" = neon ] && grep -q 'neon-dotprod' "$log"; then
     die "CPU $label: the dotprod set was offered on a CPU without dotprod (see $log)"
   fi
+  want_i8mm=false; [ "$want" = neon-i8mm ] && want_i8mm=true
+  grep -qF "i8mm kernel under test: $want_i8mm" "$log" ||
+    die "CPU $label: expected the i8mm kernel test to run: $want_i8mm (see $log)"
 
   for m in "$MODEL" "$GEMMA"; do
     if [ "$m" = "$MODEL" ]; then want_text=$NATIVE; else want_text=$NATIVE_GEMMA; fi

@@ -51,6 +51,6 @@ step "ledge serve under a small fixed load (scripts/load_test.py: 8 requests, 4 
   --serve-args "-m models/SmolLM2-135M-Instruct.Q4_1.gguf --parallel 4 --ctx 512" \
   -n 8 -c 4 --max-tokens 16 --max-seconds 60
 
-step "aarch64 under qemu: NEON kernel tests and SmolLM2/Gemma generation, with and without dotprod"
+step "aarch64 under qemu: NEON kernel tests and SmolLM2/Gemma generation: i8mm, dotprod, plain NEON"
 bash cross/setup.sh
 bash cross/test-aarch64.sh

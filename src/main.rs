@@ -15,8 +15,8 @@ use ledge::app::{
 struct Cli {
     /// The kernel set to use instead of the best this CPU runs (or set LEDGE_SIMD).
     ///
-    /// scalar, avx2, avx512 (the best of avx512-amx, avx512-vnni) or neon (neon-dotprod where
-    /// the CPU has it); a set the CPU cannot run is an error.
+    /// scalar, avx2, avx512 (the best of avx512-amx, avx512-vnni) or neon (the best of
+    /// neon-i8mm, neon-dotprod); a set the CPU cannot run is an error.
     #[arg(long, global = true, value_name = "SET")]
     simd: Option<String>,
     #[command(subcommand)]

@@ -40,12 +40,15 @@ fn sets() -> Vec<KernelSet> {
     #[cfg(target_arch = "aarch64")]
     {
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
-        let want: &[&str] = if dotprod {
+        let i8mm = dotprod && std::arch::is_aarch64_feature_detected!("i8mm");
+        let want: &[&str] = if i8mm {
+            &["scalar", "neon", "neon-dotprod", "neon-i8mm"]
+        } else if dotprod {
             &["scalar", "neon", "neon-dotprod"]
         } else {
             &["scalar", "neon"]
         };
-        assert_eq!(names, want, "dotprod detected: {dotprod}");
+        assert_eq!(names, want, "dotprod detected: {dotprod}, i8mm: {i8mm}");
     }
     eprintln!("kernel sets under test: {names:?}");
     #[cfg(target_arch = "x86_64")]
@@ -86,11 +89,21 @@ fn ledge_simd_selects() {
     #[cfg(target_arch = "aarch64")]
     {
         let dotprod = std::arch::is_aarch64_feature_detected!("dotprod");
+        let i8mm = dotprod && std::arch::is_aarch64_feature_detected!("i8mm");
         let neon = select(Some("neon")).unwrap().name;
-        assert_eq!(neon, if dotprod { "neon-dotprod" } else { "neon" });
+        let want = match (dotprod, i8mm) {
+            (_, true) => "neon-i8mm",
+            (true, false) => "neon-dotprod",
+            _ => "neon",
+        };
+        assert_eq!(neon, want);
         match select(Some("neon-dotprod")) {
             Ok(k) => assert!(dotprod && k.name == "neon-dotprod"),
             Err(e) => assert!(!dotprod && matches!(e, SimdError::Unsupported(..)), "{e}"),
+        }
+        match select(Some("neon-i8mm")) {
+            Ok(k) => assert!(i8mm && k.name == "neon-i8mm"),
+            Err(e) => assert!(!i8mm && matches!(e, SimdError::Unsupported(..)), "{e}"),
         }
         assert!(matches!(
             select(Some("avx2")),
@@ -98,7 +111,7 @@ fn ledge_simd_selects() {
         ));
     }
     #[cfg(target_arch = "x86_64")]
-    for name in ["neon", "neon-dotprod"] {
+    for name in ["neon", "neon-dotprod", "neon-i8mm"] {
         assert!(matches!(
             select(Some(name)),
             Err(SimdError::Unsupported(..))
@@ -266,9 +279,17 @@ macro_rules! dot_test {
 }
 
 /// Sets whose legacy block dots return the scalar reference's bits.
-const EXACT_LEGACY: &[&str] = &["avx2", "avx512-vnni", "avx512-amx", "neon", "neon-dotprod"];
+const EXACT_LEGACY: &[&str] = &[
+    "avx2",
+    "avx2-vnni",
+    "avx512-vnni",
+    "avx512-amx",
+    "neon",
+    "neon-dotprod",
+    "neon-i8mm",
+];
 /// Sets whose Q2_K and IQ4_XS dots do (the reference sums those per (sub-)block too).
-const EXACT_Q2K_IQ4XS: &[&str] = &["neon", "neon-dotprod"];
+const EXACT_Q2K_IQ4XS: &[&str] = &["neon", "neon-dotprod", "neon-i8mm"];
 
 dot_test!(dot_q4_0, BlockQ4_0, BlockQ8_0, q4_0, [d], EXACT_LEGACY);
 dot_test!(dot_q4_1, BlockQ4_1, BlockQ8_1, q4_1, [d, m], EXACT_LEGACY);
@@ -502,8 +523,8 @@ fn q8_quantizers_are_exact() {
     let mut checked = 0;
     for set in sets() {
         let inputs = match set.name {
-            "avx2" | "avx512-vnni" | "avx512-amx" => vec![&x],
-            "neon" | "neon-dotprod" => vec![&x, &x_nan],
+            "avx2" | "avx2-vnni" | "avx512-vnni" | "avx512-amx" => vec![&x],
+            "neon" | "neon-dotprod" | "neon-i8mm" => vec![&x, &x_nan],
             _ => continue,
         };
         checked += 1;

@@ -214,6 +214,30 @@ fn avx2_kernel_equals_reference_bits() {
     }
 }
 
+/// The AVX-VNNI kernel where the CPU has AVX-VNNI, and its code with `vpdpbusd`'s EVEX
+/// encoding where the CPU has AVX512-VNNI: the same source, so either CPU tests the
+/// kernel's arithmetic (qemu's x86 emulation has no AVX-VNNI).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_vnni_kernels_equal_reference_bits() {
+    use ledge::quant::simd::avx2_repack16 as k16;
+    let kernels = [
+        ("avx-vnni", k16::kernel_vnni()),
+        ("avx2 with evex vpdpbusd", k16::kernel_vnni_evex()),
+    ];
+    assert_eq!(
+        kernels[0].1.is_some(),
+        is_x86_feature_detected!("avxvnni"),
+        "an AVX-VNNI kernel exactly when the CPU has AVX-VNNI"
+    );
+    for (i, (name, kernel)) in kernels.into_iter().enumerate() {
+        match kernel {
+            Some(kernel) => kernel_equals_reference_bits(name, kernel, 0x16_0a10 + i as u64),
+            None => eprintln!("no {name} here: skipped"),
+        }
+    }
+}
+
 /// The NEON DotProd kernel (under qemu in scripts/test.sh: with dotprod by qemu's default
 /// CPU; cortex-a72 has none and gets no kernel).
 #[cfg(target_arch = "aarch64")]
@@ -229,6 +253,26 @@ fn neon_kernel_equals_reference_bits() {
     match kernel {
         Some(kernel) => kernel_equals_reference_bits("neon-dotprod", kernel, 0x16_0a03),
         None => eprintln!("no dotprod here: skipped"),
+    }
+}
+
+/// The NEON I8MM (`smmla`) kernel: under qemu in cross/test-aarch64.sh, run with
+/// QEMU_CPU=max (which has i8mm) and with CPUs that lack it (no kernel).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_i8mm_kernel_equals_reference_bits() {
+    let i8mm = std::arch::is_aarch64_feature_detected!("i8mm")
+        && std::arch::is_aarch64_feature_detected!("dotprod");
+    let kernel = ledge::quant::simd::neon_i8mm::kernel();
+    assert_eq!(
+        kernel.is_some(),
+        i8mm,
+        "a kernel exactly when the CPU has i8mm and dotprod"
+    );
+    eprintln!("i8mm kernel under test: {}", kernel.is_some());
+    match kernel {
+        Some(kernel) => kernel_equals_reference_bits("neon-i8mm", kernel, 0x16_0a05),
+        None => eprintln!("no i8mm here: skipped"),
     }
 }
 

@@ -70,6 +70,17 @@ pub fn kernels() -> Option<KernelSet> {
     })
 }
 
+/// The AVX2 set with the AVX-VNNI (256-bit `vpdpbusd`) sixteen-row kernel, where the CPU
+/// has AVX-VNNI: laptops and desktops since Alder Lake, AMD Zen 5.
+pub fn vnni_kernels() -> Option<KernelSet> {
+    let avx2 = kernels()?;
+    Some(KernelSet {
+        name: "avx2-vnni",
+        gemm16: Some(super::avx2_repack16::kernel_vnni()?),
+        ..avx2
+    })
+}
+
 /// Safe entry points for the table. Every one checks the slice lengths the kernel relies on
 /// and calls the `#[target_feature]` kernel; they are private, so the only way to reach them
 /// is through the set `kernels()` returns after the feature check.

@@ -45,6 +45,8 @@ pub mod neon;
 #[cfg(target_arch = "aarch64")]
 mod neon_f16;
 #[cfg(target_arch = "aarch64")]
+pub mod neon_i8mm;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_repack16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_repack_k;
@@ -312,7 +314,7 @@ pub fn axpy_f16_scalar(out: &mut [f32], w: f32, v: &[f16]) {
 pub enum SimdError {
     #[error("kernel set {0:?} needs instructions this CPU lacks (available: {1})")]
     Unsupported(String, String),
-    #[error("unknown kernel set {0:?} (scalar, avx2, avx512, avx512-vnni, avx512-amx, neon, neon-dotprod)")]
+    #[error("unknown kernel set {0:?} (scalar, avx2, avx2-vnni, avx512, avx512-vnni, avx512-amx, neon, neon-dotprod, neon-i8mm)")]
     Unknown(String),
 }
 
@@ -333,27 +335,33 @@ pub fn available() -> Vec<KernelSet> {
         v.push(k);
     }
     #[cfg(target_arch = "x86_64")]
+    v.extend(avx2::vnni_kernels());
+    #[cfg(target_arch = "x86_64")]
     v.extend(avx512::kernels());
     #[cfg(target_arch = "aarch64")]
     {
         v.push(neon::plain_kernels());
         v.extend(neon::dotprod_kernels());
+        v.extend(neon::i8mm_kernels());
     }
     v
 }
 
 /// The names `LEDGE_SIMD` accepts. A family name picks the best set of that family the CPU
-/// has: `neon` is `neon-dotprod` where `sdot` exists, else the plain `neon` set;
-/// `neon-dotprod` asks for that one only; likewise `avx512` is `avx512-amx` where AMX is
-/// usable, else `avx512-vnni` (which turns AMX off).
-const NAMES: [&str; 7] = [
+/// has: `neon` is `neon-i8mm` where `smmla` exists, else `neon-dotprod` where `sdot` does,
+/// else the plain `neon` set; `neon-dotprod` and `neon-i8mm` ask for that one only;
+/// likewise `avx2` is `avx2-vnni` where AVX-VNNI exists, and `avx512` is `avx512-amx` where
+/// AMX is usable, else `avx512-vnni` (which turns AMX off).
+const NAMES: [&str; 9] = [
     "scalar",
     "avx2",
+    "avx2-vnni",
     "avx512",
     "avx512-vnni",
     "avx512-amx",
     "neon",
     "neon-dotprod",
+    "neon-i8mm",
 ];
 
 /// Whether set `set` answers `LEDGE_SIMD=forced`: its own name, or a variant `forced-…`.

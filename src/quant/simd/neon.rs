@@ -92,6 +92,17 @@ pub fn dotprod_kernels() -> Option<KernelSet> {
     })
 }
 
+/// The DotProd set with the I8MM (`smmla`) prompt kernel for the sixteen-row layouts, where
+/// the CPU has both.
+pub fn i8mm_kernels() -> Option<KernelSet> {
+    let dotprod = dotprod_kernels()?;
+    Some(KernelSet {
+        name: "neon-i8mm",
+        gemm16: Some(super::neon_i8mm::kernel()?),
+        ..dotprod
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // The byte dot product, the one thing the flavours do differently: `acc` plus the 16
 // products `a[i]·b[i]`, exactly, spread over the four lanes (which lane gets which product

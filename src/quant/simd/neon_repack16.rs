@@ -79,7 +79,12 @@ pub(crate) fn sdot(mut acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t 
 /// `qs` holds the block's lines.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn decode(kind: Kind16, quarter: usize, qs: &[Line64], qh: &[u64; 8]) -> [int8x16_t; 8] {
+pub(crate) unsafe fn decode(
+    kind: Kind16,
+    quarter: usize,
+    qs: &[Line64],
+    qh: &[u64; 8],
+) -> [int8x16_t; 8] {
     let line = |j: usize| {
         // SAFETY: a Line64 is 64 readable bytes; the quarter is bytes 16·quarter.. +16.
         unsafe { vld1q_u8(qs[j].0.as_ptr().add(16 * quarter)) }
@@ -143,7 +148,7 @@ fn block_sum(kind: Kind16, w: &[int8x16_t; 8], a: &Act16) -> int32x4_t {
 /// The CPU must have DotProd; `group` comes from `Packed16::group` (its nb blocks are in
 /// bounds), `acts` holds T·nb blocks and `out` T rows.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn tile<const T: usize>(
+pub(crate) unsafe fn tile<const T: usize>(
     group: Group,
     quarter: usize,
     acts: &[Act16],
