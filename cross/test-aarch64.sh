@@ -87,8 +87,10 @@ for run in "max:max:neon-i8mm" "neoverse-n1:neoverse-n1:neon-dotprod" "cortex-a7
     die "CPU $label: the dotprod set was offered on a CPU without dotprod (see $log)"
   fi
   want_i8mm=false; [ "$want" = neon-i8mm ] && want_i8mm=true
-  grep -qF "i8mm kernel under test: $want_i8mm" "$log" ||
-    die "CPU $label: expected the i8mm kernel test to run: $want_i8mm (see $log)"
+  for k in "i8mm kernel" "i8mm K kernel"; do
+    grep -qF "$k under test: $want_i8mm" "$log" ||
+      die "CPU $label: expected the $k test to run: $want_i8mm (see $log)"
+  done
 
   for m in "$MODEL" "$GEMMA"; do
     if [ "$m" = "$MODEL" ]; then want_text=$NATIVE; else want_text=$NATIVE_GEMMA; fi

@@ -145,6 +145,26 @@ fn neon_kernel_equals_reference_bits() {
     }
 }
 
+/// The NEON I8MM (`smmla`) kernel: under qemu with QEMU_CPU=max (which has i8mm) in
+/// cross/test-aarch64.sh; CPUs without i8mm get no kernel.
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_i8mm_kernel_equals_reference_bits() {
+    let i8mm = std::arch::is_aarch64_feature_detected!("i8mm")
+        && std::arch::is_aarch64_feature_detected!("dotprod");
+    let kernel = ledge::quant::simd::neon_i8mm_k::kernel();
+    assert_eq!(
+        kernel.is_some(),
+        i8mm,
+        "a kernel exactly when the CPU has i8mm and dotprod"
+    );
+    eprintln!("i8mm K kernel under test: {}", kernel.is_some());
+    match kernel {
+        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed32),
+        None => eprintln!("no i8mm here: skipped"),
+    }
+}
+
 /// `kernel` against `gemm_ref`, bit for bit: row counts that leave padded groups, token
 /// counts across the kernels' tile sizes, several super-blocks per row.
 fn kernel_equals_reference_bits(kernel: GemmKFn, seed: u64) {

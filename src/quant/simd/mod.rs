@@ -47,6 +47,8 @@ mod neon_f16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_i8mm;
 #[cfg(target_arch = "aarch64")]
+pub mod neon_i8mm_k;
+#[cfg(target_arch = "aarch64")]
 pub mod neon_repack16;
 #[cfg(target_arch = "aarch64")]
 pub mod neon_repack_k;

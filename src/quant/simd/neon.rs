@@ -92,13 +92,14 @@ pub fn dotprod_kernels() -> Option<KernelSet> {
     })
 }
 
-/// The DotProd set with the I8MM (`smmla`) prompt kernel for the sixteen-row layouts, where
-/// the CPU has both.
+/// The DotProd set with the I8MM (`smmla`) prompt kernels for the sixteen-row and the K
+/// layouts, where the CPU has both.
 pub fn i8mm_kernels() -> Option<KernelSet> {
     let dotprod = dotprod_kernels()?;
     Some(KernelSet {
         name: "neon-i8mm",
         gemm16: Some(super::neon_i8mm::kernel()?),
+        gemm_k: Some(super::neon_i8mm_k::kernel()?),
         ..dotprod
     })
 }

@@ -107,7 +107,7 @@ fn finish(acc: float32x4_t) -> f32 {
 /// # Safety
 /// DotProd; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows; r < 4.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn row_q4_k<const T: usize>(
+pub(crate) unsafe fn row_q4_k<const T: usize>(
     r: usize,
     d: &[[half::f16; 4]],
     m: &[[half::f16; 4]],
@@ -174,7 +174,7 @@ unsafe fn row_q4_k<const T: usize>(
 /// # Safety
 /// DotProd; d holds nsb entries, qs 13·nsb lines, acts T·nsb blocks, out T rows; r < 4.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn row_q6_k<const T: usize>(
+pub(crate) unsafe fn row_q6_k<const T: usize>(
     r: usize,
     d: &[[half::f16; 4]],
     qs: &[Line64],
