@@ -127,6 +127,29 @@ fn avx2_kernel_equals_reference_bits() {
     }
 }
 
+/// The AVX-VNNI kernel where the CPU has AVX-VNNI, and its code with the EVEX encodings
+/// where the CPU has AVX512-VNNI (qemu's x86 emulation has no AVX-VNNI).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_vnni_kernels_equal_reference_bits() {
+    use ledge::quant::simd::avx2_repack_k as kk;
+    let kernels = [
+        ("avx-vnni", kk::kernel_vnni()),
+        ("avx2 with evex vnni", kk::kernel_vnni_evex()),
+    ];
+    assert_eq!(
+        kernels[0].1.is_some(),
+        is_x86_feature_detected!("avxvnni"),
+        "an AVX-VNNI kernel exactly when the CPU has AVX-VNNI"
+    );
+    for (i, (name, kernel)) in kernels.into_iter().enumerate() {
+        match kernel {
+            Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed40 + i as u64),
+            None => eprintln!("no {name} here: skipped"),
+        }
+    }
+}
+
 /// The NEON DotProd kernel (under qemu in cross/test-aarch64.sh: with dotprod by qemu's
 /// default CPU; cortex-a72 has none and gets no kernel).
 #[cfg(target_arch = "aarch64")]

@@ -70,13 +70,14 @@ pub fn kernels() -> Option<KernelSet> {
     })
 }
 
-/// The AVX2 set with the AVX-VNNI (256-bit `vpdpbusd`) sixteen-row kernel, where the CPU
-/// has AVX-VNNI: laptops and desktops since Alder Lake, AMD Zen 5.
+/// The AVX2 set with the AVX-VNNI (256-bit `vpdpbusd`, `vpdpwssd`) sixteen-row and K kernels,
+/// where the CPU has AVX-VNNI: laptops and desktops since Alder Lake, AMD Zen 5.
 pub fn vnni_kernels() -> Option<KernelSet> {
     let avx2 = kernels()?;
     Some(KernelSet {
         name: "avx2-vnni",
         gemm16: Some(super::avx2_repack16::kernel_vnni()?),
+        gemm_k: Some(super::avx2_repack_k::kernel_vnni()?),
         ..avx2
     })
 }
