@@ -60,6 +60,11 @@ fn sets() -> Vec<KernelSet> {
             names.contains(&"avx2"),
             "this CPU has AVX2+FMA+F16C but the avx2 set is not offered: {names:?}"
         );
+        assert_eq!(
+            names.contains(&"avx2-vnni"),
+            is_x86_feature_detected!("avxvnni"),
+            "avx2-vnni offered exactly where the CPU has AVX-VNNI: {names:?}"
+        );
     }
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512vnni")
