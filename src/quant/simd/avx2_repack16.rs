@@ -17,6 +17,11 @@
 //! Q8_0 on an AMD EPYC). One token (`gemv`) takes both halves of each block in one pass, so
 //! every activation word is broadcast once and each line is read once; prompt tiles of up to
 //! `TILE` tokens decode a half's eight registers once for all their tokens.
+//!
+//! Where the CPU has AVX-VNNI (`kernel_vnni`), the same source, expanded by a macro with
+//! `avxvnni` enabled, takes the byte dots with `vpdpbusd` straight into i32 (no i16 stage, no
+//! `vpmaddwd`). Its arithmetic is tested through the EVEX-encoded twin (`kernel_vnni_evex`)
+//! on CPUs with AVX512-VNNI, since neither this project's machines nor qemu have AVX-VNNI.
 
 use core::arch::x86_64::*;
 
