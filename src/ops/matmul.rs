@@ -202,44 +202,47 @@ pub fn matmul_packed16(p: &Packed16, kernel: Gemm16Fn, acts: &[Act16], n: usize,
         /// A task's results for one panel; every entry used is written by the kernel first.
         static RES: std::cell::RefCell<Vec<[f32; ROWS]>> = const { std::cell::RefCell::new(Vec::new()) };
     }
-    (0..tasks).into_par_iter().for_each(|task| {
-        RES.with_borrow_mut(|res| {
-            let (g0, g1) = (task * groups / tasks, (task + 1) * groups / tasks);
-            let (r0, r1) = (g0 * ROWS, (g1 * ROWS).min(m));
-            // Sized for this call's panel only, and grown, never refilled: a fresh
-            // 128-token buffer zeroed per task was 8 % of a one-token decode.
-            let need = PANEL.min(n) * (g1 - g0);
-            if res.len() < need {
-                res.resize(need, [0f32; ROWS]);
-            }
-            for t0 in (0..n).step_by(PANEL) {
-                let tn = PANEL.min(n - t0);
-                // res[(g − g0)·tn + t]: group g's sixteen results for token t0 + t.
-                for (g, res) in (g0..g1).zip(res.chunks_exact_mut(tn)) {
-                    kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], res);
+    (0..tasks)
+        .into_par_iter()
+        .with_max_len(super::matmul_k::leaf_tasks(n))
+        .for_each(|task| {
+            RES.with_borrow_mut(|res| {
+                let (g0, g1) = (task * groups / tasks, (task + 1) * groups / tasks);
+                let (r0, r1) = (g0 * ROWS, (g1 * ROWS).min(m));
+                // Sized for this call's panel only, and grown, never refilled: a fresh
+                // 128-token buffer zeroed per task was 8 % of a one-token decode.
+                let need = PANEL.min(n) * (g1 - g0);
+                if res.len() < need {
+                    res.resize(need, [0f32; ROWS]);
                 }
-                for t in 0..tn {
-                    // SAFETY: `out` has n·m elements (asserted above); this task writes
-                    // only out[t·m + r0 .. t·m + r1] for its own rows [r0, r1), and the
-                    // row ranges of different tasks are disjoint.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.at((t0 + t) * m + r0), r1 - r0)
-                    };
-                    // Whole groups as fixed-size copies (two vector moves each): a
-                    // slice copy of 16 floats went through a libc memmove call (8 % of a
-                    // prompt).
-                    let mut groups = dst.chunks_exact_mut(ROWS);
-                    for (i, d) in groups.by_ref().enumerate() {
-                        let d: &mut [f32; ROWS] = d.try_into().expect("chunk of ROWS");
-                        *d = res[i * tn + t];
+                for t0 in (0..n).step_by(PANEL) {
+                    let tn = PANEL.min(n - t0);
+                    // res[(g − g0)·tn + t]: group g's sixteen results for token t0 + t.
+                    for (g, res) in (g0..g1).zip(res.chunks_exact_mut(tn)) {
+                        kernel(p, g, &acts[t0 * nb..(t0 + tn) * nb], res);
                     }
-                    let tail = groups.into_remainder();
-                    if !tail.is_empty() {
-                        let i = (r1 - r0) / ROWS;
-                        tail.copy_from_slice(&res[i * tn + t][..tail.len()]);
+                    for t in 0..tn {
+                        // SAFETY: `out` has n·m elements (asserted above); this task writes
+                        // only out[t·m + r0 .. t·m + r1] for its own rows [r0, r1), and the
+                        // row ranges of different tasks are disjoint.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.at((t0 + t) * m + r0), r1 - r0)
+                        };
+                        // Whole groups as fixed-size copies (two vector moves each): a
+                        // slice copy of 16 floats went through a libc memmove call (8 % of a
+                        // prompt).
+                        let mut groups = dst.chunks_exact_mut(ROWS);
+                        for (i, d) in groups.by_ref().enumerate() {
+                            let d: &mut [f32; ROWS] = d.try_into().expect("chunk of ROWS");
+                            *d = res[i * tn + t];
+                        }
+                        let tail = groups.into_remainder();
+                        if !tail.is_empty() {
+                            let i = (r1 - r0) / ROWS;
+                            tail.copy_from_slice(&res[i * tn + t][..tail.len()]);
+                        }
                     }
                 }
-            }
-        })
-    });
+            })
+        });
 }
