@@ -1,6 +1,7 @@
-//! The load-time repacked K-quant layouts (quant::repack_k) and their AVX-512 kernel: the
-//! kernel equals the scalar reference bit for bit; the reference equals the canonical
-//! vec_dot (Q4_K / Q6_K against Q8_K) within 1e-6 of the terms' size, on random data (never
+//! The load-time repacked K-quant layouts (quant::repack_k) and their kernels: each kernel
+//! equals the scalar reference bit for bit, for every kind its set lists; the reference
+//! equals the canonical vec_dot (Q4_K / Q5_K / Q6_K / IQ4_XS against Q8_K) within 1e-6 of
+//! the terms' size, on random data (never
 //! zeros), rows not a multiple of four, tokens not a multiple of the tile, k = 256·odd; the
 //! packed matmul equals the blocked matmul within rounding for 1, 3, 8 and 17 tokens and
 //! gives each token the bits it gets alone.
@@ -16,7 +17,14 @@ use ledge::quant::repack_k::{gemm_ref, ActK, GemmKFn, KindK, PackedK};
 use ledge::quant::*;
 use ledge::tensor::TensorView;
 
-const TYPES: [GgmlType; 2] = [GgmlType::Q4_K, GgmlType::Q6_K];
+const TYPES: [GgmlType; 4] = [
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
+];
+/// The kinds of the AVX-512 and NEON kernels.
+const K46: &[KindK] = &[KindK::Q4_K, KindK::Q6_K];
 
 /// Uniform in (-1, 1), never zero; one value in 40 an outlier up to ±60.
 fn data(rng: &mut Rng, n: usize) -> Vec<f32> {
@@ -62,9 +70,17 @@ fn canonical(ty: GgmlType, w: &[u8], k: usize, r: usize, x: &[f32]) -> f32 {
             let b: Vec<BlockQ4K> = bytemuck::pod_collect_to_vec(w);
             <BlockQ4K as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], &xq)
         }
+        GgmlType::Q5_K => {
+            let b: Vec<BlockQ5K> = bytemuck::pod_collect_to_vec(w);
+            <BlockQ5K as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], &xq)
+        }
         GgmlType::Q6_K => {
             let b: Vec<BlockQ6K> = bytemuck::pod_collect_to_vec(w);
             <BlockQ6K as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], &xq)
+        }
+        GgmlType::IQ4_XS => {
+            let b: Vec<BlockIQ4XS> = bytemuck::pod_collect_to_vec(w);
+            <BlockIQ4XS as VecDot>::vec_dot(&b[r * nb..(r + 1) * nb], &xq)
         }
         _ => unreachable!(),
     }
@@ -78,11 +94,8 @@ fn reference_equals_canonical_dot() {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);
             let p = PackedK::from_view(&view).unwrap();
-            let want = match ty {
-                GgmlType::Q4_K => KindK::Q4_K,
-                _ => KindK::Q6_K,
-            };
-            assert_eq!(p.kind, want);
+            assert_eq!(Some(p.kind), KindK::of(ty));
+            assert_eq!(format!("{:?}", p.kind), ty.to_string());
             assert_eq!(p.groups(), m.div_ceil(4));
             let x = data(&mut rng, n * k);
             let a = acts(&x);
@@ -112,17 +125,17 @@ fn reference_equals_canonical_dot() {
 #[test]
 fn avx512_kernel_equals_reference_bits() {
     match ledge::quant::simd::avx512_repack_k::kernel() {
-        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed02),
+        Some(kernel) => kernel_equals_reference_bits(kernel, K46, 0x4b5e_ed02),
         None => eprintln!("no AVX-512 VNNI here: skipped"),
     }
 }
 
-/// The AVX2 kernel (two rows per 256-bit half, tiles of 1..=6 tokens).
+/// The AVX2 kernel (two rows per 256-bit half, tiles of 1..=6 tokens), every kind.
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_kernel_equals_reference_bits() {
     match ledge::quant::simd::avx2_repack_k::kernel() {
-        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed12),
+        Some(kernel) => kernel_equals_reference_bits(kernel, KindK::ALL, 0x4b5e_ed12),
         None => eprintln!("no AVX2 here: skipped"),
     }
 }
@@ -144,7 +157,9 @@ fn avx2_vnni_kernels_equal_reference_bits() {
     );
     for (i, (name, kernel)) in kernels.into_iter().enumerate() {
         match kernel {
-            Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed40 + i as u64),
+            Some(kernel) => {
+                kernel_equals_reference_bits(kernel, KindK::ALL, 0x4b5e_ed40 + i as u64)
+            }
             None => eprintln!("no {name} here: skipped"),
         }
     }
@@ -163,7 +178,7 @@ fn neon_kernel_equals_reference_bits() {
         "a kernel exactly when the CPU has dotprod"
     );
     match kernel {
-        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed22),
+        Some(kernel) => kernel_equals_reference_bits(kernel, K46, 0x4b5e_ed22),
         None => eprintln!("no dotprod here: skipped"),
     }
 }
@@ -183,16 +198,19 @@ fn neon_i8mm_kernel_equals_reference_bits() {
     );
     eprintln!("i8mm K kernel under test: {}", kernel.is_some());
     match kernel {
-        Some(kernel) => kernel_equals_reference_bits(kernel, 0x4b5e_ed32),
+        Some(kernel) => kernel_equals_reference_bits(kernel, K46, 0x4b5e_ed32),
         None => eprintln!("no i8mm here: skipped"),
     }
 }
 
 /// `kernel` against `gemm_ref`, bit for bit: row counts that leave padded groups, token
-/// counts across the kernels' tile sizes, several super-blocks per row.
-fn kernel_equals_reference_bits(kernel: GemmKFn, seed: u64) {
+/// counts across the kernels' tile sizes, several super-blocks per row; the kinds in `kinds`.
+fn kernel_equals_reference_bits(kernel: GemmKFn, kinds: &[KindK], seed: u64) {
     let mut rng = Rng(seed);
     for ty in TYPES {
+        if !kinds.contains(&KindK::of(ty).unwrap()) {
+            continue;
+        }
         for &(k, m, n) in &[
             (256, 3, 1),
             (768, 9, 7),
@@ -235,12 +253,12 @@ fn matmul_k(p: &PackedK, kernel: GemmKFn, amx: bool, x: &[f32], n: usize, out: &
 }
 
 /// The packed matmul against the blocked one (1, 3, 8, 17 tokens; 53 tokens of a long row,
-/// several of `run_groups`' token blocks), and n tokens against each token alone. Runs with the kernel set's packed K kernel and AMX choice (the reference
-/// kernel where the set has none).
+/// several of `run_groups`' token blocks), and n tokens against each token alone. Runs with
+/// the kernel set's packed K kernel and AMX choice (the reference kernel for the kinds the
+/// set has none for).
 #[test]
 fn packed_matmul_equals_blocked_and_single_tokens() {
     let ks = ledge::quant::simd::kernels();
-    let (kernel, amx) = (ks.gemm_k.unwrap_or(gemm_ref), ks.amx_k);
     let mut rng = Rng(0x4b5e_ed03);
     for ((k, m, ns), ty) in [(768, 37, &[1, 3, 8, 17][..]), (256 * 41, 9, &[53][..])]
         .into_iter()
@@ -249,6 +267,10 @@ fn packed_matmul_equals_blocked_and_single_tokens() {
         let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
         let view = TensorView::borrowed("w", ty, vec![k, m], &w);
         let p = PackedK::from_view(&view).unwrap();
+        let (kernel, amx) = match ks.gemm_k {
+            Some(k) if ks.k_kinds.contains(&p.kind) => (k, ks.amx_k),
+            _ => (gemm_ref as GemmKFn, false),
+        };
         let wf = view.to_f32().unwrap();
         for &n in ns {
             let x = data(&mut rng, n * k);
@@ -293,7 +315,7 @@ fn amx_matmul_matches_reference() {
         return;
     };
     let mut rng = Rng(0x4b5e_ed04);
-    for ty in TYPES {
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
         for &(k, m, n) in &[(256, 16, 32), (768, 37, 49), (1280, 20, 64), (2048, 5, 35)] {
             let w = quantize_to_vec(ty, &data(&mut rng, k * m)).unwrap();
             let view = TensorView::borrowed("w", ty, vec![k, m], &w);

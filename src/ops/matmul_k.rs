@@ -35,7 +35,13 @@ pub fn matmul_packed_k(
     assert_eq!(acts.len(), n * nsb, "packed K matmul: acts are not n×k/256");
     assert_eq!(out.len(), n * m, "packed K matmul: out is not n×m");
     #[cfg(target_arch = "x86_64")]
-    if amx && n >= AMX_MIN_TOKENS {
+    if amx
+        && n >= AMX_MIN_TOKENS
+        && matches!(
+            p.kind,
+            crate::quant::repack_k::KindK::Q4_K | crate::quant::repack_k::KindK::Q6_K
+        )
+    {
         return amx_matmul(p, acts, n, out, kernel);
     }
     #[cfg(not(target_arch = "x86_64"))]

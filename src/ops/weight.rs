@@ -3,7 +3,7 @@
 //! `matmul` runs whichever layout it got with the kernel chosen with it.
 
 use crate::quant::repack16::{Act16, Gemm16Fn, Kind16, Packed16};
-use crate::quant::repack_k::{ActK, GemmKFn, PackedK};
+use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
 use crate::quant::simd::{self, KernelSet};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
@@ -14,7 +14,7 @@ pub enum Weight<'a> {
     Mapped(TensorView<'a>),
     /// Q4_0 / Q4_1 / Q5_0 / Q8_0 repacked sixteen rows at a time (`quant::repack16`).
     Rows16 { p: Packed16, gemm: Gemm16Fn },
-    /// Q4_K / Q6_K repacked four rows per super-block (`quant::repack_k`); `amx`: prompts
+    /// Q4_K / Q5_K / Q6_K / IQ4_XS repacked four rows per super-block (`quant::repack_k`); `amx`: prompts
     /// take the AMX path.
     K4 {
         p: PackedK,
@@ -35,7 +35,8 @@ impl<'a> Weight<'a> {
             }
         }
         if let Some(gemm) = ks.gemm_k {
-            if let Some(p) = PackedK::from_view(&view) {
+            let kind = KindK::of(view.ty).filter(|k| ks.k_kinds.contains(k));
+            if let Some(p) = kind.and_then(|_| PackedK::from_view(&view)) {
                 return Weight::K4 {
                     p,
                     gemm,

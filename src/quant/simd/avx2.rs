@@ -31,6 +31,7 @@ pub fn kernels() -> Option<KernelSet> {
         name: "avx2",
         gemm16: super::avx2_repack16::kernel(),
         gemm_k: super::avx2_repack_k::kernel(),
+        k_kinds: KindK::ALL,
         prefetch_lines_k: super::prefetch_k().lines,
         attn: super::avx2_attn::usable().then_some(AttnKernel {
             name: "avx2",
@@ -78,6 +79,7 @@ pub fn vnni_kernels() -> Option<KernelSet> {
         name: "avx2-vnni",
         gemm16: Some(super::avx2_repack16::kernel_vnni()?),
         gemm_k: Some(super::avx2_repack_k::kernel_vnni()?),
+        k_kinds: KindK::ALL,
         ..avx2
     })
 }

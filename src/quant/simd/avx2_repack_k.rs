@@ -142,6 +142,32 @@ fn spread16x2(v: __m256i, e: usize) -> __m256i {
     )
 }
 
+/// i16 element `e` (< 8) of each 128-bit lane, in all eight of that lane's.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn spread16(v: __m256i, e: usize) -> __m256i {
+    let w = ((2 * e as i16 + 1) << 8) | (2 * e as i16);
+    _mm256_shuffle_epi8(v, _mm256_set1_epi16(w))
+}
+
+/// Bit B of each byte of `h`, moved to bit 4 (Q5_K's fifth bits, `repack_k`'s lines 9-10).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn fifth<const B: i32>(h: __m256i) -> __m256i {
+    // Shifts within 16-bit lanes: bit 4 of each byte comes from the same byte (B < 8).
+    let v = match B {
+        0 => _mm256_slli_epi16::<4>(h),
+        1 => _mm256_slli_epi16::<3>(h),
+        2 => _mm256_slli_epi16::<2>(h),
+        3 => _mm256_slli_epi16::<1>(h),
+        4 => h,
+        5 => _mm256_srli_epi16::<1>(h),
+        6 => _mm256_srli_epi16::<2>(h),
+        _ => _mm256_srli_epi16::<3>(h),
+    };
+    _mm256_and_si256(v, _mm256_set1_epi8(0x10))
+}
+
 /// The two rows' f16 values, each in four lanes: [a a a a | b b b b].
 ///
 /// # Safety
@@ -191,8 +217,10 @@ macro_rules! k_kernels {
             use core::arch::x86_64::*;
 
             use super::{
-                bcast16, finish, half, line16, pair_f32, prefetch_ahead, spread16x2, TILE,
+                bcast16, fifth, finish, half, line16, pair_f32, prefetch_ahead, spread16,
+                spread16x2, TILE,
             };
+            use crate::quant::iq4::KVALUES_IQ4NL;
             use crate::quant::line64::Line64;
             use crate::quant::repack_k::{ActK, KindK, PackedK};
 
@@ -222,38 +250,30 @@ macro_rules! k_kernels {
             let nl = p.kind.lines();
             let d = &p.d[g * nsb..(g + 1) * nsb];
             let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
-            let m = match p.kind {
-                KindK::Q4_K => &p.m[g * nsb..(g + 1) * nsb],
-                KindK::Q6_K => &[][..],
+            let m = if p.kind.has_min() {
+                &p.m[g * nsb..(g + 1) * nsb]
+            } else {
+                &[][..]
             };
             for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
                 // One token: both row pairs in one pass (each line read once, each activation
                 // broadcast once). Tiles: a pair at a time, to keep the per-token sums in registers.
                 if o.len() == 1 {
-                    // SAFETY: the kernel's constructor checked the module's features; d, m: nsb entries of this group, qs:
-                    // 9·nsb (Q4_K) or 13·nsb (Q6_K) lines, chunk: nsb blocks (checked above).
-                    unsafe {
-                        match p.kind {
-                            KindK::Q4_K => tile_q4_k::<1, 2>(0, d, m, qs, chunk, o),
-                            KindK::Q6_K => tile_q6_k::<1, 2>(0, d, qs, chunk, o),
-                        }
-                    }
+                    // SAFETY: the kernel's constructor checked the module's features; d, m: nsb
+                    // entries of this group (m empty without mins), qs: lines·nsb, chunk: nsb
+                    // blocks (checked above).
+                    unsafe { tile::<1, 2>(p.kind, 0, d, m, qs, chunk, o) };
                     continue;
                 }
                 for pair in 0..2 {
                     // SAFETY (every arm): as above, with t·nsb activation blocks.
                     unsafe {
-                        match (p.kind, o.len()) {
-                            (KindK::Q4_K, 2) => tile_q4_k::<2, 1>(pair, d, m, qs, chunk, o),
-                            (KindK::Q4_K, 3) => tile_q4_k::<3, 1>(pair, d, m, qs, chunk, o),
-                            (KindK::Q4_K, 4) => tile_q4_k::<4, 1>(pair, d, m, qs, chunk, o),
-                            (KindK::Q4_K, 5) => tile_q4_k::<5, 1>(pair, d, m, qs, chunk, o),
-                            (KindK::Q4_K, 6) => tile_q4_k::<6, 1>(pair, d, m, qs, chunk, o),
-                            (KindK::Q6_K, 2) => tile_q6_k::<2, 1>(pair, d, qs, chunk, o),
-                            (KindK::Q6_K, 3) => tile_q6_k::<3, 1>(pair, d, qs, chunk, o),
-                            (KindK::Q6_K, 4) => tile_q6_k::<4, 1>(pair, d, qs, chunk, o),
-                            (KindK::Q6_K, 5) => tile_q6_k::<5, 1>(pair, d, qs, chunk, o),
-                            (KindK::Q6_K, 6) => tile_q6_k::<6, 1>(pair, d, qs, chunk, o),
+                        match o.len() {
+                            2 => tile::<2, 1>(p.kind, pair, d, m, qs, chunk, o),
+                            3 => tile::<3, 1>(p.kind, pair, d, m, qs, chunk, o),
+                            4 => tile::<4, 1>(p.kind, pair, d, m, qs, chunk, o),
+                            5 => tile::<5, 1>(p.kind, pair, d, m, qs, chunk, o),
+                            6 => tile::<6, 1>(p.kind, pair, d, m, qs, chunk, o),
                             _ => unreachable!("K tiles hold 2..=6 tokens"),
                         }
                     }
@@ -261,14 +281,40 @@ macro_rules! k_kernels {
             }
         }
 
-        /// Q4_K, the row pairs pair0 .. pair0 + NP of a four-row group (rows 2·pair, 2·pair + 1),
-        /// against T tokens.
+        /// The tile of `kind`.
         ///
         /// # Safety
-        /// The module's features; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows;
-        /// pair0 + NP ≤ 2.
+        /// As the kinds' tiles.
+        #[inline]
         #[target_feature(enable = $feat)]
-        unsafe fn tile_q4_k<const T: usize, const NP: usize>(
+        unsafe fn tile<const T: usize, const NP: usize>(
+            kind: KindK,
+            pair0: usize,
+            d: &[[half::f16; 4]],
+            m: &[[half::f16; 4]],
+            qs: &[Line64],
+            acts: &[ActK],
+            out: &mut [[f32; 4]],
+        ) {
+            // SAFETY: the caller's contract.
+            unsafe {
+                match kind {
+                    KindK::Q4_K => tile_q4_k::<T, NP, false>(pair0, d, m, qs, acts, out),
+                    KindK::Q5_K => tile_q4_k::<T, NP, true>(pair0, d, m, qs, acts, out),
+                    KindK::Q6_K => tile_q6_k::<T, NP>(pair0, d, qs, acts, out),
+                    KindK::IQ4_XS => tile_iq4_xs::<T, NP>(pair0, d, qs, acts, out),
+                }
+            }
+        }
+
+        /// Q4_K (Q5_K where `Q5`), the row pairs pair0 .. pair0 + NP of a four-row group (rows
+        /// 2·pair, 2·pair + 1), against T tokens.
+        ///
+        /// # Safety
+        /// The module's features; d and m hold nsb entries, qs 9·nsb lines (Q5_K 11·nsb), acts
+        /// T·nsb blocks, out T rows; pair0 + NP ≤ 2.
+        #[target_feature(enable = $feat)]
+        unsafe fn tile_q4_k<const T: usize, const NP: usize, const Q5: bool>(
             pair0: usize,
             d: &[[half::f16; 4]],
             m: &[[half::f16; 4]],
@@ -277,13 +323,14 @@ macro_rules! k_kernels {
             out: &mut [[f32; 4]],
         ) {
             let nsb = d.len();
-            assert!(m.len() == nsb && qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+            let nl = if Q5 { 11 } else { 9 };
+            assert!(m.len() == nsb && qs.len() == nl * nsb && acts.len() == T * nsb && out.len() == T);
             assert!(pair0 + NP <= 2);
             let m4 = _mm256_set1_epi8(0x0F);
             let mut acc = [[_mm256_setzero_ps(); T]; NP];
             for sb in 0..nsb {
-                let l = &qs[9 * sb..9 * sb + 9];
-                prefetch_ahead(qs, 9 * sb, 9);
+                let l = &qs[nl * sb..nl * sb + nl];
+                prefetch_ahead(qs, nl * sb, nl);
                 // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
                 // Each pair's sub-block scales as i16: [a's 8 | b's 8].
                 let sc: [__m256i; NP] = core::array::from_fn(|i| {
@@ -301,14 +348,24 @@ macro_rules! k_kernels {
                         for i in 0..NP {
                             let xe = unsafe { half(&l[2 * $j], pair0 + i) };
                             let xo = unsafe { half(&l[2 * $j + 1], pair0 + i) };
-                            let (lo_e, hi_e) = (
+                            let (mut lo_e, mut hi_e) = (
                                 _mm256_and_si256(xe, m4),
                                 _mm256_and_si256(_mm256_srli_epi16(xe, 4), m4),
                             );
-                            let (lo_o, hi_o) = (
+                            let (mut lo_o, mut hi_o) = (
                                 _mm256_and_si256(xo, m4),
                                 _mm256_and_si256(_mm256_srli_epi16(xo, 4), m4),
                             );
+                            if Q5 {
+                                // The fifth bits of chunks 2j and 2j + 1, moved to bit 4 (the
+                                // stored values reach 31: a pair of pair sums, eight products,
+                                // is at most 8·31·128, still within i16).
+                                let hb = unsafe { half(&l[9 + $j / 2], pair0 + i) };
+                                lo_e = _mm256_or_si256(lo_e, fifth::<{ 2 * ((2 * $j) % 4) }>(hb));
+                                hi_e = _mm256_or_si256(hi_e, fifth::<{ 2 * ((2 * $j) % 4) + 1 }>(hb));
+                                lo_o = _mm256_or_si256(lo_o, fifth::<{ 2 * ((2 * $j + 1) % 4) }>(hb));
+                                hi_o = _mm256_or_si256(hi_o, fifth::<{ 2 * ((2 * $j + 1) % 4) + 1 }>(hb));
+                            }
                             let s = spread16x2(sc[i], 2 * $j);
                             for t in 0..T {
                                 if VNNI {
@@ -472,6 +529,95 @@ macro_rules! k_kernels {
                         let v = _mm256_sub_epi32(isum[i][t], _mm256_slli_epi32(ioff, 5));
                         let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a.d));
                         acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd, acc[i][t]);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (o, &a) in out.iter_mut().zip(acc) {
+                    finish(a, pair0 + i, o);
+                }
+            }
+        }
+
+        /// IQ4_XS, the row pairs pair0 .. pair0 + NP of a four-row group, against T tokens. The
+        /// levels come from a 16-byte table (`vpshufb`); each chunk's low and high sixteens give
+        /// pair sums |w|·(a with w's sign) (`vpsignb`: exact, as the quants are within ±127, so
+        /// at most 2·127·127 each), multiplied by the sub-block's scale into the lanes of
+        /// `gemm_ref` (`vpmaddwd`). The same in every expansion: `vpdpbusd`'s four-product sums
+        /// would overflow the i16 that `vpdpwssd` takes.
+        ///
+        /// # Safety
+        /// The module's features; d holds nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T
+        /// rows; pair0 + NP ≤ 2.
+        #[target_feature(enable = $feat)]
+        unsafe fn tile_iq4_xs<const T: usize, const NP: usize>(
+            pair0: usize,
+            d: &[[half::f16; 4]],
+            qs: &[Line64],
+            acts: &[ActK],
+            out: &mut [[f32; 4]],
+        ) {
+            let nsb = d.len();
+            assert!(qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+            assert!(pair0 + NP <= 2);
+            let m4 = _mm256_set1_epi8(0x0F);
+            // SAFETY: the table is 16 bytes.
+            let tbl = _mm256_broadcastsi128_si256(unsafe {
+                _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i)
+            });
+            let mut acc = [[_mm256_setzero_ps(); T]; NP];
+            for sb in 0..nsb {
+                let l = &qs[9 * sb..9 * sb + 9];
+                prefetch_ahead(qs, 9 * sb, 9);
+                let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
+                // SAFETY (loads below): AVX2 (this function's features); offsets within the lines.
+                // Each pair's sub-block scales (i8) as i16: [a's 8 | b's 8].
+                let sc: [__m256i; NP] = core::array::from_fn(|i| {
+                    _mm256_cvtepi8_epi16(unsafe { line16(&l[8], 16 * (pair0 + i)) })
+                });
+                let mut isum = [[_mm256_setzero_si256(); T]; NP];
+                macro_rules! chunk {
+                    ($c:literal) => {
+                        for i in 0..NP {
+                            let x = unsafe { half(&l[$c], pair0 + i) };
+                            let lo = _mm256_shuffle_epi8(tbl, _mm256_and_si256(x, m4));
+                            let hi = _mm256_shuffle_epi8(
+                                tbl,
+                                _mm256_and_si256(_mm256_srli_epi16(x, 4), m4),
+                            );
+                            let (alo, ahi) = (_mm256_abs_epi8(lo), _mm256_abs_epi8(hi));
+                            let s = spread16(sc[i], $c);
+                            for t in 0..T {
+                                let pl = _mm256_maddubs_epi16(
+                                    alo,
+                                    _mm256_sign_epi8(bcast16(a[t], 32 * $c), lo),
+                                );
+                                let ph = _mm256_maddubs_epi16(
+                                    ahi,
+                                    _mm256_sign_epi8(bcast16(a[t], 32 * $c + 16), hi),
+                                );
+                                isum[i][t] = _mm256_add_epi32(
+                                    isum[i][t],
+                                    _mm256_add_epi32(_mm256_madd_epi16(pl, s), _mm256_madd_epi16(ph, s)),
+                                );
+                            }
+                        }
+                    };
+                }
+                chunk!(0);
+                chunk!(1);
+                chunk!(2);
+                chunk!(3);
+                chunk!(4);
+                chunk!(5);
+                chunk!(6);
+                chunk!(7);
+                for i in 0..NP {
+                    // SAFETY: AVX2, F16C (this function's features).
+                    let dw = unsafe { pair_f32(&d[sb], pair0 + i) };
+                    for t in 0..T {
+                        let dd = _mm256_mul_ps(dw, _mm256_set1_ps(a[t].d));
+                        acc[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i][t]), dd, acc[i][t]);
                     }
                 }
             }

@@ -34,6 +34,11 @@ pub fn kernel() -> Option<GemmKFn> {
 
 /// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
 fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
+    if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
+        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
+        // only a direct caller gets here.
+        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
+    }
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),

@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 
 use super::repack16::Gemm16Fn;
-use super::repack_k::GemmKFn;
+use super::repack_k::{GemmKFn, KindK};
 use super::*;
 
 // Only x86 sets have tile kernels so far; the types are part of `AttnKernel` everywhere.
@@ -217,9 +217,11 @@ pub struct KernelSet {
     /// The sixteen-row GEMM (`quant::repack16`): where `Some`, Q4_0, Q4_1, Q5_0 and Q8_0
     /// weights are repacked to that layout at load time.
     pub gemm16: Option<Gemm16Fn>,
-    /// The four-row K GEMM (`quant::repack_k`): where `Some`, Q4_K and Q6_K weights are
-    /// repacked at load time.
+    /// The four-row K GEMM (`quant::repack_k`): where `Some`, weights of the kinds in
+    /// `k_kinds` are repacked at load time.
     pub gemm_k: Option<GemmKFn>,
+    /// The weight kinds `gemm_k` has kernels for (others fall back to the reference).
+    pub k_kinds: &'static [KindK],
     /// Whether prompts over the K layouts use AMX (`simd::avx512_amx_k`).
     pub amx_k: bool,
     /// Whether `gemm16` is an AMX kernel (for `describe`).
@@ -269,6 +271,7 @@ pub const SCALAR: KernelSet = KernelSet {
     name: "scalar",
     gemm16: None,
     gemm_k: None,
+    k_kinds: &[],
     amx_k: false,
     amx16: false,
     attn: None,

@@ -40,6 +40,11 @@ pub fn kernel() -> Option<GemmKFn> {
 /// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
 fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     assert!(supported(), "i8mm K kernel on a CPU without i8mm");
+    if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
+        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
+        // only a direct caller gets here.
+        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
+    }
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),
@@ -52,7 +57,7 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
     let m = match p.kind {
         KindK::Q4_K => &p.m[g * nsb..(g + 1) * nsb],
-        KindK::Q6_K => &[][..],
+        _ => &[][..],
     };
     for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
         let pairs = o.len() / 2;
@@ -80,6 +85,7 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
                     match p.kind {
                         KindK::Q4_K => neon_repack_k::row_q4_k::<1>(r, d, m, qs, co, oo),
                         KindK::Q6_K => neon_repack_k::row_q6_k::<1>(r, d, qs, co, oo),
+                        _ => unreachable!("only Q4_K and Q6_K get here (checked above)"),
                     }
                 }
             }

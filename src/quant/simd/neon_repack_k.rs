@@ -37,6 +37,11 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
         std::arch::is_aarch64_feature_detected!("dotprod"),
         "neon K kernel on a CPU without dotprod"
     );
+    if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
+        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
+        // only a direct caller gets here.
+        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
+    }
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),
@@ -49,7 +54,7 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
     let m = match p.kind {
         KindK::Q4_K => &p.m[g * nsb..(g + 1) * nsb],
-        KindK::Q6_K => &[][..],
+        _ => &[][..],
     };
     for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
         for r in 0..4 {
