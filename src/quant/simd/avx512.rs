@@ -35,7 +35,7 @@ pub fn kernels() -> Vec<KernelSet> {
         name: "avx512-vnni",
         gemm16: super::avx512_repack16::vnni_kernel(),
         gemm_k: super::avx512_repack_k::kernel(),
-        k_kinds: &[KindK::Q4_K, KindK::Q6_K],
+        k_kinds: KindK::ALL,
         amx_k: false,
         amx16: false,
         attn,

@@ -6,12 +6,15 @@
 //! sub-block's (Q4_K) or sixteen's (Q6_K) 4-byte dots, which fit i16; `vpackssdw` pairs two
 //! of them and `vpdpwssd` with the rows' sub-block scales accumulates sixteen exact i32 lanes
 //! per token; the min / offset terms and the f32 scaling happen once per super-block. The weights are decoded
-//! once per tile of tokens. `repack_k::gemm_ref` does the same arithmetic in scalar and
-//! equals this bit for bit.
+//! once per tile of tokens. Q5_K is Q4_K with the fifth bits ORed in (eight products still
+//! fit i16). IQ4_XS takes its levels from a table (`vpshufb`) and, as the AVX2 kernel,
+//! `vpmaddubsw` of |w| with the activations given w's sign, then `vpmaddwd` with the scales.
+//! `repack_k::gemm_ref` does the same arithmetic in scalar and equals this bit for bit.
 
 use core::arch::x86_64::*;
 
 use super::{prefetch, prefetch_k, prefetch_l2};
+use crate::quant::iq4::KVALUES_IQ4NL;
 use crate::quant::line64::Line64;
 use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
 
@@ -34,11 +37,6 @@ pub fn kernel() -> Option<GemmKFn> {
 
 /// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
 fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
-    if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
-        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
-        // only a direct caller gets here.
-        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
-    }
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),
@@ -56,7 +54,19 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
                     $((KindK::Q4_K, $t) => {
                         // SAFETY: `kernel()` checked the features; d, m: nsb entries of this
                         // group, qs: 9·nsb lines, chunk: t·nsb (checked above).
-                        unsafe { tile_q4_k::<$t>(d, &p.m[g * nsb..(g + 1) * nsb], qs, chunk, o) }
+                        unsafe {
+                            tile_q4_k::<$t, false>(d, &p.m[g * nsb..(g + 1) * nsb], qs, chunk, o)
+                        }
+                    })*
+                    $((KindK::Q5_K, $t) => {
+                        // SAFETY: as above, with 11·nsb lines.
+                        unsafe {
+                            tile_q4_k::<$t, true>(d, &p.m[g * nsb..(g + 1) * nsb], qs, chunk, o)
+                        }
+                    })*
+                    $((KindK::IQ4_XS, $t) => {
+                        // SAFETY: as above, with 9·nsb lines and no mins.
+                        unsafe { tile_iq4_xs::<$t>(d, qs, chunk, o) }
                     })*
                     $((KindK::Q6_K, $t) => {
                         // SAFETY: as above, with 13·nsb lines.
@@ -171,13 +181,13 @@ fn pair_dot(isum: __m512i, w: [__m512i; 4], a: &ActK, at: usize, sc: __m512i) ->
     dpwssd(isum, _mm512_packs_epi32(s0, s1), sc)
 }
 
-/// T tokens of one Q4_K group.
+/// T tokens of one Q4_K group (Q5_K where `Q5`).
 ///
 /// # Safety
 /// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `d`, `m` hold nsb entries,
-/// `qs` 9·nsb lines, `acts` T·nsb, `out` T.
+/// `qs` 9·nsb lines (Q5_K 11·nsb), `acts` T·nsb, `out` T.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn tile_q4_k<const T: usize>(
+unsafe fn tile_q4_k<const T: usize, const Q5: bool>(
     d: &[[half::f16; 4]],
     m: &[[half::f16; 4]],
     qs: &[Line64],
@@ -185,19 +195,22 @@ unsafe fn tile_q4_k<const T: usize>(
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
+    let nl = if Q5 { 11 } else { 9 };
+    assert!(qs.len() == nl * nsb && m.len() == nsb);
     let pf = prefetch_k();
     let m4 = _mm512_set1_epi8(0x0F);
+    let m10 = _mm512_set1_epi8(0x10);
     let mut acc = [_mm512_setzero_ps(); T];
     for sb in 0..nsb {
         if T == 1 {
-            let at = qs.as_ptr().wrapping_add(9 * sb + pf.lines);
+            let at = qs.as_ptr().wrapping_add(nl * sb + pf.lines);
             if pf.l2 {
-                prefetch_l2(at, 9);
+                prefetch_l2(at, nl);
             } else {
-                prefetch(at, 9);
+                prefetch(at, nl);
             }
         }
-        let l = &qs[9 * sb..9 * sb + 9];
+        let l = &qs[nl * sb..nl * sb + nl];
         // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales, 32..64 the mins.
         let (scales, mins) = unsafe {
             let p = l[8].0.as_ptr() as *const __m256i;
@@ -215,12 +228,34 @@ unsafe fn tile_q4_k<const T: usize>(
                     _mm512_load_si512(l[2 * pair + 1].0.as_ptr() as *const __m512i),
                 )
             };
-            let w = [
+            let mut w = [
                 _mm512_and_si512(w0, m4),
                 _mm512_and_si512(_mm512_srli_epi16(w0, 4), m4),
                 _mm512_and_si512(w1, m4),
                 _mm512_and_si512(_mm512_srli_epi16(w1, 4), m4),
             ];
+            if Q5 {
+                // Chunks 2·pair and 2·pair + 1's fifth bits are bits 4·(pair % 2) + 0..4 of
+                // line 9 + pair / 2: brought to bits 0..4, then each to bit 4. (The 16-bit
+                // shifts move bits within each byte where it matters: bits 0..4 after the
+                // first, bit 4 after the second.)
+                // SAFETY: as above.
+                let hb = unsafe { _mm512_load_si512(l[9 + pair / 2].0.as_ptr() as *const __m512i) };
+                let hb = if pair % 2 == 1 {
+                    _mm512_srli_epi16(hb, 4)
+                } else {
+                    hb
+                };
+                let bits = [
+                    _mm512_slli_epi16(hb, 4),
+                    _mm512_slli_epi16(hb, 3),
+                    _mm512_slli_epi16(hb, 2),
+                    _mm512_slli_epi16(hb, 1),
+                ];
+                for (w, b) in w.iter_mut().zip(bits) {
+                    *w = _mm512_or_si512(*w, _mm512_and_si512(b, m10));
+                }
+            }
             let sc = _mm512_permutexvar_epi16(pair_idx(2 * pair as i16), scales);
             for (t, isum) in isum.iter_mut().enumerate() {
                 *isum = pair_dot(*isum, w, &acts[t * nsb + sb], 64 * pair, sc);
@@ -338,4 +373,79 @@ fn six_dot(isum: __m512i, w: [__m512i; 2], a: &ActK, at: usize, sc: __m512i) -> 
     let s0 = dpbusd(z, w[0], bcast16(a, at));
     let s1 = dpbusd(z, w[1], bcast16(a, at + 16));
     dpwssd(isum, _mm512_packs_epi32(s0, s1), sc)
+}
+
+/// T tokens of one IQ4_XS group: per chunk, the levels of both sixteens from the table,
+/// their magnitudes, and the masks of the negative ones; per token, the activations given
+/// the weights' signs (`vpsubb` under the mask: exact, the quants are within ±127),
+/// `vpmaddubsw` with the magnitudes (pairs at most 2·127·127) and `vpmaddwd` with the chunk's
+/// scale, into `gemm_ref`'s lanes.
+///
+/// # Safety
+/// As `tile_q4_k`, with 9·nsb lines in `qs` and no `m`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn tile_iq4_xs<const T: usize>(
+    d: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActK],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    assert!(qs.len() == 9 * nsb);
+    let pf = prefetch_k();
+    let m4 = _mm512_set1_epi8(0x0F);
+    let z = _mm512_setzero_si512();
+    // SAFETY: the table is 16 bytes.
+    let tbl = _mm512_broadcast_i32x4(unsafe {
+        _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i)
+    });
+    // Chunk c's scale index per i16 element: 8r + c in all eight of lane r.
+    let spread: [__m512i; 8] = core::array::from_fn(|c| {
+        let idx: [i16; 32] = core::array::from_fn(|e| (8 * (e / 8) + c) as i16);
+        // SAFETY: 64 readable bytes.
+        unsafe { _mm512_loadu_si512(idx.as_ptr() as *const __m512i) }
+    });
+    let mut acc = [_mm512_setzero_ps(); T];
+    for sb in 0..nsb {
+        if T == 1 {
+            let at = qs.as_ptr().wrapping_add(9 * sb + pf.lines);
+            if pf.l2 {
+                prefetch_l2(at, 9);
+            } else {
+                prefetch(at, 9);
+            }
+        }
+        let l = &qs[9 * sb..9 * sb + 9];
+        // SAFETY: a Line64 is 64 bytes aligned to 64; bytes 0..32 the scales, [8r + c].
+        let scales =
+            _mm512_cvtepi8_epi16(unsafe { _mm256_load_si256(l[8].0.as_ptr() as *const __m256i) });
+        let mut isum = [_mm512_setzero_si512(); T];
+        for (c, spread) in spread.iter().enumerate() {
+            // SAFETY: as above.
+            let w = unsafe { _mm512_load_si512(l[c].0.as_ptr() as *const __m512i) };
+            let lo = _mm512_shuffle_epi8(tbl, _mm512_and_si512(w, m4));
+            let hi = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(w, 4), m4));
+            let (nlo, nhi) = (_mm512_movepi8_mask(lo), _mm512_movepi8_mask(hi));
+            let (alo, ahi) = (_mm512_abs_epi8(lo), _mm512_abs_epi8(hi));
+            let sc = _mm512_permutexvar_epi16(*spread, scales);
+            for (t, isum) in isum.iter_mut().enumerate() {
+                let a = &acts[t * nsb + sb];
+                let (al, ah) = (bcast16(a, 32 * c), bcast16(a, 32 * c + 16));
+                let pl = _mm512_maddubs_epi16(alo, _mm512_mask_sub_epi8(al, nlo, z, al));
+                let ph = _mm512_maddubs_epi16(ahi, _mm512_mask_sub_epi8(ah, nhi, z, ah));
+                *isum = _mm512_add_epi32(
+                    *isum,
+                    _mm512_add_epi32(_mm512_madd_epi16(pl, sc), _mm512_madd_epi16(ph, sc)),
+                );
+            }
+        }
+        let dw = rows_f32(&d[sb]);
+        for (t, acc) in acc.iter_mut().enumerate() {
+            let dy = _mm512_set1_ps(acts[t * nsb + sb].d);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(dw, dy), *acc);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = finish(a);
+    }
 }

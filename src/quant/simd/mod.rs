@@ -444,12 +444,17 @@ impl KernelSet {
         };
         s += &format!("matmul Q4_0 Q4_1 Q5_0 Q8_0: {l16}\n");
         let lk = match (self.gemm_k.is_some(), self.amx_k) {
-            (true, true) => "four-row K repacked GEMM, AMX for prompts",
+            (true, true) => "four-row K repacked GEMM, AMX for Q4_K and Q6_K prompts",
             (true, false) => "four-row K repacked GEMM",
             (false, _) if self.gemm8_q4_k.is_some() => "GGUF blocks, eight-token tiles + dots",
             (false, _) => "GGUF blocks, dots",
         };
-        s += &format!("matmul Q4_K Q6_K: {lk}\n");
+        if self.gemm_k.is_some() {
+            let names: Vec<String> = self.k_kinds.iter().map(|k| format!("{k:?}")).collect();
+            s += &format!("matmul {}: {lk}\n", names.join(" "));
+        } else {
+            s += &format!("matmul Q4_K Q6_K: {lk}\n");
+        }
         let lo = if self.gemm8_q5_1.is_some() {
             "GGUF blocks, eight-token tiles + dots"
         } else {

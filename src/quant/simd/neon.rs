@@ -76,7 +76,7 @@ pub fn dotprod_kernels() -> Option<KernelSet> {
         name: "neon-dotprod",
         gemm16: super::neon_repack16::kernel(),
         gemm_k: super::neon_repack_k::kernel(),
-        k_kinds: &[KindK::Q4_K, KindK::Q6_K],
+        k_kinds: KindK::ALL,
         q4_0: dotprod::q4_0,
         q4_1: dotprod::q4_1,
         q5_0: dotprod::q5_0,
@@ -101,7 +101,7 @@ pub fn i8mm_kernels() -> Option<KernelSet> {
         name: "neon-i8mm",
         gemm16: Some(super::neon_i8mm::kernel()?),
         gemm_k: Some(super::neon_i8mm_k::kernel()?),
-        k_kinds: &[KindK::Q4_K, KindK::Q6_K],
+        k_kinds: KindK::ALL,
         ..dotprod
     })
 }

@@ -41,9 +41,8 @@ pub fn kernel() -> Option<GemmKFn> {
 fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     assert!(supported(), "i8mm K kernel on a CPU without i8mm");
     if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
-        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
-        // only a direct caller gets here.
-        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
+        // No `smmla` kernels for Q5_K and IQ4_XS yet: the DotProd ones.
+        return neon_repack_k::gemm(p, g, acts, out);
     }
     let nsb = p.k / 256;
     assert_eq!(
@@ -83,7 +82,7 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
                 // SAFETY: as above, with co: nsb blocks and oo one row; r < 4.
                 unsafe {
                     match p.kind {
-                        KindK::Q4_K => neon_repack_k::row_q4_k::<1>(r, d, m, qs, co, oo),
+                        KindK::Q4_K => neon_repack_k::row_q4_k::<1, false>(r, d, m, qs, co, oo),
                         KindK::Q6_K => neon_repack_k::row_q6_k::<1>(r, d, qs, co, oo),
                         _ => unreachable!("only Q4_K and Q6_K get here (checked above)"),
                     }

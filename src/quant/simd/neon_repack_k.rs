@@ -1,4 +1,5 @@
-//! NEON DotProd kernels over the four-row K-quant layouts of `quant::repack_k` (Q4_K, Q6_K),
+//! NEON DotProd kernels over the four-row K-quant layouts of `quant::repack_k` (Q4_K, Q5_K,
+//! Q6_K, IQ4_XS),
 //! for ARM CPUs with `sdot` (Raspberry Pi 5, Graviton 2+, Apple M): the same integer lanes
 //! and f32 steps as `repack_k::gemm_ref`, bit for bit.
 //!
@@ -9,13 +10,15 @@
 //! Q4_K's even and odd chunks, Q6_K's low and high sixteens, are accumulated apart so that one
 //! pairwise add (`addp`) per super-block lands the sums in `gemm_ref`'s four lanes per row;
 //! the min (Q4_K) and offset (Q6_K) terms come from the activation sums with widening
-//! multiplies and pairwise adds. The weights (nibbles; Q6_K's q + 32 ≤ 63) are non-negative
-//! and fit `sdot`'s signed bytes.
+//! multiplies and pairwise adds. The weights (nibbles; Q5_K's ≤ 31, Q6_K's q + 32 ≤ 63) are
+//! non-negative and fit `sdot`'s signed bytes; IQ4_XS's levels (from a table, `tbl`) are
+//! signed bytes already, so its chunks' two `sdot`s are its lanes, times the scale (`mla`).
 
 use core::arch::aarch64::*;
 
 use super::neon_f16::h2f;
 use super::neon_repack16::sdot;
+use crate::quant::iq4::KVALUES_IQ4NL;
 use crate::quant::line64::Line64;
 use crate::quant::repack_k::{ActK, GemmKFn, KindK, PackedK};
 
@@ -32,16 +35,11 @@ pub fn kernel() -> Option<GemmKFn> {
 }
 
 /// Group `g` of `p` against `out.len()` tokens (`acts`: token-major, k/256 super-blocks each).
-fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
+pub(crate) fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     assert!(
         std::arch::is_aarch64_feature_detected!("dotprod"),
         "neon K kernel on a CPU without dotprod"
     );
-    if !matches!(p.kind, KindK::Q4_K | KindK::Q6_K) {
-        // No kernel for the other kinds here: the set does not list them (`k_kinds`), so
-        // only a direct caller gets here.
-        return crate::quant::repack_k::gemm_ref(p, g, acts, out);
-    }
     let nsb = p.k / 256;
     assert_eq!(
         acts.len(),
@@ -52,9 +50,10 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
     let nl = p.kind.lines();
     let d = &p.d[g * nsb..(g + 1) * nsb];
     let qs = &p.qs[g * nsb * nl..(g + 1) * nsb * nl];
-    let m = match p.kind {
-        KindK::Q4_K => &p.m[g * nsb..(g + 1) * nsb],
-        _ => &[][..],
+    let m = if p.kind.has_min() {
+        &p.m[g * nsb..(g + 1) * nsb]
+    } else {
+        &[][..]
     };
     for (chunk, o) in acts.chunks(TILE * nsb).zip(out.chunks_mut(TILE)) {
         for r in 0..4 {
@@ -64,7 +63,15 @@ fn gemm(p: &PackedK, g: usize, acts: &[ActK], out: &mut [[f32; 4]]) {
                         $((KindK::Q4_K, $t) => {
                             // SAFETY: DotProd asserted above; d, m: nsb entries of this
                             // group, qs: 9·nsb lines, chunk: t·nsb blocks (checked above).
-                            unsafe { row_q4_k::<$t>(r, d, m, qs, chunk, o) }
+                            unsafe { row_q4_k::<$t, false>(r, d, m, qs, chunk, o) }
+                        })*
+                        $((KindK::Q5_K, $t) => {
+                            // SAFETY: as above, with 11·nsb lines.
+                            unsafe { row_q4_k::<$t, true>(r, d, m, qs, chunk, o) }
+                        })*
+                        $((KindK::IQ4_XS, $t) => {
+                            // SAFETY: as above, with 9·nsb lines and no mins.
+                            unsafe { row_iq4_xs::<$t>(r, d, qs, chunk, o) }
                         })*
                         $((KindK::Q6_K, $t) => {
                             // SAFETY: as above, with 13·nsb lines.
@@ -107,12 +114,13 @@ fn finish(acc: float32x4_t) -> f32 {
         + vgetq_lane_f32::<3>(acc)
 }
 
-/// Q4_K, row r of a four-row group, against T tokens.
+/// Q4_K (Q5_K where `Q5`), row r of a four-row group, against T tokens.
 ///
 /// # Safety
-/// DotProd; d and m hold nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows; r < 4.
+/// DotProd; d and m hold nsb entries, qs 9·nsb lines (Q5_K 11·nsb), acts T·nsb blocks, out T
+/// rows; r < 4.
 #[target_feature(enable = "neon,dotprod")]
-pub(crate) unsafe fn row_q4_k<const T: usize>(
+pub(crate) unsafe fn row_q4_k<const T: usize, const Q5: bool>(
     r: usize,
     d: &[[half::f16; 4]],
     m: &[[half::f16; 4]],
@@ -121,12 +129,14 @@ pub(crate) unsafe fn row_q4_k<const T: usize>(
     out: &mut [[f32; 4]],
 ) {
     let nsb = d.len();
-    assert!(m.len() == nsb && qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+    let nl = if Q5 { 11 } else { 9 };
+    assert!(m.len() == nsb && qs.len() == nl * nsb && acts.len() == T * nsb && out.len() == T);
     assert!(r < 4);
     let m4 = vdupq_n_u8(0x0F);
+    let m10 = vdupq_n_u8(0x10);
     let mut acc = [vdupq_n_f32(0.0); T];
     for sb in 0..nsb {
-        let l = &qs[9 * sb..9 * sb + 9];
+        let l = &qs[nl * sb..nl * sb + nl];
         let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
         let sc = &l[8].0[8 * r..8 * r + 8];
         let mut even = [vdupq_n_s32(0); T];
@@ -134,8 +144,17 @@ pub(crate) unsafe fn row_q4_k<const T: usize>(
         for c in 0..8 {
             // SAFETY: r < 4 (asserted).
             let x = unsafe { quarter(&l[c], r) };
-            let lo = vreinterpretq_s8_u8(vandq_u8(x, m4));
-            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(x));
+            let (mut lo, mut hi) = (vandq_u8(x, m4), vshrq_n_u8::<4>(x));
+            if Q5 {
+                // The fifth bits: bit 2(c % 4) (low sixteen) and the next (high), to bit 4
+                // (`vshl` by a negative count shifts right).
+                // SAFETY: r < 4 (asserted).
+                let h = unsafe { quarter(&l[9 + c / 4], r) };
+                let b = 2 * (c % 4) as i8;
+                lo = vorrq_u8(lo, vandq_u8(vshlq_u8(h, vdupq_n_s8(4 - b)), m10));
+                hi = vorrq_u8(hi, vandq_u8(vshlq_u8(h, vdupq_n_s8(3 - b)), m10));
+            }
+            let (lo, hi) = (vreinterpretq_s8_u8(lo), vreinterpretq_s8_u8(hi));
             let s = sc[c] as i32;
             for t in 0..T {
                 let v = sdot(
@@ -263,6 +282,55 @@ pub(crate) unsafe fn row_q6_k<const T: usize>(
             let v = vsubq_s32(isum, vshlq_n_s32::<5>(ioff));
             let dd = vdupq_n_f32(dw * a[t].d);
             acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(v), dd);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        o[r] = finish(a);
+    }
+}
+
+/// IQ4_XS, row r of a four-row group, against T tokens.
+///
+/// # Safety
+/// DotProd; d holds nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T rows; r < 4.
+#[target_feature(enable = "neon,dotprod")]
+pub(crate) unsafe fn row_iq4_xs<const T: usize>(
+    r: usize,
+    d: &[[half::f16; 4]],
+    qs: &[Line64],
+    acts: &[ActK],
+    out: &mut [[f32; 4]],
+) {
+    let nsb = d.len();
+    assert!(qs.len() == 9 * nsb && acts.len() == T * nsb && out.len() == T);
+    assert!(r < 4);
+    let m4 = vdupq_n_u8(0x0F);
+    // SAFETY: the table is 16 bytes.
+    let tbl = unsafe { vld1q_s8(KVALUES_IQ4NL.as_ptr()) };
+    let mut acc = [vdupq_n_f32(0.0); T];
+    for sb in 0..nsb {
+        let l = &qs[9 * sb..9 * sb + 9];
+        let a: [&ActK; T] = core::array::from_fn(|t| &acts[t * nsb + sb]);
+        let mut isum = [vdupq_n_s32(0); T];
+        for c in 0..8 {
+            // SAFETY: r < 4 (asserted).
+            let x = unsafe { quarter(&l[c], r) };
+            let lo = vqtbl1q_s8(tbl, vandq_u8(x, m4));
+            let hi = vqtbl1q_s8(tbl, vshrq_n_u8::<4>(x));
+            let s = l[8].0[8 * r + c] as i8 as i32;
+            for t in 0..T {
+                let v = sdot(
+                    sdot(vdupq_n_s32(0), lo, act16(a[t], 32 * c)),
+                    hi,
+                    act16(a[t], 32 * c + 16),
+                );
+                isum[t] = vmlaq_n_s32(isum[t], v, s);
+            }
+        }
+        let dw = h2f(d[sb][r]);
+        for t in 0..T {
+            let dd = vdupq_n_f32(dw * a[t].d);
+            acc[t] = vfmaq_f32(acc[t], vcvtq_f32_s32(isum[t]), dd);
         }
     }
     for (o, a) in out.iter_mut().zip(acc) {
