@@ -204,7 +204,7 @@ impl Packed16 {
             Kind16::Q5_0 => 0x00,
             Kind16::Q8_0 => 0x80,
         };
-        let mut qs = vec![Line64([pad; 64]); groups * nb * lines];
+        let mut qs = super::line64::filled(groups * nb * lines, pad);
         let has_m = !m.is_empty();
         let has_qh = !qh.is_empty();
         // One group of sixteen rows per task: its slices of d, m, qh and qs.

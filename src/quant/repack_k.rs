@@ -169,7 +169,7 @@ impl PackedK {
         } else {
             Vec::new()
         };
-        let mut qs = vec![Line64([0; 64]); groups * nsb * nl];
+        let mut qs = super::line64::filled(groups * nsb * nl, 0);
         // Each row's super-blocks go to super-block `i`'s lines, row r's lanes.
         let mut each = |f: &mut SbFn| {
             for row in 0..rows {

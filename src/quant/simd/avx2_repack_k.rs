@@ -313,6 +313,7 @@ macro_rules! k_kernels {
         /// # Safety
         /// The module's features; d and m hold nsb entries, qs 9·nsb lines (Q5_K 11·nsb), acts
         /// T·nsb blocks, out T rows; pair0 + NP ≤ 2.
+        #[inline(never)] // each kind and tile its own function, not all four inlined into `tile`
         #[target_feature(enable = $feat)]
         unsafe fn tile_q4_k<const T: usize, const NP: usize, const Q5: bool>(
             pair0: usize,
@@ -427,6 +428,7 @@ macro_rules! k_kernels {
         /// # Safety
         /// The module's features; d holds nsb entries, qs 13·nsb lines, acts T·nsb blocks, out T rows;
         /// pair0 + NP ≤ 2.
+        #[inline(never)] // each kind and tile its own function, not all four inlined into `tile`
         #[target_feature(enable = $feat)]
         unsafe fn tile_q6_k<const T: usize, const NP: usize>(
             pair0: usize,
@@ -549,6 +551,7 @@ macro_rules! k_kernels {
         /// # Safety
         /// The module's features; d holds nsb entries, qs 9·nsb lines, acts T·nsb blocks, out T
         /// rows; pair0 + NP ≤ 2.
+        #[inline(never)] // each kind and tile its own function, not all four inlined into `tile`
         #[target_feature(enable = $feat)]
         unsafe fn tile_iq4_xs<const T: usize, const NP: usize>(
             pair0: usize,
