@@ -36,6 +36,8 @@ pub struct BenchArgs {
     pub reps: usize,
     #[command(flatten)]
     pub threads: Threads,
+    #[command(flatten)]
+    pub lora: super::LoraArgs,
     /// Print JSON instead of the markdown tables.
     #[arg(long)]
     pub json: bool,
@@ -82,7 +84,9 @@ pub fn bench(args: BenchArgs) -> Result<String, Box<dyn std::error::Error>> {
         None
     };
     let file = GgufFile::open(&path)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.lora.apply(&mut model, false)?;
+    let model = model;
     let results = bench::run(
         &model,
         &args.pp,

@@ -42,7 +42,9 @@ pub fn chat(
     args.generation.threads.init();
     crate::quant::simd::init()?;
     let file = GgufFile::open(&path)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.generation.lora.apply(&mut model, false)?;
+    let model = model;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
     if template.is_fallback() {

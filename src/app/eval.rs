@@ -48,6 +48,9 @@ pub struct EvalArgs {
     pub top_k: usize,
     #[command(flatten)]
     pub threads: Threads,
+    /// Adapters for the evaluated model (not the baseline).
+    #[command(flatten)]
+    pub lora: super::LoraArgs,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -114,7 +117,9 @@ pub fn eval(args: EvalArgs) -> Result<String, Box<dyn std::error::Error>> {
     args.threads.init();
     crate::quant::simd::init()?;
     let file = open_gguf(&path)?;
-    let (model, tok) = load(&path, &file)?;
+    let (mut model, tok) = load(&path, &file)?;
+    args.lora.apply(&mut model, false)?;
+    let model = model;
 
     let saved = match &args.baseline_logits {
         Some(p) => Some(SavedLogits::read(p)?),

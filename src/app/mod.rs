@@ -49,6 +49,67 @@ impl ModelArg {
     }
 }
 
+/// `--lora` / `--lora-scale`: LoRA adapters (llama.cpp's GGUF adapter format) applied at
+/// run time.
+#[derive(Args, Clone, Debug)]
+pub struct LoraArgs {
+    /// A LoRA adapter GGUF to apply to the model (repeat for several).
+    #[arg(long = "lora", value_name = "ADAPTER")]
+    pub adapters: Vec<PathBuf>,
+    /// How much of the adapters' deltas to add (1 = as trained, 0 = none).
+    #[arg(long = "lora-scale", value_name = "S", default_value_t = 1.0,
+          allow_negative_numbers = true, value_parser = finite)]
+    pub scale: f32,
+}
+
+impl Default for LoraArgs {
+    fn default() -> Self {
+        LoraArgs {
+            adapters: Vec::new(),
+            scale: 1.0,
+        }
+    }
+}
+
+impl LoraArgs {
+    /// Reads each adapter and attaches it to `model`; says on stderr what was applied
+    /// (and which norm vectors were skipped) where `verbose`.
+    pub fn apply(
+        &self,
+        model: &mut crate::model::Model,
+        verbose: bool,
+    ) -> Result<(), crate::model::lora::LoraError> {
+        for path in &self.adapters {
+            let ad = crate::model::lora::LoraAdapter::open(path)?;
+            let n = model.attach_lora(&ad, self.scale)?;
+            if !ad.skipped.is_empty() {
+                eprintln!(
+                    "note: {}: {} norm vector(s) not applied ({}…), as llama.cpp",
+                    path.display(),
+                    ad.skipped.len(),
+                    ad.skipped[0]
+                );
+            }
+            if verbose {
+                eprintln!(
+                    "lora: {} on {n} matrices (alpha {}, scale {})",
+                    path.display(),
+                    ad.alpha,
+                    self.scale
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn finite(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a finite number")),
+    }
+}
+
 /// `-t/--threads`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct Threads {
@@ -71,6 +132,8 @@ pub struct Generation {
     pub model: ModelArg,
     #[command(flatten)]
     pub threads: Threads,
+    #[command(flatten)]
+    pub lora: LoraArgs,
     /// Context size in tokens (default: the model's, at most 4096).
     #[arg(short, long)]
     pub ctx: Option<usize>,

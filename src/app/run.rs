@@ -42,7 +42,9 @@ pub fn run(args: RunArgs, out: &mut dyn Write) -> Result<(), Box<dyn std::error:
     let kernels = crate::quant::simd::init()?;
     let t0 = Instant::now();
     let file = GgufFile::open(&path)?;
-    let model = Model::load(&file)?;
+    let mut model = Model::load(&file)?;
+    args.generation.lora.apply(&mut model, args.verbose)?;
+    let model = model;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let c = &model.config;
     let ctx = args.generation.ctx_for(c);

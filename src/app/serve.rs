@@ -38,6 +38,8 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     #[command(flatten)]
     pub threads: Threads,
+    #[command(flatten)]
+    pub lora: super::LoraArgs,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub max_body: usize,
@@ -106,6 +108,8 @@ pub fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         max_body: args.max_body,
         max_tokens: args.max_tokens,
         shutdown_grace: Duration::from_secs_f64(args.shutdown_grace),
+        lora: args.lora.adapters.clone(),
+        lora_scale: args.lora.scale,
     };
     // The async side only parses and relays; generation has its own slot threads and the
     // rayon pool, so two runtime threads are plenty.

@@ -7,6 +7,7 @@
 pub mod arch;
 pub mod config;
 pub mod kv_cache;
+pub mod lora;
 pub mod moe;
 pub mod synth;
 
@@ -518,6 +519,100 @@ impl<'a> Model<'a> {
             rope_factors,
             config,
         })
+    }
+
+    /// Every matrix of the model, mutably: each layer's in `matmul_weights` order, then the
+    /// output.
+    fn weights_mut(&mut self) -> Vec<&mut Weight<'a>> {
+        let mut v: Vec<&mut Weight<'a>> = Vec::new();
+        for l in &mut self.layers {
+            let a = &mut l.attn;
+            v.extend([&mut a.wq, &mut a.wk, &mut a.wv, &mut a.wo]);
+            match &mut l.ffn {
+                Ffn::Dense(m) => v.extend([&mut m.gate, &mut m.up, &mut m.down]),
+                Ffn::Experts {
+                    router, experts, ..
+                } => {
+                    v.push(router);
+                    for m in experts {
+                        v.extend([&mut m.gate, &mut m.up, &mut m.down]);
+                    }
+                }
+            }
+        }
+        v.push(&mut self.output);
+        v
+    }
+
+    /// Attaches every pair of `adapter`, scaled by `scale`, to the matrices it adapts; returns
+    /// how many matrices got one. Everything is checked before anything is attached, so an
+    /// error leaves the model as it was.
+    pub fn attach_lora(
+        &mut self,
+        adapter: &lora::LoraAdapter,
+        scale: f32,
+    ) -> Result<usize, lora::LoraError> {
+        let path = || adapter.path.clone();
+        let arch = self.config.arch.name();
+        if adapter.arch != arch {
+            return Err(lora::LoraError::ArchMismatch {
+                path: path(),
+                adapter: adapter.arch.clone(),
+                model: arch.to_string(),
+            });
+        }
+        let mut ws = self.weights_mut();
+        let parts = lora::parts_of(
+            ws.iter()
+                .enumerate()
+                .map(|(i, w)| (i, w.name.as_str(), w.shape.1)),
+        );
+        let mut plan: Vec<(usize, lora::LoraDelta)> = Vec::new();
+        for pair in &adapter.pairs {
+            let unsupported = |why| lora::LoraError::Unsupported {
+                path: path(),
+                name: pair.base.clone(),
+                why,
+            };
+            if pair.base == "token_embd.weight" {
+                return Err(unsupported(
+                    "adapters of the token embedding are not applied",
+                ));
+            }
+            if pair.base.contains("_exps.") {
+                return Err(unsupported("adapters of expert stacks are not applied"));
+            }
+            let Some(ps) = parts.get(&pair.base) else {
+                return Err(lora::LoraError::NoBaseTensor {
+                    path: path(),
+                    name: pair.base.clone(),
+                });
+            };
+            let rows: usize = ps.iter().map(|p| p.2).sum();
+            let k = ws[ps[0].0].shape.0;
+            if k != pair.k || rows != pair.m {
+                return Err(lora::LoraError::BadShape {
+                    path: path(),
+                    name: pair.base.clone(),
+                    what: format!(
+                        "the pair is [{}, {}] · [{}, {}] but the matrix is [{k}, {rows}]",
+                        pair.k, pair.rank, pair.rank, pair.m
+                    ),
+                });
+            }
+            let a = std::sync::Arc::new(pair.a.clone());
+            let s = adapter.effective_scale(pair.rank, scale);
+            let mut row0 = 0;
+            for &(i, _, r) in ps {
+                plan.push((i, lora::LoraDelta::new(pair, a.clone(), row0..row0 + r, s)));
+                row0 += r;
+            }
+        }
+        let n = plan.len();
+        for (i, d) in plan {
+            ws[i].loras.push(d);
+        }
+        Ok(n)
     }
 
     /// The RoPE factors for a cache of `ctx` positions (llama.cpp picks LongRoPE's long set

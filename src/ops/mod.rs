@@ -13,4 +13,4 @@ pub mod rope;
 pub mod weight;
 
 pub use matmul::matmul_view;
-pub use weight::{matmul, matmul_many, Input, Weight};
+pub use weight::{matmul, matmul_many, Input, Layout, Weight};

@@ -8,8 +8,19 @@ use crate::quant::simd::{self, KernelSet};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
 
-/// A matmul weight W (k, rows), in the layout its kernel reads.
-pub enum Weight<'a> {
+/// A matmul weight W (k, rows): its layout, the tensor it came from, and the LoRA deltas
+/// attached to it (`model::lora`), which every product adds.
+pub struct Weight<'a> {
+    pub layout: Layout<'a>,
+    /// The GGUF tensor's name; a part of a fused matrix or of an expert stack is `name[i]`.
+    pub name: String,
+    /// (k, rows).
+    pub shape: (usize, usize),
+    pub loras: Vec<crate::model::lora::LoraDelta>,
+}
+
+/// A weight's bytes in the layout its kernel reads.
+pub enum Layout<'a> {
     /// The GGUF blocks, borrowed from the file: the blocked kernels.
     Mapped(TensorView<'a>),
     /// Q4_0 / Q4_1 / Q5_0 / Q8_0 repacked sixteen rows at a time (`quant::repack16`).
@@ -29,39 +40,52 @@ impl<'a> Weight<'a> {
     /// the activations are handled by the set in use (`simd::kernels()`), so `ks` should be
     /// that set.
     pub fn load(view: TensorView<'a>, ks: &KernelSet) -> Weight<'a> {
+        let (name, shape) = (view.name.to_string(), (view.row_len(), view.n_rows()));
+        Weight {
+            layout: Layout::choose(view, ks),
+            name,
+            shape,
+            loras: Vec::new(),
+        }
+    }
+
+    /// Bytes of the load-time packed copy (0 for mapped blocks).
+    pub fn packed_bytes(&self) -> usize {
+        match &self.layout {
+            Layout::Mapped(_) => 0,
+            Layout::Rows16 { p, .. } => p.size_bytes(),
+            Layout::K4 { p, .. } => p.size_bytes(),
+        }
+    }
+
+    /// Bytes one matmul reads: the packed copy's, or the blocks', and the LoRA pairs'.
+    pub fn read_bytes(&self) -> usize {
+        let base = match &self.layout {
+            Layout::Mapped(v) => v.data.len(),
+            _ => self.packed_bytes(),
+        };
+        base + self.loras.iter().map(|l| l.bytes()).sum::<usize>()
+    }
+}
+
+impl<'a> Layout<'a> {
+    fn choose(view: TensorView<'a>, ks: &KernelSet) -> Layout<'a> {
         if let Some(gemm) = ks.gemm16 {
             if let Some(p) = Packed16::from_view(&view) {
-                return Weight::Rows16 { p, gemm };
+                return Layout::Rows16 { p, gemm };
             }
         }
         if let Some(gemm) = ks.gemm_k {
             let kind = KindK::of(view.ty).filter(|k| ks.k_kinds.contains(k));
             if let Some(p) = kind.and_then(|_| PackedK::from_view(&view)) {
-                return Weight::K4 {
+                return Layout::K4 {
                     p,
                     gemm,
                     amx: ks.amx_k,
                 };
             }
         }
-        Weight::Mapped(view)
-    }
-
-    /// Bytes of the load-time packed copy (0 for mapped blocks).
-    pub fn packed_bytes(&self) -> usize {
-        match self {
-            Weight::Mapped(_) => 0,
-            Weight::Rows16 { p, .. } => p.size_bytes(),
-            Weight::K4 { p, .. } => p.size_bytes(),
-        }
-    }
-
-    /// Bytes one matmul reads: the packed copy's, or the blocks'.
-    pub fn read_bytes(&self) -> usize {
-        match self {
-            Weight::Mapped(v) => v.data.len(),
-            _ => self.packed_bytes(),
-        }
+        Layout::Mapped(view)
     }
 }
 
@@ -114,22 +138,25 @@ pub fn matmul_many(
     inputs: &mut [Input],
     jobs: &mut [(&Weight, usize, &mut [f32])],
 ) -> Result<(), QuantError> {
-    if !jobs.iter().all(|(w, _, _)| matches!(w, Weight::K4 { .. })) {
+    if !jobs
+        .iter()
+        .all(|(w, _, _)| matches!(w.layout, Layout::K4 { .. }) && w.loras.is_empty())
+    {
         for (w, i, out) in jobs.iter_mut() {
             matmul(w, &mut inputs[*i], out)?;
         }
         return Ok(());
     }
     for (w, i, _) in jobs.iter() {
-        if let Weight::K4 { p, .. } = w {
+        if let Layout::K4 { p, .. } = &w.layout {
             inputs[*i].acts_k(p.k);
         }
     }
     let inputs = &*inputs;
     let mut kjobs: Vec<super::matmul_k::KJob> = jobs
         .iter_mut()
-        .filter_map(|(w, i, out)| match w {
-            Weight::K4 { p, gemm, .. } => Some(super::matmul_k::KJob {
+        .filter_map(|(w, i, out)| match &w.layout {
+            Layout::K4 { p, gemm, .. } => Some(super::matmul_k::KJob {
                 p,
                 kernel: *gemm,
                 acts: inputs[*i].ak.as_deref().unwrap_or(&[]),
@@ -143,20 +170,23 @@ pub fn matmul_many(
     Ok(())
 }
 
-/// W (k, m) @ x (n, k) -> out (n, m), for prompts and generation alike.
+/// W (k, m) @ x (n, k) -> out (n, m), for prompts and generation alike, plus each attached
+/// LoRA delta.
 pub fn matmul(w: &Weight, input: &mut Input, out: &mut [f32]) -> Result<(), QuantError> {
     let n = input.n;
-    match w {
-        Weight::Mapped(v) => super::matmul::matmul_view(v, input.x, n, out),
-        Weight::Rows16 { p, gemm } => {
+    match &w.layout {
+        Layout::Mapped(v) => super::matmul::matmul_view(v, input.x, n, out)?,
+        Layout::Rows16 { p, gemm } => {
             let acts = input.acts16(p.kind, p.k);
             super::matmul::matmul_packed16(p, *gemm, acts, n, out);
-            Ok(())
         }
-        Weight::K4 { p, gemm, amx } => {
+        Layout::K4 { p, gemm, amx } => {
             let acts = input.acts_k(p.k);
             super::matmul_k::matmul_packed_k(p, *gemm, *amx, acts, n, out);
-            Ok(())
         }
     }
+    for l in &w.loras {
+        l.apply(input.x, n, out);
+    }
+    Ok(())
 }

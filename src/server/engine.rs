@@ -33,9 +33,18 @@ impl Loaded {
     /// The model borrows the mapped file for its whole life, and the server lives until the
     /// process ends, so the file is leaked rather than tied into a self-referential struct.
     /// (An in-process test that starts servers leaks one mapping per server.)
-    pub fn open(path: &std::path::Path) -> Result<Loaded, Box<dyn std::error::Error>> {
+    pub fn open(
+        path: &std::path::Path,
+        lora: &[std::path::PathBuf],
+        lora_scale: f32,
+    ) -> Result<Loaded, Box<dyn std::error::Error>> {
         let file: &'static GgufFile = Box::leak(Box::new(GgufFile::open(path)?));
-        let model = Model::load(file)?;
+        let mut model = Model::load(file)?;
+        let lora = crate::app::LoraArgs {
+            adapters: lora.to_vec(),
+            scale: lora_scale,
+        };
+        lora.apply(&mut model, false)?;
         let tokenizer = Tokenizer::from_gguf(file)?;
         let template = ChatTemplate::from_gguf(file, &tokenizer)?;
         let name = path

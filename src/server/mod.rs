@@ -52,6 +52,9 @@ pub struct ServeOptions {
     pub max_tokens: Option<usize>,
     /// At shutdown, how long running generations may go on before they are cancelled.
     pub shutdown_grace: Duration,
+    /// LoRA adapters applied to the model, each scaled by `lora_scale`.
+    pub lora: Vec<PathBuf>,
+    pub lora_scale: f32,
 }
 
 impl ServeOptions {
@@ -65,6 +68,8 @@ impl ServeOptions {
             max_body: 1 << 20,
             max_tokens: None,
             shutdown_grace: Duration::from_secs(10),
+            lora: Vec::new(),
+            lora_scale: 1.0,
         }
     }
 }
@@ -600,7 +605,7 @@ pub async fn serve(
     let (fail_tx, fail_rx) = tokio::sync::oneshot::channel::<String>();
     let load = tokio::task::spawn_blocking(move || {
         let o = &load_state.opts;
-        let loaded = match Loaded::open(&o.model) {
+        let loaded = match Loaded::open(&o.model, &o.lora, o.lora_scale) {
             Ok(l) => Arc::new(l),
             Err(e) => {
                 let _ = fail_tx.send(format!("loading {}: {e}", o.model.display()));
