@@ -24,6 +24,7 @@ fn opts(t: &str) -> ConvertOptions {
         imatrix: None,
         gptq: None,
         prune: None,
+        lowrank: None,
     }
 }
 

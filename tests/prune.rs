@@ -184,6 +184,7 @@ fn opts(t: &str, spec: PruneSpec) -> ConvertOptions {
         imatrix: None,
         gptq: None,
         prune: Some(spec),
+        lowrank: None,
     }
 }
 

@@ -67,7 +67,17 @@ pub struct QuantArgs {
     /// Input Gram matrices from `ledge calibrate --gram` (for --method gptq).
     #[arg(long)]
     pub gram: Option<PathBuf>,
-    /// GPTQ damping, relative to the mean of diag(H).
+    /// Write a rank-R correction of each block matrix's quantization error as a LoRA
+    /// adapter (needs --gram and --adapter-out; apply it with `--lora`).
+    ///
+    /// The correction B·A minimizes the error's effect on the calibration inputs,
+    /// ‖(W − Q(W) − B·A)·H^½‖ with H from --gram: a truncated SVD, no training.
+    #[arg(long, value_name = "R")]
+    pub lowrank_repair: Option<usize>,
+    /// The adapter --lowrank-repair writes (llama.cpp's LoRA GGUF format).
+    #[arg(long, value_name = "FILE")]
+    pub adapter_out: Option<PathBuf>,
+    /// GPTQ damping, relative to the mean of diag(H) (also the low-rank repair's).
     #[arg(long, default_value_t = 0.01)]
     pub damp: f64,
     /// Worker threads (default: one per performance core).
@@ -136,7 +146,44 @@ impl QuantArgs {
             },
             gptq: self.gptq()?,
             prune: self.prune_flags().spec()?,
+            lowrank: self.lowrank()?,
         })
+    }
+
+    fn lowrank(
+        &self,
+    ) -> Result<Option<(std::sync::Arc<crate::convert::lowrank::LowRank>, PathBuf)>, ConvertError>
+    {
+        let usage = |m: &str| Err(ConvertError::Usage(m.into()));
+        match (self.lowrank_repair, &self.adapter_out, &self.gram) {
+            (None, None, _) => Ok(None),
+            (None, Some(_), _) => usage("--adapter-out is written by --lowrank-repair R"),
+            (Some(_), None, _) => {
+                usage("--lowrank-repair needs --adapter-out FILE (the LoRA adapter it writes)")
+            }
+            (Some(_), Some(_), None) => usage(
+                "--lowrank-repair needs --gram FILE (input Gram matrices: `ledge calibrate -m MODEL --text FILE -o X.imatrix --gram X.gram.gguf`)",
+            ),
+            (Some(r), Some(out), Some(g)) => {
+                if !(1..=1024).contains(&r) {
+                    return usage("--lowrank-repair R: expected a rank from 1 to 1024");
+                }
+                if !(self.damp.is_finite() && self.damp > 0.0) {
+                    return Err(ConvertError::Usage(format!(
+                        "--damp {}: expected a positive number (e.g. 0.01)",
+                        self.damp
+                    )));
+                }
+                Ok(Some((
+                    std::sync::Arc::new(crate::convert::lowrank::LowRank::new(
+                        GramFile::open(g)?,
+                        r,
+                        self.damp,
+                    )),
+                    out.clone(),
+                )))
+            }
+        }
     }
 
     // PruneFlags is convert's own (clap-free) type; this is the one place flags map onto it.
@@ -157,8 +204,9 @@ impl QuantArgs {
     fn gptq(&self) -> Result<Option<std::sync::Arc<Gptq>>, ConvertError> {
         match (self.method.to_ascii_lowercase().as_str(), &self.gram) {
         ("rtn", None) => Ok(None),
+        ("rtn", Some(_)) if self.lowrank_repair.is_some() => Ok(None),
         ("rtn", Some(_)) => Err(ConvertError::Usage(
-            "--gram is only used by --method gptq".into(),
+            "--gram is only used by --method gptq and --lowrank-repair".into(),
         )),
         ("gptq", None) => Err(ConvertError::Usage(
             "--method gptq needs --gram FILE (input Gram matrices: `ledge calibrate -m MODEL --text FILE -o X.imatrix --gram X.gram.gguf`)".into(),
@@ -212,6 +260,38 @@ fn report(s: &Summary) -> String {
         "no Gram statistics or no codec",
         &s.not_gptq,
     );
+    if let Some((path, rank, bytes)) = &s.adapter {
+        let (before, after) = s
+            .lowrank
+            .iter()
+            .fold((0.0, 0.0), |(b, a), (_, eb, ea, _)| (b + eb, a + ea));
+        let removed = |b: f64, a: f64| if b > 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
+        let (lo, hi) = s
+            .lowrank
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), (_, b, a, _)| {
+                let r = removed(*b, *a);
+                (lo.min(r), hi.max(r))
+            });
+        out += &format!(
+            "lowrank: {} matrices repaired at rank {rank}, weighted error removed {:.1} % (per matrix {:.1}-{:.1} %){}; adapter {} ({:.2} MiB, {:.1} % of the model; apply with --lora)\n",
+            s.lowrank.len(),
+            removed(before, after),
+            lo.min(hi),
+            hi,
+            if s.lowrank.iter().all(|l| l.3) { "" } else { ", estimated on sampled rows for large matrices" },
+            path.display(),
+            *bytes as f64 / (1 << 20) as f64,
+            100.0 * *bytes as f64 / s.file_bytes.max(1) as f64,
+        );
+        if !s.not_lowrank.is_empty() {
+            out += &format!(
+                "lowrank: not repaired (no Gram statistics, {} tensors): {}\n",
+                s.not_lowrank.len(),
+                s.not_lowrank.join(", ")
+            );
+        }
+    }
     out
 }
 

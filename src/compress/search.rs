@@ -212,6 +212,7 @@ fn make_candidate(
         imatrix: if c.imatrix { im.cloned() } else { None },
         gptq: None,
         prune,
+        lowrank: None,
     };
     Ok(convert::quantize_gguf(base, out, &opts)?)
 }
@@ -369,6 +370,7 @@ fn baseline_file(o: &CompressOptions, work: &mut WorkDir) -> Result<PathBuf, Com
         imatrix: None,
         gptq: None,
         prune: None,
+        lowrank: None,
     };
     convert::convert_hf(src, &p, &opts).map_err(|e| CompressError::BadSource {
         path: src.clone(),

@@ -22,6 +22,7 @@ pub mod gptq;
 pub mod gram;
 pub mod hf;
 pub mod imatrix;
+pub mod lowrank;
 pub mod pipeline;
 pub mod pre_hashes;
 pub mod prune;
@@ -113,6 +114,8 @@ pub struct ConvertOptions {
     pub gptq: Option<std::sync::Arc<gptq::Gptq>>,
     /// Structured pruning (FFN channels, blocks) done while converting.
     pub prune: Option<prune::PruneSpec>,
+    /// `--lowrank-repair R --adapter-out A`: the rank-R repairs and where they go.
+    pub lowrank: Option<(std::sync::Arc<lowrank::LowRank>, PathBuf)>,
 }
 
 impl ConvertOptions {
@@ -122,6 +125,7 @@ impl ConvertOptions {
             progress: self.progress,
             imatrix: self.imatrix.clone(),
             gptq: self.gptq.clone(),
+            lowrank: self.lowrank.clone(),
         }
     }
 }

@@ -46,6 +46,12 @@ pub struct Summary {
     pub gptq: usize,
     /// Quantized tensors GPTQ was asked for but had no statistics or codec for.
     pub not_gptq: Vec<String>,
+    /// Low-rank repairs: (tensor, weighted error before, after, exact).
+    pub lowrank: Vec<(String, f64, f64, bool)>,
+    /// Quantized matrices the repair had no statistics for (or does not apply to).
+    pub not_lowrank: Vec<String>,
+    /// The adapter written, its rank and size in bytes.
+    pub adapter: Option<(PathBuf, usize, u64)>,
 }
 
 /// What to do besides choosing types.
@@ -56,6 +62,8 @@ pub struct WriteOptions {
     pub progress: bool,
     pub imatrix: Option<std::sync::Arc<super::imatrix::Imatrix>>,
     pub gptq: Option<std::sync::Arc<super::gptq::Gptq>>,
+    /// Low-rank repairs of the quantization error, written as a LoRA adapter to the path.
+    pub lowrank: Option<(std::sync::Arc<super::lowrank::LowRank>, PathBuf)>,
 }
 
 /// Declares `tensors` (typed by `plan`) in `builder`, then converts and streams them to `out`.
@@ -101,6 +109,11 @@ pub fn write_gguf(
         }
     }
     let total_bytes = builder.file_size();
+    let arch = match builder.get("general.architecture") {
+        Some(crate::gguf::MetaValue::String(a)) => a.clone(),
+        _ => String::new(),
+    };
+    let mut pairs: Vec<crate::model::lora::LoraPair> = Vec::new();
     let mut stream = builder.create(out)?;
     let n = tensors.len();
     let mut progress = opts.progress.then(|| Progress::new("convert", "tensors"));
@@ -159,6 +172,11 @@ pub fn write_gguf(
                 summary.gptq += 1;
             }
             let bytes = convert_tensor(t, ty, imp.as_deref(), hessian.as_deref())?;
+            if let Some((lr, _)) = &opts.lowrank {
+                if let Some(pair) = repair_tensor(lr, t, ty, &bytes, plan.tied, &mut summary)? {
+                    pairs.push(pair);
+                }
+            }
             if let Some((map, range)) = &t.pages {
                 super::safetensors::release_pages(map, range.clone());
             }
@@ -187,11 +205,73 @@ pub fn write_gguf(
     });
     drop(progress);
     summary.path = result?;
+    if let Some((lr, path)) = &opts.lowrank {
+        let written =
+            crate::model::lora::write_adapter(path, &arch, lr.rank as f32, &pairs, GgmlType::F16)?;
+        let size = std::fs::metadata(&written).map(|m| m.len()).unwrap_or(0);
+        summary.adapter = Some((written, lr.rank, size));
+    }
     summary.n_tensors = n;
     summary.file_bytes = total_bytes;
     summary.seconds = start.elapsed().as_secs_f64();
     let _ = std::io::stderr().flush();
     Ok(summary)
+}
+
+/// The low-rank repair of one converted tensor, if it is a quantized block matrix (or the
+/// untied output) the gram file has statistics for; recorded in `summary` either way.
+fn repair_tensor(
+    lr: &super::lowrank::LowRank,
+    t: &SourceTensor<'_>,
+    ty: GgmlType,
+    bytes: &[u8],
+    tied: bool,
+    summary: &mut Summary,
+) -> Result<Option<crate::model::lora::LoraPair>> {
+    let matrix = t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight");
+    if is_float(ty) || !matrix {
+        return Ok(None);
+    }
+    let (k, m) = (t.row_len(), t.n_rows());
+    let Some(f) = lr.factor(&t.name, tied, k)? else {
+        summary.not_lowrank.push(format!("{} ({ty})", t.name));
+        return Ok(None);
+    };
+    let qerr = |source| ConvertError::Quant {
+        name: t.name.clone(),
+        source,
+    };
+    let mut e = vec![0f32; m * k];
+    t.rows_f32(0, &mut e).map_err(qerr)?;
+    let q = crate::tensor::TensorView::borrowed(&t.name, ty, vec![k, m], bytes)
+        .to_f32()
+        .map_err(qerr)?;
+    e.iter_mut().zip(&q).for_each(|(w, q)| *w -= q);
+    // The seed from the name: a tensor's repair does not depend on the others'.
+    let seed = t.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let r = super::lowrank::repair(&e, m, k, &f, lr.rank, seed);
+    summary
+        .lowrank
+        .push((t.name.clone(), r.err_before, r.err_after, r.exact));
+    // Every pair at the adapter's rank (zero-padded where a small matrix capped it): the
+    // adapter has one alpha, and llama.cpp scales each pair by alpha / its rank.
+    let rank = lr.rank;
+    let mut a = r.a;
+    a.resize(rank * k, 0.0);
+    let mut b = vec![0f32; m * rank];
+    for i in 0..m {
+        b[i * rank..i * rank + r.rank].copy_from_slice(&r.b[i * r.rank..(i + 1) * r.rank]);
+    }
+    Ok(Some(crate::model::lora::LoraPair {
+        base: t.name.clone(),
+        rank,
+        k,
+        m,
+        a,
+        b,
+    }))
 }
 
 /// Rows per parallel work item: about 64 Ki values.

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# By-hand check (machine-local, not CI) that ledge's LoRA adapters load in llama.cpp and act
+# there as in ledge. SmolLM2's F16 copy is calibrated (data/eval/botchan-calib.txt) and
+# quantized with a rank-R repair of the quantization error written as an adapter
+# (`ledge quantize --gram --lowrank-repair R --adapter-out`); then on the held-out text
+# llama-perplexity and `ledge eval` print the perplexity and the KL divergence from the F16
+# copy, without the adapter, with it, and at half scale (llama.cpp's --lora-scaled). The two
+# runtimes should agree to within their kernel noise (scripts/reference/README.md), and the
+# adapter should lower the KLD on both.
+# Env: TYPE (Q4_0), RANK (16), CHUNKS (8), SRC (an F16 GGUF; made from models/ if unset),
+# W (work folder, kept if given).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${LLAMACPP_BIN:-$HOME/.cache/ledge/llamacpp/build/bin}
+LEDGE=$ROOT/target/release/ledge
+TYPE=${TYPE:-Q4_0} RANK=${RANK:-16} CTX=512 CHUNKS=${CHUNKS:-8}
+CALIB=$ROOT/data/eval/botchan-calib.txt
+HELDOUT=$ROOT/data/eval/botchan-heldout.txt
+if [ -z "${W:-}" ]; then W=$(mktemp -d); trap 'rm -rf "$W"' EXIT; fi
+mkdir -p "$W"
+SRC=${SRC:-$W/smol-f16.gguf}
+[ -f "$HELDOUT" ] || bash "$ROOT/scripts/fetch-eval-text.sh" > /dev/null
+(cd "$ROOT" && cargo build --release -q)
+[ -f "$SRC" ] || "$LEDGE" quantize --allow-requantize "$ROOT/models/SmolLM2-135M-Instruct.Q4_1.gguf" "$SRC" F16 > /dev/null
+[ -f "$W/x.gram.gguf" ] || "$LEDGE" calibrate -m "$SRC" --text "$CALIB" -o "$W/x.imatrix" \
+  --gram "$W/x.gram.gguf" > /dev/null 2>&1
+"$LEDGE" quantize "$SRC" "$W/q.gguf" "$TYPE" --gram "$W/x.gram.gguf" --lowrank-repair "$RANK" \
+  --adapter-out "$W/a.gguf" 2> /dev/null | grep -E '^(wrote|lowrank)'
+"$BIN/llama-perplexity" -m "$SRC" -f "$HELDOUT" -c $CTX --chunks "$CHUNKS" -t 2 \
+  --kl-divergence-base "$W/base.kld" > /dev/null 2>&1
+
+# llama.cpp: "Mean PPL(Q)  : x ± e" and "Mean    KLD:   x ±   e".
+lcpp() {
+  "$BIN/llama-perplexity" -m "$W/q.gguf" -f "$HELDOUT" -c $CTX --chunks "$CHUNKS" -t 2 \
+    --kl-divergence-base "$W/base.kld" --kl-divergence "$@" 2>&1 |
+    awk '/^Mean PPL\(Q\)/ {p=$4} /^Mean +KLD:/ {k=$3} END {printf "%s %s", p, k}'
+}
+ldg() {
+  "$LEDGE" eval -m "$W/q.gguf" -f "$HELDOUT" -c $CTX --chunks "$CHUNKS" --baseline "$SRC" \
+    --json "$@" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ppl"]["value"],4), round(r["kld"]["kld_mean"]["value"],6), end="")'
+}
+echo
+echo "| $TYPE, SmolLM2 held-out ($CHUNKS × $CTX) | PPL llama.cpp | PPL ledge | KLD llama.cpp | KLD ledge |"
+echo "|---|---:|---:|---:|---:|"
+# row LABEL LLAMA.CPP-ARGS…, with ledge's arguments in LEDGE_ARGS.
+row() {
+  local label=$1
+  shift
+  read -r lp lk <<< "$(lcpp "$@")"
+  read -r dp dk <<< "$(ldg "${LEDGE_ARGS[@]}")"
+  echo "| $label | $lp | $dp | $lk | $dk |"
+}
+LEDGE_ARGS=(); row "no adapter"
+LEDGE_ARGS=(--lora "$W/a.gguf"); row "rank-$RANK repair" --lora "$W/a.gguf"
+LEDGE_ARGS=(--lora "$W/a.gguf" --lora-scale 0.5); row "repair at scale 0.5" --lora-scaled "$W/a.gguf" 0.5
+ls -l "$W/q.gguf" "$W/a.gguf" | awk '{print $5, $9}'
