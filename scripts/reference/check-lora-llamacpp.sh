@@ -33,11 +33,11 @@ SRC=${SRC:-$W/smol-f16.gguf}
 lcpp() {
   "$BIN/llama-perplexity" -m "$W/q.gguf" -f "$HELDOUT" -c $CTX --chunks "$CHUNKS" -t 2 \
     --kl-divergence-base "$W/base.kld" --kl-divergence "$@" 2>&1 |
-    awk '/^Mean PPL\(Q\)/ {p=$4} /^Mean +KLD:/ {k=$3} END {printf "%s %s", p, k}'
+    awk '/^Mean PPL\(Q\) +:/ {p=$4} /^Mean +KLD:/ {k=$3} END {printf "%s %s", p, k}'
 }
 ldg() {
   "$LEDGE" eval -m "$W/q.gguf" -f "$HELDOUT" -c $CTX --chunks "$CHUNKS" --baseline "$SRC" \
-    --json "$@" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ppl"]["value"],4), round(r["kld"]["kld_mean"]["value"],6), end="")'
+    --json "$@" 2> /dev/null | python3 -c 'import json,sys; r=json.load(sys.stdin); print(round(r["ppl"]["value"],4), round(r["kld"]["kld_mean"]["value"],6), end="")'
 }
 echo
 echo "| $TYPE, SmolLM2 held-out ($CHUNKS × $CTX) | PPL llama.cpp | PPL ledge | KLD llama.cpp | KLD ledge |"
@@ -52,5 +52,5 @@ row() {
 }
 LEDGE_ARGS=(); row "no adapter"
 LEDGE_ARGS=(--lora "$W/a.gguf"); row "rank-$RANK repair" --lora "$W/a.gguf"
-LEDGE_ARGS=(--lora "$W/a.gguf" --lora-scale 0.5); row "repair at scale 0.5" --lora-scaled "$W/a.gguf" 0.5
+LEDGE_ARGS=(--lora "$W/a.gguf" --lora-scale 0.5); row "repair at scale 0.5" --lora-scaled "$W/a.gguf:0.5"
 ls -l "$W/q.gguf" "$W/a.gguf" | awk '{print $5, $9}'
