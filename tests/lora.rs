@@ -395,3 +395,80 @@ fn cli_applies_adapter_and_reports_errors() {
     let nan = run(&["--lora", a.to_str().unwrap(), "--lora-scale", "nan"]);
     assert!(!nan.status.success());
 }
+
+/// Largest |Δlogit| / logit range over a reference's top-20 at every prompt position.
+fn worst_rel(logits: &[f32], n_vocab: usize, reference: &serde_json::Value) -> f32 {
+    let mut worst = 0f32;
+    for (pos, top) in reference["prompt_top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let row = &logits[pos * n_vocab..(pos + 1) * n_vocab];
+        let range = top["range"].as_f64().unwrap() as f32;
+        for (id, l) in top["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(top["logits"].as_array().unwrap())
+        {
+            let (id, l) = (id.as_u64().unwrap() as usize, l.as_f64().unwrap() as f32);
+            worst = worst.max((row[id] - l).abs() / range);
+        }
+    }
+    worst
+}
+
+/// An adapter made by peft and converted by llama.cpp's convert_lora_to_gguf.py gives the
+/// logits transformers+peft and llama.cpp compute with it (scripts/reference/
+/// gen_lora_fixtures.py), on the plain llama and on Phi-3's fused matrices.
+fn matches_peft(family: &str) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{family}.json"))).unwrap())
+            .unwrap();
+    let f = GgufFile::open(fixture(family)).unwrap();
+    let mut m = Model::load(&f).unwrap();
+    let ad = LoraAdapter::open(&dir.join(format!("{family}.lora.gguf"))).unwrap();
+    assert_eq!(ad.alpha, 8.0);
+    m.attach_lora(&ad, 1.0).unwrap();
+    let nv = m.config.n_vocab;
+    for (i, ids) in r["ids"].as_array().unwrap().iter().enumerate() {
+        let ids: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        // llama.cpp keeps the KV cache in f16, as ledge by default; transformers in f32.
+        let mut cache = m.new_cache(128);
+        let l = m.forward(&mut cache, &ids, Logits::All).unwrap();
+        let mut cache = m.new_cache_typed(128, ledge::model::KvType::F32);
+        let l32 = m.forward(&mut cache, &ids, Logits::All).unwrap();
+        let wt = worst_rel(&l32, nv, &r["transformers"][i]);
+        let wl = worst_rel(&l, nv, &r["llamacpp"][i]);
+        let effect = worst_rel(&l, nv, &r["base_llamacpp"][i]);
+        eprintln!(
+            "{family} case {i}: vs transformers+peft {wt:.2e}, vs llama.cpp {wl:.2e}, vs llama.cpp without the adapter {effect:.2e}"
+        );
+        assert!(
+            effect > 0.05,
+            "{family} case {i}: the adapter changed little ({effect})"
+        );
+        // Measured ≤ 1.3e-5 of the logit range from transformers (f32 cache) and ≤ 1.6e-4
+        // from llama.cpp; 5e-4 is tests/families.rs's bound against llama.cpp.
+        assert!(wt < 1e-4, "{family} case {i}: {wt} from transformers+peft");
+        assert!(wl < 5e-4, "{family} case {i}: {wl} from llama.cpp");
+    }
+}
+
+#[test]
+fn llama_peft_adapter_matches_transformers_and_llama_cpp() {
+    matches_peft("llama");
+}
+
+#[test]
+fn phi3_peft_adapter_matches_transformers_and_llama_cpp() {
+    matches_peft("phi3");
+}
