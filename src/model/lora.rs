@@ -223,7 +223,8 @@ pub struct LoraDelta {
     m: usize,
     scale: f32,
     a: std::sync::Arc<Vec<f32>>,
-    b: Vec<f32>,
+    /// Bᵀ (r × m): the up-projection as r rows, so that each token's delta is r long axpys.
+    bt: Vec<f32>,
 }
 
 impl LoraDelta {
@@ -234,20 +235,26 @@ impl LoraDelta {
         rows: std::ops::Range<usize>,
         scale: f32,
     ) -> LoraDelta {
-        let r = pair.rank;
+        let (r, m) = (pair.rank, rows.len());
+        let mut bt = vec![0f32; r * m];
+        for (i, row) in rows.clone().enumerate() {
+            for j in 0..r {
+                bt[j * m + i] = pair.b[row * r + j];
+            }
+        }
         LoraDelta {
             rank: r,
             k: pair.k,
-            m: rows.len(),
+            m,
             scale,
             a,
-            b: pair.b[rows.start * r..rows.end * r].to_vec(),
+            bt,
         }
     }
 
     /// Bytes a product reads for this delta.
     pub fn bytes(&self) -> usize {
-        (self.a.len() + self.b.len()) * 4
+        (self.a.len() + self.bt.len()) * 4
     }
 
     /// out (n, m) += s · (x Aᵀ) Bᵀ for x (n, k).
@@ -256,22 +263,45 @@ impl LoraDelta {
         assert_eq!(x.len(), n * k, "LoRA: x is not n×k");
         assert_eq!(out.len(), n * m, "LoRA: out is not n×m");
         let mut t = vec![0f32; n * r];
-        t.par_iter_mut()
-            .enumerate()
-            .with_min_len(16)
-            .for_each(|(i, v)| {
-                let (tok, j) = (i / r, i % r);
-                *v = self.scale * dot(&x[tok * k..(tok + 1) * k], &self.a[j * k..(j + 1) * k]);
-            });
-        out.par_chunks_mut(256).enumerate().for_each(|(c, o)| {
-            for (e, v) in o.iter_mut().enumerate() {
-                let i = c * 256 + e;
-                let (tok, row) = (i / m, i % m);
-                *v += dot(&t[tok * r..(tok + 1) * r], &self.b[row * r..(row + 1) * r]);
+        let down = |(tr, xr): (&mut [f32], &[f32])| {
+            for (j, v) in tr.iter_mut().enumerate() {
+                *v = self.scale * dot(xr, &self.a[j * k..(j + 1) * k]);
             }
-        });
+        };
+        // o += Σ_j t_j · Bᵀ[j][row0 ..]: vectorized axpys.
+        let up = |o: &mut [f32], tr: &[f32], row0: usize| {
+            for (j, &tj) in tr.iter().enumerate() {
+                let bj = &self.bt[j * m + row0..j * m + row0 + o.len()];
+                o.iter_mut().zip(bj).for_each(|(v, &b)| *v += tj * b);
+            }
+        };
+        // A decoded token's delta is a few thousand multiply-adds per matrix: a fork-join
+        // would cost more than it saves (it took a third of SmolLM2's decode time).
+        if n * r * (k + m) < PARALLEL_WORK {
+            t.chunks_mut(r).zip(x.chunks(k)).for_each(down);
+            for (o, tr) in out.chunks_mut(m).zip(t.chunks(r)) {
+                up(o, tr, 0);
+            }
+            return;
+        }
+        t.par_chunks_mut(r).zip(x.par_chunks(k)).for_each(down);
+        if n == 1 {
+            // One token through a wide matrix (the output): rows in parallel.
+            out.par_chunks_mut(ROWS_PER_TASK)
+                .enumerate()
+                .for_each(|(c, o)| up(o, &t, c * ROWS_PER_TASK));
+        } else {
+            out.par_chunks_mut(m)
+                .zip(t.par_chunks(r))
+                .for_each(|(o, tr)| up(o, tr, 0));
+        }
     }
 }
+
+/// Multiply-adds below which a delta runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
+/// Output rows per task for one token.
+const ROWS_PER_TASK: usize = 1024;
 
 /// Σ a·b over eight lanes (vectorized by the compiler).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
