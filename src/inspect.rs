@@ -90,6 +90,19 @@ fn is_tokenizer_bulk(key: &str) -> bool {
 /// Whether ledge runs this file, from its architecture and hyperparameters (the tensors are
 /// checked when the model loads: inspect stays instant on a 30 GB file).
 pub fn support(f: &GgufFile) -> String {
+    match f.get_str("general.type") {
+        Ok("adapter") => {
+            let kind = f.get_str("adapter.type").unwrap_or("unknown");
+            let arch = f.architecture().unwrap_or("unknown");
+            return if kind == "lora" {
+                format!("a LoRA adapter for {arch} models: apply it with --lora")
+            } else {
+                format!("an adapter of type {kind:?} for {arch}, which ledge does not apply")
+            };
+        }
+        Ok("gram") => return "Gram matrices from `ledge calibrate --gram`".into(),
+        _ => {}
+    }
     match crate::model::ModelConfig::from_gguf(f) {
         Ok(c) => format!("runs {} ({})", c.arch.name(), c.spec.covers),
         Err(e) => format!("cannot run this file: {e}"),

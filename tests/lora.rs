@@ -394,6 +394,13 @@ fn cli_applies_adapter_and_reports_errors() {
     assert!(stderr.contains("is not a LoRA adapter"), "{stderr}");
     let nan = run(&["--lora", a.to_str().unwrap(), "--lora-scale", "nan"]);
     assert!(!nan.status.success());
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_ledge"))
+        .arg("inspect")
+        .arg(&a)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("a LoRA adapter for llama models"), "{text}");
 }
 
 /// Largest |Δlogit| / logit range over a reference's top-20 at every prompt position.
