@@ -17,3 +17,4 @@ pub mod quant;
 pub mod server;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;

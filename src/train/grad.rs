@@ -1,0 +1,453 @@
+//! Hand-written backward passes of the operations a distillation step goes through, in the
+//! spirit of llm.c: each op's forward (as the model computes it) beside its backward, and each
+//! backward tested against central finite differences of its forward on random data.
+//!
+//! Shapes are row-major, one row per position. The base matrices are frozen in their stored
+//! type: a gradient through W·x needs Wᵀ·dy, which `linear_backward` takes from W's rows
+//! dequantized a tile at a time (never the whole matrix), so a quantized 7B student trains in
+//! about the memory it runs in. Trainable: norm weights and LoRA pairs.
+
+use rayon::prelude::*;
+
+use crate::quant::QuantError;
+use crate::tensor::TensorView;
+
+/// y = x / rms(x) ⊙ w per row of n, as `ops::norm::rms_norm` (the sum in f64).
+pub fn rms_norm_forward(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    let mut y = vec![0f32; x.len()];
+    for (xr, yr) in x.chunks_exact(n).zip(y.chunks_exact_mut(n)) {
+        let s = inv_rms(xr, eps);
+        for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
+            *o = v * s * g;
+        }
+    }
+    y
+}
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
+}
+
+/// The backward of `rms_norm_forward`: dx, and dw accumulated into `dw`.
+///
+/// With s = 1/rms(x) and y = s·x ⊙ w: dx = s·(g − x·(Σ g·x)·s²/n), g = dy ⊙ w; dw += Σ_rows
+/// dy ⊙ x·s.
+pub fn rms_norm_backward(x: &[f32], w: &[f32], eps: f32, dy: &[f32], dw: &mut [f32]) -> Vec<f32> {
+    let n = w.len();
+    let mut dx = vec![0f32; x.len()];
+    for ((xr, dyr), dxr) in x
+        .chunks_exact(n)
+        .zip(dy.chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+    {
+        let s = inv_rms(xr, eps);
+        let gx: f64 = xr
+            .iter()
+            .zip(dyr)
+            .zip(w)
+            .map(|((&xv, &d), &g)| (d * g) as f64 * xv as f64)
+            .sum();
+        let c = (gx as f32) * s * s / n as f32;
+        for i in 0..n {
+            dxr[i] = s * (dyr[i] * w[i] - xr[i] * c);
+            dw[i] += dyr[i] * xr[i] * s;
+        }
+    }
+    dx
+}
+
+/// h = silu(g) ⊙ u.
+pub fn swiglu_forward(g: &[f32], u: &[f32]) -> Vec<f32> {
+    g.iter()
+        .zip(u)
+        .map(|(&a, &b)| crate::ops::activation::silu(a) * b)
+        .collect()
+}
+
+/// The backward of `swiglu_forward`: (dg, du).
+pub fn swiglu_backward(g: &[f32], u: &[f32], dh: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let mut dg = vec![0f32; g.len()];
+    let mut du = vec![0f32; g.len()];
+    for i in 0..g.len() {
+        let sig = 1.0 / (1.0 + (-g[i]).exp());
+        let silu = g[i] * sig;
+        du[i] = dh[i] * silu;
+        // d silu / dg = σ(g)·(1 + g·(1 − σ(g))).
+        dg[i] = dh[i] * u[i] * sig * (1.0 + g[i] * (1.0 - sig));
+    }
+    (dg, du)
+}
+
+/// A LoRA pair being trained on a frozen matrix: A (r × k), B (m × r), y += s·B·A·x.
+#[derive(Clone, Debug)]
+pub struct LoraParams {
+    pub rank: usize,
+    pub k: usize,
+    pub m: usize,
+    pub scale: f32,
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// Gradients of a `LoraParams`.
+#[derive(Clone, Debug)]
+pub struct LoraGrads {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+/// y (n, m) = x (n, k)·Wᵀ + s·(x·Aᵀ)·Bᵀ, W from its stored rows (`w`, any type ledge
+/// dequantizes). Returns y and t = x·Aᵀ (n, r), which the backward reuses.
+pub fn linear_forward(
+    w: &TensorView,
+    lora: Option<&LoraParams>,
+    x: &[f32],
+    n: usize,
+) -> Result<(Vec<f32>, Vec<f32>), QuantError> {
+    let (k, m) = (w.row_len(), w.n_rows());
+    let mut y = vec![0f32; n * m];
+    for_row_tiles(w, |r0, rows| {
+        let nr = rows.len() / k;
+        for t in 0..n {
+            let xt = &x[t * k..(t + 1) * k];
+            for i in 0..nr {
+                y[t * m + r0 + i] = dot(xt, &rows[i * k..(i + 1) * k]);
+            }
+        }
+    })?;
+    let mut tv = Vec::new();
+    if let Some(l) = lora {
+        let r = l.rank;
+        tv = vec![0f32; n * r];
+        for t in 0..n {
+            for j in 0..r {
+                tv[t * r + j] = dot(&x[t * k..(t + 1) * k], &l.a[j * k..(j + 1) * k]);
+            }
+            for i in 0..m {
+                y[t * m + i] += l.scale * dot(&tv[t * r..(t + 1) * r], &l.b[i * r..(i + 1) * r]);
+            }
+        }
+    }
+    Ok((y, tv))
+}
+
+/// The backward of `linear_forward`: dx (n, k) = dy·W + s·(dy·B)·A, and into `grads` dA +=
+/// s·(dy·B)ᵀ·x, dB += s·dyᵀ·t. W is read one tile of rows at a time.
+pub fn linear_backward(
+    w: &TensorView,
+    lora: Option<(&LoraParams, &[f32], &mut LoraGrads)>,
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+) -> Result<Vec<f32>, QuantError> {
+    let (k, m) = (w.row_len(), w.n_rows());
+    let mut dx = vec![0f32; n * k];
+    for_row_tiles(w, |r0, rows| {
+        let nr = rows.len() / k;
+        dx.par_chunks_mut(k).enumerate().for_each(|(t, dxt)| {
+            for i in 0..nr {
+                let g = dy[t * m + r0 + i];
+                if g != 0.0 {
+                    dxt.iter_mut()
+                        .zip(&rows[i * k..(i + 1) * k])
+                        .for_each(|(d, &wv)| *d += g * wv);
+                }
+            }
+        });
+    })?;
+    if let Some((l, tv, grads)) = lora {
+        let r = l.rank;
+        for t in 0..n {
+            let dyt = &dy[t * m..(t + 1) * m];
+            // u = s·Bᵀ·dy_t (r).
+            let mut u = vec![0f32; r];
+            for (&g, bi) in dyt.iter().zip(l.b.chunks_exact(r)) {
+                u.iter_mut().zip(bi).for_each(|(uj, &b)| *uj += g * b);
+            }
+            u.iter_mut().for_each(|v| *v *= l.scale);
+            let xt = &x[t * k..(t + 1) * k];
+            let dxt = &mut dx[t * k..(t + 1) * k];
+            for ((&uj, aj), ga) in u
+                .iter()
+                .zip(l.a.chunks_exact(k))
+                .zip(grads.a.chunks_exact_mut(k))
+            {
+                for c in 0..k {
+                    dxt[c] += uj * aj[c];
+                    ga[c] += uj * xt[c];
+                }
+            }
+            let tt = &tv[t * r..(t + 1) * r];
+            for (&g, gb) in dyt.iter().zip(grads.b.chunks_exact_mut(r)) {
+                gb.iter_mut()
+                    .zip(tt)
+                    .for_each(|(d, &tj)| *d += l.scale * g * tj);
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// Rows of W dequantized a tile at a time: `f(first row, rows as f32)`.
+fn for_row_tiles(w: &TensorView, mut f: impl FnMut(usize, &[f32])) -> Result<(), QuantError> {
+    let (k, m) = (w.row_len(), w.n_rows());
+    let tile = (TILE_VALUES / k.max(1)).clamp(1, m.max(1));
+    let mut buf = vec![0f32; tile * k];
+    let mut r0 = 0;
+    while r0 < m {
+        let nr = tile.min(m - r0);
+        w.dequantize_into(r0, &mut buf[..nr * k])?;
+        f(r0, &buf[..nr * k]);
+        r0 += nr;
+    }
+    Ok(())
+}
+
+/// Values per dequantized tile of W (256 KiB of f32).
+const TILE_VALUES: usize = 1 << 16;
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// One position's distillation target: the teacher's top-k log-probabilities (`ids`, `logp`)
+/// at temperature 1 and the next token.
+pub struct Target<'a> {
+    pub ids: &'a [u32],
+    pub logp: &'a [f32],
+    pub next: u32,
+}
+
+/// Loss = α·T²·KL(p_T ‖ q_T) + (1 − α)·CE(next | q) for one position's student logits, and
+/// its gradient. p_T is the teacher's top-k renormalized at temperature T (the rest of its
+/// mass is not in the file, so the KL is over the kept support); q_T = softmax(z/T).
+pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) -> (f32, Vec<f32>) {
+    let tt = temperature;
+    // Teacher at T over its top k: p_i ∝ exp(logp_i / T).
+    let mx = target
+        .logp
+        .iter()
+        .cloned()
+        .fold(f32::NEG_INFINITY, f32::max);
+    let pe: Vec<f64> = target
+        .logp
+        .iter()
+        .map(|&l| (((l - mx) / tt) as f64).exp())
+        .collect();
+    let ps: f64 = pe.iter().sum();
+    let p: Vec<f64> = pe.iter().map(|v| v / ps).collect();
+    // Student log-softmax at T and at 1.
+    let log_softmax = |scale: f32| -> Vec<f64> {
+        let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = z
+            .iter()
+            .map(|&v| (v as f64 / scale as f64 - m / scale as f64).exp())
+            .sum::<f64>()
+            .ln()
+            + m / scale as f64;
+        z.iter().map(|&v| v as f64 / scale as f64 - lse).collect()
+    };
+    let lq_t = log_softmax(tt);
+    let lq_1 = log_softmax(1.0);
+    let kl: f64 = p
+        .iter()
+        .zip(target.ids)
+        .filter(|(pi, _)| **pi > 0.0)
+        .map(|(pi, &id)| pi * (pi.ln() - lq_t[id as usize]))
+        .sum();
+    let ce = -lq_1[target.next as usize];
+    let (a, t2) = (alpha as f64, (tt * tt) as f64);
+    let loss = a * t2 * kl + (1.0 - a) * ce;
+    // d KL / dz = (q_T − p)/T over the vocabulary (p = 0 outside the top k); d CE / dz = q − onehot.
+    let mut g: Vec<f32> = (0..z.len())
+        .map(|i| (a * t2 * lq_t[i].exp() / tt as f64 + (1.0 - a) * lq_1[i].exp()) as f32)
+        .collect();
+    for (pi, &id) in p.iter().zip(target.ids) {
+        g[id as usize] -= (a * t2 * pi / tt as f64) as f32;
+    }
+    g[target.next as usize] -= (1.0 - a) as f32;
+    (loss as f32, g)
+}
+
+// Finite differences perturb v[i] in place while comparing with g[i]: index loops read best.
+#[allow(clippy::needless_range_loop)]
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ggml_type::GgmlType;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+            })
+            .collect()
+    }
+
+    /// Central difference of a scalar function of `v` at index i.
+    fn fd(v: &mut [f32], i: usize, f: &dyn Fn(&[f32]) -> f64) -> f64 {
+        let h = 1e-2f32.max(v[i].abs() * 1e-2);
+        let old = v[i];
+        v[i] = old + h;
+        let up = f(v);
+        v[i] = old - h;
+        let dn = f(v);
+        v[i] = old;
+        (up - dn) / (2.0 * (h as f64))
+    }
+
+    fn close(a: f64, b: f64, what: &str) {
+        let tol = 2e-2 * a.abs().max(b.abs()).max(1e-2);
+        assert!(
+            (a - b).abs() <= tol,
+            "{what}: analytic {a} vs finite difference {b}"
+        );
+    }
+
+    /// A scalar of an output: Σ y ⊙ c for fixed random c (so every output element counts).
+    fn weigh(y: &[f32], c: &[f32]) -> f64 {
+        y.iter().zip(c).map(|(&a, &b)| a as f64 * b as f64).sum()
+    }
+
+    #[test]
+    fn rms_norm_gradients() {
+        let (n, rows, eps) = (12, 3, 1e-5);
+        let (mut x, mut w) = (rand(n * rows, 1), rand(n, 2));
+        let c = rand(n * rows, 3);
+        let mut dw = vec![0f32; n];
+        let dx = rms_norm_backward(&x, &w, eps, &c, &mut dw);
+        let wc = w.clone();
+        for i in 0..x.len() {
+            let f = |v: &[f32]| weigh(&rms_norm_forward(v, &wc, eps), &c);
+            close(dx[i] as f64, fd(&mut x, i, &f), &format!("dx[{i}]"));
+        }
+        let xc = x.clone();
+        for i in 0..n {
+            let f = |v: &[f32]| weigh(&rms_norm_forward(&xc, v, eps), &c);
+            close(dw[i] as f64, fd(&mut w, i, &f), &format!("dw[{i}]"));
+        }
+    }
+
+    #[test]
+    fn swiglu_gradients() {
+        let (mut g, mut u) = (rand(20, 4), rand(20, 5));
+        g.iter_mut().for_each(|v| *v *= 3.0);
+        let c = rand(20, 6);
+        let (dg, du) = swiglu_backward(&g, &u, &c);
+        let uc = u.clone();
+        for i in 0..20 {
+            let f = |v: &[f32]| weigh(&swiglu_forward(v, &uc), &c);
+            close(dg[i] as f64, fd(&mut g, i, &f), &format!("dg[{i}]"));
+        }
+        let gc = g.clone();
+        for i in 0..20 {
+            let f = |v: &[f32]| weigh(&swiglu_forward(&gc, v), &c);
+            close(du[i] as f64, fd(&mut u, i, &f), &format!("du[{i}]"));
+        }
+    }
+
+    #[test]
+    fn linear_lora_gradients_through_a_quantized_matrix() {
+        let (k, m, n, r) = (64, 5, 3, 2);
+        // W in Q8_0, read back through its blocks as the student would.
+        let wf = rand(k * m, 7);
+        let bytes = crate::quant::quantize_to_vec(GgmlType::Q8_0, &wf).unwrap();
+        let w = TensorView::borrowed("w", GgmlType::Q8_0, vec![k, m], &bytes);
+        let mut lora = LoraParams {
+            rank: r,
+            k,
+            m,
+            scale: 1.5,
+            a: rand(r * k, 8),
+            b: rand(m * r, 9),
+        };
+        let mut x = rand(n * k, 10);
+        let c = rand(n * m, 11);
+        let (_, tv) = linear_forward(&w, Some(&lora), &x, n).unwrap();
+        let mut grads = LoraGrads {
+            a: vec![0.0; r * k],
+            b: vec![0.0; m * r],
+        };
+        let dx = linear_backward(&w, Some((&lora, &tv, &mut grads)), &x, &c, n).unwrap();
+        let l0 = lora.clone();
+        for i in (0..x.len()).step_by(7) {
+            let f = |v: &[f32]| weigh(&linear_forward(&w, Some(&l0), v, n).unwrap().0, &c);
+            close(dx[i] as f64, fd(&mut x, i, &f), &format!("dx[{i}]"));
+        }
+        let xc = x.clone();
+        for i in (0..r * k).step_by(5) {
+            let f = |v: &[f32]| {
+                let l = LoraParams {
+                    a: v.to_vec(),
+                    ..l0.clone()
+                };
+                weigh(&linear_forward(&w, Some(&l), &xc, n).unwrap().0, &c)
+            };
+            close(
+                grads.a[i] as f64,
+                fd(&mut lora.a, i, &f),
+                &format!("dA[{i}]"),
+            );
+        }
+        for i in 0..m * r {
+            let f = |v: &[f32]| {
+                let l = LoraParams {
+                    b: v.to_vec(),
+                    ..l0.clone()
+                };
+                weigh(&linear_forward(&w, Some(&l), &xc, n).unwrap().0, &c)
+            };
+            close(
+                grads.b[i] as f64,
+                fd(&mut lora.b, i, &f),
+                &format!("dB[{i}]"),
+            );
+        }
+    }
+
+    #[test]
+    fn distill_loss_gradient_and_limits() {
+        let v = 40;
+        let mut z = rand(v, 12);
+        z.iter_mut().for_each(|x| *x *= 4.0);
+        let tz = rand(v, 13);
+        // The teacher's top 8 log-probabilities at temperature 1.
+        let lse = tz.iter().map(|&x| (x as f64).exp()).sum::<f64>().ln() as f32;
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| tz[b].total_cmp(&tz[a]));
+        let ids: Vec<u32> = order[..8].iter().map(|&i| i as u32).collect();
+        let logp: Vec<f32> = order[..8].iter().map(|&i| tz[i] - lse).collect();
+        let t = Target {
+            ids: &ids,
+            logp: &logp,
+            next: 5,
+        };
+        for (temp, alpha) in [(1.0, 0.7), (2.5, 0.7), (3.0, 1.0), (2.0, 0.0)] {
+            let (_, g) = distill_loss(&z, &t, temp, alpha);
+            for i in 0..v {
+                let f = |zz: &[f32]| distill_loss(zz, &t, temp, alpha).0 as f64;
+                close(
+                    g[i] as f64,
+                    fd(&mut z, i, &f),
+                    &format!("T={temp} α={alpha} dz[{i}]"),
+                );
+            }
+        }
+        // A student that is the teacher on its top k (and has nothing elsewhere) has KL 0:
+        // both renormalize over the same support.
+        let mut zs = vec![-60f32; v];
+        for (&id, &l) in ids.iter().zip(&logp) {
+            zs[id as usize] = l;
+        }
+        for temp in [1.0, 2.0] {
+            let (kl, _) = distill_loss(&zs, &t, temp, 1.0);
+            assert!(kl.abs() < 1e-5, "T={temp}: KL to itself {kl}");
+        }
+    }
+}
