@@ -867,3 +867,89 @@ fn greedy_chat_on_gemma_matches_ledge_run_with_the_plain_format() {
     assert_eq!(ids[0], 2);
     assert_eq!(v["usage"]["prompt_tokens"].as_u64(), Some(ids.len() as u64));
 }
+
+/// `serve --lora`: completions with the adapter are `ledge run --lora`'s greedy text (and not
+/// the base model's); an adapter that does not fit ends the server with an error naming it.
+#[test]
+fn lora_adapter_is_served_as_ledge_run_applies_it() {
+    use ledge::gguf::{GgmlType, GgufFile};
+    use ledge::model::lora::{write_adapter, LoraPair};
+    let dir = scratch("serve-lora");
+    let f = GgufFile::open(model(SMOLLM2)).unwrap();
+    let mut rng = Rng(77);
+    let mut uniform = |n: usize, amp: f32| -> Vec<f32> {
+        (0..n)
+            .map(|_| ((rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amp)
+            .collect()
+    };
+    let pairs: Vec<LoraPair> = f
+        .tensors()
+        .filter(|v| v.name.ends_with("attn_v.weight") || v.name.ends_with("ffn_down.weight"))
+        .map(|v| {
+            let (k, m, r) = (v.shape[0], v.shape[1], 4);
+            LoraPair {
+                base: v.name.to_string(),
+                rank: r,
+                k,
+                m,
+                a: uniform(r * k, 1.0 / (k as f32).sqrt()),
+                b: uniform(m * r, 2.0),
+            }
+        })
+        .collect();
+    let a = write_adapter(&dir.join("a.gguf"), "llama", 4.0, &pairs, GgmlType::F16).unwrap();
+    let a = a.to_str().unwrap();
+
+    let prompt = "The capital of France is";
+    let run = |extra: &[&str]| {
+        let out = ledge()
+            .args(["run", "-m"])
+            .arg(model(SMOLLM2))
+            .args([
+                "-p", prompt, "-n", "12", "--temp", "0", "-c", "512", "-t", "1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()[prompt.len()..]
+            .trim_end_matches('\n')
+            .to_string()
+    };
+    let (with, without) = (run(&["--lora", a]), run(&[]));
+    assert_ne!(with, without, "the adapter did not change the greedy text");
+    let s = Server::start(&["--lora", a]);
+    let r = s.post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "temperature": 0, "max_tokens": 12}),
+    );
+    assert_eq!(r.json()["choices"][0]["text"].as_str().unwrap(), with);
+    drop(s);
+
+    // Gemma 3's adapter on SmolLM2: the server does not start, and says why.
+    let g = write_adapter(
+        &dir.join("g.gguf"),
+        "gemma3",
+        4.0,
+        &pairs[..1],
+        GgmlType::F16,
+    )
+    .unwrap();
+    let out = ledge()
+        .args(["serve", "--port", "0", "-m"])
+        .arg(model(SMOLLM2))
+        .arg("--lora")
+        .arg(&g)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("g.gguf") && err.contains("\"gemma3\""),
+        "{err}"
+    );
+}
