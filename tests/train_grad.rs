@@ -120,3 +120,16 @@ fn distill_loss_matches_autograd() {
         rel(&dz, &v(&c["dz"]), &format!("T={temp} α={alpha}: dz"));
     }
 }
+
+#[test]
+fn attention_matches_autograd() {
+    let r = &fixture()["attention"];
+    let (n, nh, nkv, hd) = (u(&r["n"]), u(&r["nh"]), u(&r["nkv"]), u(&r["hd"]));
+    let (q, k, vv, c) = (v(&r["q"]), v(&r["k"]), v(&r["v"]), v(&r["c"]));
+    let (out, p) = attention_forward(&q, &k, &vv, n, nh, nkv, hd);
+    rel(&out, &v(&r["out"]), "out");
+    let (dq, dk, dv) = attention_backward(&q, &k, &vv, &p, &c, n, nh, nkv, hd);
+    rel(&dq, &v(&r["dq"]), "dq");
+    rel(&dk, &v(&r["dk"]), "dk");
+    rel(&dv, &v(&r["dv"]), "dv");
+}

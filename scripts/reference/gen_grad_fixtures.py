@@ -6,6 +6,7 @@ float32 values), the outputs and input gradients of
   rms_norm   y = x / sqrt(mean(x^2) + eps) * w, per row
   swiglu     h = silu(g) * u
   linear     y = x W^T + s (x A^T) B^T (W frozen, A and B trained)
+  attention  causal softmax(q k^T / sqrt(hd)) v, query heads grouped over fewer KV heads
   distill    alpha T^2 KL(p_T || q_T) + (1 - alpha) CE(next | q), p_T the teacher's top-k
              renormalized at temperature T, q_T = softmax(z / T)
 
@@ -61,6 +62,24 @@ def linear():
                 c=lst(c), y=lst(y), dx=lst(x.grad), da=lst(a.grad), db=lst(b.grad))
 
 
+def attention():
+    n, nh, nkv, hd = 6, 4, 2, 8
+    q = r(n, nh * hd).requires_grad_()
+    k = r(n, nkv * hd).requires_grad_()
+    v = r(n, nkv * hd).requires_grad_()
+    c = r(n, nh * hd)
+    qh = q.view(n, nh, hd).transpose(0, 1)
+    kh = k.view(n, nkv, hd).transpose(0, 1).repeat_interleave(nh // nkv, 0)
+    vh = v.view(n, nkv, hd).transpose(0, 1).repeat_interleave(nh // nkv, 0)
+    s = qh @ kh.transpose(1, 2) / hd ** 0.5
+    mask = torch.triu(torch.ones(n, n, dtype=torch.bool), 1)
+    p = torch.softmax(s.masked_fill(mask, float("-inf")), -1)
+    out = (p @ vh).transpose(0, 1).reshape(n, nh * hd)
+    (out * c).sum().backward()
+    return dict(n=n, nh=nh, nkv=nkv, hd=hd, q=lst(q), k=lst(k), v=lst(v), c=lst(c),
+                out=lst(out), dq=lst(q.grad), dk=lst(k.grad), dv=lst(v.grad))
+
+
 def distill():
     v, topk, nxt = 50, 10, 7
     teacher = r(v, scale=2.0)
@@ -85,7 +104,7 @@ def main():
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     ref = {"_source": f"PyTorch {torch.__version__} autograd, float64; "
                       "scripts/reference/gen_grad_fixtures.py",
-           "rms_norm": rms_norm(), "swiglu": swiglu(), "linear": linear(), "distill": distill()}
+           "rms_norm": rms_norm(), "swiglu": swiglu(), "linear": linear(), "attention": attention(), "distill": distill()}
     with open(OUT, "w") as f:
         json.dump(ref, f, separators=(",", ":"))
 

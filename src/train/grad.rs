@@ -271,6 +271,140 @@ pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) ->
     (loss as f32, g)
 }
 
+/// Causal multi-head attention with grouped KV heads, as the forward pass computes it (f32,
+/// no cache): q (n, nh·hd), k and v (n, nkv·hd) → out (n, nh·hd); query head h reads KV head
+/// h / (nh / nkv); scores scaled by 1/√hd. Returns out and the probabilities P (nh, n, n),
+/// which the backward reuses.
+pub fn attention_forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let (qw, kw, group) = (nh * hd, nkv * hd, nh / nkv);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = vec![0f32; n * qw];
+    let mut probs = vec![0f32; nh * n * n];
+    for h in 0..nh {
+        let kvh = h / group;
+        for i in 0..n {
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            let p = &mut probs[(h * n + i) * n..(h * n + i + 1) * n];
+            let mut mx = f32::NEG_INFINITY;
+            for j in 0..=i {
+                p[j] = scale * dot(qi, &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]);
+                mx = mx.max(p[j]);
+            }
+            let mut sum = 0f32;
+            for pj in &mut p[..=i] {
+                *pj = (*pj - mx).exp();
+                sum += *pj;
+            }
+            p[..=i].iter_mut().for_each(|x| *x /= sum);
+            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for (j, &pj) in p[..=i].iter().enumerate() {
+                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += pj * b);
+            }
+        }
+    }
+    (out, probs)
+}
+
+/// The backward of `attention_forward`: (dq, dk, dv). With S = scale·q·kᵀ, P = softmax(S),
+/// O = P·V: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Σ_j dP ⊙ P), dQ = scale·dS·K,
+/// dK = scale·dSᵀ·Q; the query heads sharing a KV head add into its dK and dV.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    probs: &[f32],
+    dout: &[f32],
+    n: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (qw, kw, group) = (nh * hd, nkv * hd, nh / nkv);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (mut dq, mut dk, mut dv) = (
+        vec![0f32; q.len()],
+        vec![0f32; k.len()],
+        vec![0f32; v.len()],
+    );
+    let mut ds = vec![0f32; n];
+    for h in 0..nh {
+        let kvh = h / group;
+        for i in 0..n {
+            let p = &probs[(h * n + i) * n..(h * n + i) * n + i + 1];
+            let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
+            // dP_j = dO_i · V_j; dV_j += P_ij dO_i.
+            let mut pdp = 0f32;
+            for (j, &pj) in p.iter().enumerate() {
+                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                ds[j] = dot(doi, vj);
+                pdp += pj * ds[j];
+                dv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]
+                    .iter_mut()
+                    .zip(doi)
+                    .for_each(|(a, &g)| *a += pj * g);
+            }
+            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+            for (j, &pj) in p.iter().enumerate() {
+                let g = scale * pj * (ds[j] - pdp);
+                let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                dq[i * qw + h * hd..i * qw + (h + 1) * hd]
+                    .iter_mut()
+                    .zip(kj)
+                    .for_each(|(a, &b)| *a += g * b);
+                dk[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]
+                    .iter_mut()
+                    .zip(qi)
+                    .for_each(|(a, &b)| *a += g * b);
+            }
+        }
+    }
+    (dq, dk, dv)
+}
+
+/// RoPE on x (n, heads·hd) at positions pos0.., rotating pairs (2i, 2i+1) (ggml's normal
+/// mode, llama) or (i, i + hd/2) (NeoX mode) by pos·base^(−2i/hd); `inverse` rotates by the
+/// opposite angle, which is the backward (a rotation's transpose is its inverse).
+pub fn rope(
+    x: &mut [f32],
+    heads: usize,
+    hd: usize,
+    pos0: usize,
+    base: f32,
+    neox: bool,
+    inverse: bool,
+) {
+    let w = heads * hd;
+    for (t, row) in x.chunks_exact_mut(w).enumerate() {
+        let pos = (pos0 + t) as f32;
+        for h in 0..heads {
+            let r = &mut row[h * hd..(h + 1) * hd];
+            for i in 0..hd / 2 {
+                let theta = pos * base.powf(-2.0 * i as f32 / hd as f32);
+                let (s, c) = theta.sin_cos();
+                let s = if inverse { -s } else { s };
+                let (a, b) = if neox {
+                    (i, i + hd / 2)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (x0, x1) = (r[a], r[b]);
+                r[a] = x0 * c - x1 * s;
+                r[b] = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
 // Finite differences perturb v[i] in place while comparing with g[i]: index loops read best.
 #[allow(clippy::needless_range_loop)]
 #[cfg(test)]
@@ -408,6 +542,84 @@ mod tests {
                 fd(&mut lora.b, i, &f),
                 &format!("dB[{i}]"),
             );
+        }
+    }
+
+    #[test]
+    fn attention_gradients() {
+        let (n, nh, nkv, hd) = (5, 4, 2, 6);
+        let (mut q, mut k, mut v) = (
+            rand(n * nh * hd, 20),
+            rand(n * nkv * hd, 21),
+            rand(n * nkv * hd, 22),
+        );
+        let c = rand(n * nh * hd, 23);
+        let (_, p) = attention_forward(&q, &k, &v, n, nh, nkv, hd);
+        let (dq, dk, dv) = attention_backward(&q, &k, &v, &p, &c, n, nh, nkv, hd);
+        let (k0, v0) = (k.clone(), v.clone());
+        for i in 0..q.len() {
+            let f = |x: &[f32]| weigh(&attention_forward(x, &k0, &v0, n, nh, nkv, hd).0, &c);
+            close(dq[i] as f64, fd(&mut q, i, &f), &format!("dq[{i}]"));
+        }
+        let q0 = q.clone();
+        for i in 0..k.len() {
+            let f = |x: &[f32]| weigh(&attention_forward(&q0, x, &v0, n, nh, nkv, hd).0, &c);
+            close(dk[i] as f64, fd(&mut k, i, &f), &format!("dk[{i}]"));
+        }
+        for i in 0..v.len() {
+            let f = |x: &[f32]| weigh(&attention_forward(&q0, &k0, x, n, nh, nkv, hd).0, &c);
+            close(dv[i] as f64, fd(&mut v, i, &f), &format!("dv[{i}]"));
+        }
+    }
+
+    #[test]
+    fn rope_backward_is_the_transposed_rotation() {
+        let (n, heads, hd) = (4, 2, 8);
+        for neox in [false, true] {
+            let x = rand(n * heads * hd, 30);
+            let c = rand(n * heads * hd, 31);
+            // Σ c·rope(x) = Σ rope⁻¹(c)·x for every x: the backward of c is rope⁻¹(c).
+            let mut y = x.clone();
+            rope(&mut y, heads, hd, 3, 10000.0, neox, false);
+            let mut g = c.clone();
+            rope(&mut g, heads, hd, 3, 10000.0, neox, true);
+            let (a, b) = (weigh(&y, &c), weigh(&x, &g));
+            assert!(
+                (a - b).abs() < 1e-4 * a.abs().max(1.0),
+                "neox {neox}: {a} vs {b}"
+            );
+            // The forward is the model's RoPE (plain parameters), head by head.
+            for t in 0..n {
+                for h in 0..heads {
+                    let mut one = x[(t * heads + h) * hd..(t * heads + h + 1) * hd].to_vec();
+                    let style = if neox {
+                        crate::ops::rope::RopeStyle::Neox
+                    } else {
+                        crate::ops::rope::RopeStyle::Norm
+                    };
+                    let p = crate::ops::rope::RopeParams::plain(hd, 10000.0);
+                    crate::ops::rope::rope(&mut one, 3 + t, &p, style);
+                    let mine = &y[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                    let d = one
+                        .iter()
+                        .zip(mine)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(
+                        d < 1e-5,
+                        "neox {neox}: position {t} head {h} differs by {d}"
+                    );
+                }
+            }
+            // And rotating back undoes it.
+            let mut back = y.clone();
+            rope(&mut back, heads, hd, 3, 10000.0, neox, true);
+            let d = back
+                .iter()
+                .zip(&x)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(d < 1e-5, "neox {neox}: inverse does not undo ({d})");
         }
     }
 
