@@ -104,6 +104,7 @@ fn distill_loss_matches_autograd() {
     let t = Target {
         ids: &ids,
         logp: &logp,
+        tail: 0.0,
         next: r["next"].as_u64().unwrap() as u32,
     };
     for c in r["cases"].as_array().unwrap() {

@@ -137,6 +137,17 @@ impl<'f> RopeTable<'f> {
         let half = self.params.n_rot / 2;
         rotate(x, &self.sin_cos[(pos - self.pos0) * half..][..half], style);
     }
+
+    /// The transpose of `apply` (the rotation by the opposite angle, at the same magnitude):
+    /// the backward of RoPE for training.
+    pub fn apply_transposed(&self, x: &mut [f32], pos: usize, style: RopeStyle) {
+        let half = self.params.n_rot / 2;
+        let sc: Vec<(f32, f32)> = self.sin_cos[(pos - self.pos0) * half..][..half]
+            .iter()
+            .map(|&(s, c)| (-s, c))
+            .collect();
+        rotate(x, &sc, style);
+    }
 }
 
 #[cfg(test)]

@@ -213,59 +213,74 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// One position's distillation target: the teacher's top-k log-probabilities (`ids`, `logp`)
-/// at temperature 1 and the next token.
+/// at temperature 1, the probability mass of all other tokens (`tail`), and the next token.
 pub struct Target<'a> {
     pub ids: &'a [u32],
     pub logp: &'a [f32],
+    pub tail: f64,
     pub next: u32,
 }
 
 /// Loss = α·T²·KL(p_T ‖ q_T) + (1 − α)·CE(next | q) for one position's student logits, and
-/// its gradient. p_T is the teacher's top-k renormalized at temperature T (the rest of its
-/// mass is not in the file, so the KL is over the kept support); q_T = softmax(z/T).
+/// its gradient.
+///
+/// The KL is over the teacher's kept support: its top k tokens one by one and every other
+/// token as one bucket holding `tail`, the mass the file kept for them. At temperature T the
+/// teacher's k + 1 categories are tempered as they stand (p_i ∝ p_i^(1/T), the bucket as one
+/// category); the student's q_T = softmax(z/T) is summed over the same partition. With
+/// `tail` = 0 this is the top k renormalized.
 pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) -> (f32, Vec<f32>) {
-    let tt = temperature;
-    // Teacher at T over its top k: p_i ∝ exp(logp_i / T).
-    let mx = target
-        .logp
-        .iter()
-        .cloned()
-        .fold(f32::NEG_INFINITY, f32::max);
-    let pe: Vec<f64> = target
-        .logp
-        .iter()
-        .map(|&l| (((l - mx) / tt) as f64).exp())
-        .collect();
+    let tt = temperature as f64;
+    let k = target.ids.len();
+    // Teacher at T over its top k and the bucket (log-mass ln tail).
+    let mut lp: Vec<f64> = target.logp.iter().map(|&l| l as f64).collect();
+    let has_tail = target.tail > 0.0;
+    if has_tail {
+        lp.push(target.tail.ln());
+    }
+    let mx = lp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let pe: Vec<f64> = lp.iter().map(|&l| ((l - mx) / tt).exp()).collect();
     let ps: f64 = pe.iter().sum();
     let p: Vec<f64> = pe.iter().map(|v| v / ps).collect();
+    let p_tail = if has_tail { p[k] } else { 0.0 };
     // Student log-softmax at T and at 1.
-    let log_softmax = |scale: f32| -> Vec<f64> {
+    let log_softmax = |scale: f64| -> Vec<f64> {
         let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
         let lse = z
             .iter()
-            .map(|&v| (v as f64 / scale as f64 - m / scale as f64).exp())
+            .map(|&v| ((v as f64 - m) / scale).exp())
             .sum::<f64>()
             .ln()
-            + m / scale as f64;
-        z.iter().map(|&v| v as f64 / scale as f64 - lse).collect()
+            + m / scale;
+        z.iter().map(|&v| v as f64 / scale - lse).collect()
     };
     let lq_t = log_softmax(tt);
     let lq_1 = log_softmax(1.0);
-    let kl: f64 = p
+    let q_top: f64 = target.ids.iter().map(|&id| lq_t[id as usize].exp()).sum();
+    // The student's bucket, floored so a student with all its mass in the top k stays finite.
+    let q_tail = (1.0 - q_top).max(1e-12);
+    let mut kl: f64 = p[..k]
         .iter()
         .zip(target.ids)
         .filter(|(pi, _)| **pi > 0.0)
         .map(|(pi, &id)| pi * (pi.ln() - lq_t[id as usize]))
         .sum();
+    if p_tail > 0.0 {
+        kl += p_tail * (p_tail.ln() - q_tail.ln());
+    }
     let ce = -lq_1[target.next as usize];
-    let (a, t2) = (alpha as f64, (tt * tt) as f64);
+    let (a, t2) = (alpha as f64, tt * tt);
     let loss = a * t2 * kl + (1.0 - a) * ce;
-    // d KL / dz = (q_T − p)/T over the vocabulary (p = 0 outside the top k); d CE / dz = q − onehot.
+    // d KL / dz_j = (q_T,j − p_j)/T for a kept token, q_T,j·(1 − p_tail/q_tail)/T for any
+    // other; d CE / dz = q − onehot.
+    let bucket = 1.0 - p_tail / q_tail;
     let mut g: Vec<f32> = (0..z.len())
-        .map(|i| (a * t2 * lq_t[i].exp() / tt as f64 + (1.0 - a) * lq_1[i].exp()) as f32)
+        .map(|i| (a * t2 * bucket * lq_t[i].exp() / tt + (1.0 - a) * lq_1[i].exp()) as f32)
         .collect();
     for (pi, &id) in p.iter().zip(target.ids) {
-        g[id as usize] -= (a * t2 * pi / tt as f64) as f32;
+        // Undo the bucket factor for the kept tokens, then subtract p.
+        let qi = lq_t[id as usize].exp();
+        g[id as usize] += (a * t2 * (qi * (1.0 - bucket) - pi) / tt) as f32;
     }
     g[target.next as usize] -= (1.0 - a) as f32;
     (loss as f32, g)
@@ -635,21 +650,53 @@ mod tests {
         order.sort_by(|&a, &b| tz[b].total_cmp(&tz[a]));
         let ids: Vec<u32> = order[..8].iter().map(|&i| i as u32).collect();
         let logp: Vec<f32> = order[..8].iter().map(|&i| tz[i] - lse).collect();
+        let tail: f64 = order[8..]
+            .iter()
+            .map(|&i| ((tz[i] - lse) as f64).exp())
+            .sum();
+        for tail in [0.0, tail] {
+            let t = Target {
+                ids: &ids,
+                logp: &logp,
+                tail,
+                next: 5,
+            };
+            for (temp, alpha) in [(1.0, 0.7), (2.5, 0.7), (3.0, 1.0), (2.0, 0.0)] {
+                let (_, g) = distill_loss(&z, &t, temp, alpha);
+                for i in 0..v {
+                    let f = |zz: &[f32]| distill_loss(zz, &t, temp, alpha).0 as f64;
+                    close(
+                        g[i] as f64,
+                        fd(&mut z, i, &f),
+                        &format!("tail {tail} T={temp} α={alpha} dz[{i}]"),
+                    );
+                }
+            }
+        }
+        // With the bucket, the student equal to the teacher has KL 0 at any T, and the loss
+        // at T = 1 is the full KL when the teacher's tail is one token.
         let t = Target {
             ids: &ids,
             logp: &logp,
+            tail: 0.0,
             next: 5,
         };
-        for (temp, alpha) in [(1.0, 0.7), (2.5, 0.7), (3.0, 1.0), (2.0, 0.0)] {
-            let (_, g) = distill_loss(&z, &t, temp, alpha);
-            for i in 0..v {
-                let f = |zz: &[f32]| distill_loss(zz, &t, temp, alpha).0 as f64;
-                close(
-                    g[i] as f64,
-                    fd(&mut z, i, &f),
-                    &format!("T={temp} α={alpha} dz[{i}]"),
-                );
-            }
+        {
+            let (kl, _) = distill_loss(
+                &tz,
+                &Target {
+                    tail: 1.0 - logp.iter().map(|&l| (l as f64).exp()).sum::<f64>(),
+                    ..t
+                },
+                1.0,
+                1.0,
+            );
+            assert!(
+                kl.abs() < 1e-5,
+                "the teacher against itself with its bucket: KL {kl}"
+            );
+            let (kl2, _) = distill_loss(&tz, &Target { tail: 0.5, ..t }, 1.0, 1.0);
+            assert!(kl2 > 1e-3, "a wrong bucket mass costs nothing ({kl2})");
         }
         // A student that is the teacher on its top k (and has nothing elsewhere) has KL 0:
         // both renormalize over the same support.

@@ -1,5 +1,8 @@
-//! Training on CPU for distillation and low-rank repair (issue 17): the hand-written
-//! backward passes (`grad`), each tested against finite differences. The training loop, the
-//! attention backward and `ledge distill` build on them.
+//! Training on CPU for distillation (issue 17): the hand-written backward passes (`grad`),
+//! each tested against finite differences and PyTorch autograd; the student model that chains
+//! them (`student`); its dense kernel (`kernels`); the optimizer (`optim`); teacher labels
+//! (`labels`); checkpoints (`checkpoint`) and the merged output (`merge`).
 
 pub mod grad;
+pub mod kernels;
+pub mod student;
