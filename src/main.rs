@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use ledge::app::{
-    bench, calibrate, chat, compress, convert, eval, export, inspect, report, run, serve, synth,
+    bench, calibrate, chat, compress, convert, distill, eval, export, inspect, report, run, serve,
+    synth,
 };
 
 /// LLMs at the edge: run and compress GGUF models on CPU.
@@ -36,6 +37,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     Quantize(convert::QuantizeArgs),
     Calibrate(calibrate::CalibrateArgs),
+    Distill(distill::DistillArgs),
     ExportHf(export::ExportArgs),
     Inspect(inspect::InspectArgs),
 }
@@ -64,6 +66,7 @@ fn execute(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Convert(a) => print(convert::convert(a)),
         Command::Quantize(a) => print(convert::quantize(a)),
         Command::Calibrate(a) => print(calibrate::calibrate(a)),
+        Command::Distill(a) => print(distill::distill(a)),
         Command::ExportHf(a) => print(export::export(a)),
         Command::Inspect(a) => print(inspect::inspect(a)),
     }

@@ -7,6 +7,7 @@ pub mod calibrate;
 pub mod chat;
 pub mod compress;
 pub mod convert;
+pub mod distill;
 pub mod eval;
 pub mod export;
 pub mod inspect;

@@ -6,9 +6,11 @@
 //! serve as soft labels for distillation.
 //!
 //! Layout (little-endian): magic `LEDGELGT`, u32 version, u32 n_vocab, u32 ctx, u32 n_chunks,
-//! u32 top_k, u64 vocabulary fingerprint, u32 tokens[ctx·n_chunks], then per scored position
-//! (n_chunks · (ctx − 1 − ctx/2) of them, chunk by chunk): f64 nll_target, f64 tail,
-//! u32 ids[top_k], f32 logp[top_k]. With the default k = 1024 that is 8 KB a position,
+//! u32 top_k, u64 vocabulary fingerprint, (version 2) u32 first, u32 tokens[ctx·n_chunks], then
+//! per scored position (positions first..ctx−1 of each chunk, chunk by chunk): f64 nll_target,
+//! f64 tail, u32 ids[top_k], f32 logp[top_k]. Version 1 has no `first`: it is ctx/2, the
+//! second half llama-perplexity scores; `ledge distill`'s teacher labels (version 2) start at
+//! position 0, since every position trains. With the default k = 1024 that is 8 KB a position,
 //! against ~98 KB (SmolLM2, 49k vocabulary) or ~524 KB (Gemma 3, 262k) for
 //! llama-perplexity's full uint16 rows.
 //!
@@ -24,8 +26,8 @@ use super::kld::TopK;
 use super::EvalError;
 
 const MAGIC: &[u8; 8] = b"LEDGELGT";
-const VERSION: u32 = 1;
-const HEADER: usize = 8 + 4 * 5 + 8;
+const VERSION: u32 = 2;
+const HEADER_V1: usize = 8 + 4 * 5 + 8;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SavedLogits {
@@ -34,6 +36,8 @@ pub struct SavedLogits {
     pub n_chunks: usize,
     pub top_k: usize,
     pub vocab_fingerprint: u64,
+    /// The first scored position of each chunk (ctx/2 for `eval`, 0 for distillation).
+    pub first: usize,
     pub tokens: Vec<u32>,
     pub positions: Vec<TopK>,
 }
@@ -51,7 +55,7 @@ impl SavedLogits {
     /// Writes to a temporary file beside `path`, renamed into place once complete.
     pub fn write(&self, path: &Path) -> Result<(), EvalError> {
         let mut buf = Vec::with_capacity(
-            HEADER + 4 * self.tokens.len() + self.positions.len() * record_size(self.top_k),
+            HEADER_V1 + 4 + 4 * self.tokens.len() + self.positions.len() * record_size(self.top_k),
         );
         buf.extend_from_slice(MAGIC);
         for v in [
@@ -64,6 +68,7 @@ impl SavedLogits {
             buf.extend_from_slice(&v.to_le_bytes());
         }
         buf.extend_from_slice(&self.vocab_fingerprint.to_le_bytes());
+        buf.extend_from_slice(&(self.first as u32).to_le_bytes());
         self.tokens
             .iter()
             .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
@@ -98,14 +103,14 @@ impl SavedLogits {
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<SavedLogits, String> {
-        if b.len() < HEADER || &b[..8] != MAGIC {
+        if b.len() < HEADER_V1 || &b[..8] != MAGIC {
             return Err("not a ledge logits file (no LEDGELGT header)".into());
         }
         let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
         let version = u32_at(8);
-        if version != VERSION {
+        if version != 1 && version != VERSION {
             return Err(format!(
-                "version {version}, this ledge reads version {VERSION}"
+                "version {version}, this ledge reads versions 1 and {VERSION}"
             ));
         }
         let (n_vocab, ctx, n_chunks, top_k) = (
@@ -120,14 +125,27 @@ impl SavedLogits {
                 "implausible header: ctx {ctx}, top_k {top_k}, n_vocab {n_vocab}"
             ));
         }
+        let (first, header) = if version == 1 {
+            (ctx / 2, HEADER_V1)
+        } else {
+            if b.len() < HEADER_V1 + 4 {
+                return Err("truncated header".into());
+            }
+            (u32_at(HEADER_V1) as usize, HEADER_V1 + 4)
+        };
+        if first >= ctx - 1 {
+            return Err(format!(
+                "implausible header: first scored position {first} of a {ctx}-token chunk"
+            ));
+        }
         let n_tok = ctx
             .checked_mul(n_chunks)
             .ok_or("implausible header: ctx × chunks overflows")?;
-        let n_pos = n_chunks * scored_per_chunk(ctx);
+        let n_pos = n_chunks * (ctx - 1 - first);
         let expected = n_tok
             .checked_mul(4)
             .zip(n_pos.checked_mul(record_size(top_k)))
-            .and_then(|(t, p)| (HEADER + t).checked_add(p))
+            .and_then(|(t, p)| (header + t).checked_add(p))
             .ok_or("implausible header: sizes overflow")?;
         if b.len() != expected {
             return Err(format!(
@@ -135,7 +153,7 @@ impl SavedLogits {
                 b.len()
             ));
         }
-        let tokens: Vec<u32> = b[HEADER..HEADER + 4 * n_tok]
+        let tokens: Vec<u32> = b[header..header + 4 * n_tok]
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
             .collect();
@@ -143,7 +161,7 @@ impl SavedLogits {
             return Err(format!("token id {t} outside its vocabulary of {n_vocab}"));
         }
         let mut positions = Vec::with_capacity(n_pos);
-        for r in b[HEADER + 4 * n_tok..].chunks_exact(record_size(top_k)) {
+        for r in b[header + 4 * n_tok..].chunks_exact(record_size(top_k)) {
             let f64_at = |o: usize| f64::from_le_bytes(r[o..o + 8].try_into().unwrap());
             let ids: Vec<u32> = r[16..16 + 4 * top_k]
                 .chunks_exact(4)
@@ -168,14 +186,20 @@ impl SavedLogits {
             n_chunks,
             top_k,
             vocab_fingerprint,
+            first,
             tokens,
             positions,
         })
     }
 
+    /// Scored positions per chunk.
+    pub fn scored(&self) -> usize {
+        self.ctx - 1 - self.first
+    }
+
     /// The scored positions of chunk `c`.
     pub fn chunk(&self, c: usize) -> &[TopK] {
-        let s = scored_per_chunk(self.ctx);
+        let s = self.scored();
         &self.positions[c * s..(c + 1) * s]
     }
 }
@@ -201,6 +225,7 @@ mod tests {
             n_chunks,
             top_k: 3,
             vocab_fingerprint: 0xDEAD_BEEF_0123_4567,
+            first: ctx / 2,
             tokens: (0..16).map(|i| i % 20).collect(),
             positions,
         }
@@ -230,9 +255,35 @@ mod tests {
         let err = SavedLogits::from_bytes(b"GGUF\x03\0\0\0 not logits at all....").unwrap_err();
         assert!(err.contains("not a ledge logits file"), "{err}");
         let mut bad = good.clone();
-        bad[HEADER..HEADER + 4].copy_from_slice(&99u32.to_le_bytes());
+        bad[HEADER_V1 + 4..HEADER_V1 + 8].copy_from_slice(&99u32.to_le_bytes());
         let err = SavedLogits::from_bytes(&bad).unwrap_err();
         assert!(err.contains("token id 99"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A version 1 file (no `first`: the second half of each chunk) still reads, and a
+    /// version 2 file scoring every position round-trips.
+    #[test]
+    fn reads_version_1_and_all_position_files() {
+        let s = sample();
+        let dir = std::env::temp_dir().join(format!("ledge-logits-v1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("base.logits");
+        s.write(&p).unwrap();
+        let v2 = std::fs::read(&p).unwrap();
+        let mut v1 = v2[..HEADER_V1].to_vec();
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&v2[HEADER_V1 + 4..]);
+        assert_eq!(SavedLogits::from_bytes(&v1).unwrap(), s);
+        let mut all = sample();
+        all.first = 0;
+        all.positions = (0..all.n_chunks * (all.ctx - 1))
+            .map(|i| all.positions[i % s.positions.len()].clone())
+            .collect();
+        all.write(&p).unwrap();
+        let back = SavedLogits::read(&p).unwrap();
+        assert_eq!(back.scored(), all.ctx - 1);
+        assert_eq!(back, all);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

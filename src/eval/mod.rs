@@ -36,6 +36,8 @@ pub enum EvalError {
     LogitsCtx { saved: usize, asked: usize },
     #[error("the saved baseline logits were computed on a different text (its tokens differ from this text's)")]
     LogitsTextDiffers,
+    #[error("{0}")]
+    Other(String),
     #[error("{path}: {why}")]
     BadLogitsFile { path: String, why: String },
     #[error("{0}: {1}")]

@@ -214,6 +214,13 @@ pub fn evaluate(
                     asked: ctx,
                 });
             }
+            if s.first > ctx / 2 {
+                return Err(EvalError::Other(format!(
+                    "the saved logits start at position {} of each chunk; eval needs them from {}",
+                    s.first,
+                    ctx / 2
+                )));
+            }
             n_chunks = n_chunks.min(s.n_chunks);
             if tokens[..n_chunks * ctx] != s.tokens[..n_chunks * ctx] {
                 return Err(EvalError::LogitsTextDiffers);
@@ -293,7 +300,8 @@ pub fn evaluate(
                                 })
                             }
                             Some(Baseline::Saved(s)) => {
-                                let t = &s.chunk(c)[i];
+                                // Distillation labels score every position; eval the second half.
+                                let t = &s.chunk(c)[i + ctx / 2 - s.first];
                                 Some(PositionCmp {
                                     nll,
                                     nll_base: t.nll_target,
@@ -357,6 +365,7 @@ pub fn evaluate(
             n_chunks,
             top_k: k.clamp(1, nv),
             vocab_fingerprint: opts.vocab_fingerprint,
+            first: ctx / 2,
             tokens: tokens[..n_chunks * ctx].to_vec(),
             positions: saved_positions,
         }),

@@ -208,8 +208,21 @@ fn for_row_tiles(w: &TensorView, mut f: impl FnMut(usize, &[f32])) -> Result<(),
 /// Values per dequantized tile of W (256 KiB of f32).
 const TILE_VALUES: usize = 1 << 16;
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+/// A dot product with eight running sums, so that it vectorizes.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
 }
 
 /// One position's distillation target: the teacher's top-k log-probabilities (`ids`, `logp`)
@@ -289,7 +302,7 @@ pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) ->
 /// Causal multi-head attention with grouped KV heads, as the forward pass computes it (f32,
 /// no cache): q (n, nh·hd), k and v (n, nkv·hd) → out (n, nh·hd); query head h reads KV head
 /// h / (nh / nkv); scores scaled by 1/√hd. Returns out and the probabilities P (nh, n, n),
-/// which the backward reuses.
+/// which the backward reuses. The heads run in parallel.
 pub fn attention_forward(
     q: &[f32],
     k: &[f32],
@@ -301,29 +314,41 @@ pub fn attention_forward(
 ) -> (Vec<f32>, Vec<f32>) {
     let (qw, kw, group) = (nh * hd, nkv * hd, nh / nkv);
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut out = vec![0f32; n * qw];
     let mut probs = vec![0f32; nh * n * n];
-    for h in 0..nh {
-        let kvh = h / group;
+    // Each head's output (n, hd), gathered into the interleaved rows afterwards.
+    let heads: Vec<Vec<f32>> = probs
+        .par_chunks_mut(n * n)
+        .enumerate()
+        .map(|(h, ph)| {
+            let kvh = h / group;
+            let mut oh = vec![0f32; n * hd];
+            for i in 0..n {
+                let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+                let p = &mut ph[i * n..(i + 1) * n];
+                let mut mx = f32::NEG_INFINITY;
+                for j in 0..=i {
+                    p[j] = scale * dot(qi, &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]);
+                    mx = mx.max(p[j]);
+                }
+                let mut sum = 0f32;
+                for pj in &mut p[..=i] {
+                    *pj = (*pj - mx).exp();
+                    sum += *pj;
+                }
+                p[..=i].iter_mut().for_each(|x| *x /= sum);
+                let o = &mut oh[i * hd..(i + 1) * hd];
+                for (j, &pj) in p[..=i].iter().enumerate() {
+                    let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                    o.iter_mut().zip(vj).for_each(|(a, &b)| *a += pj * b);
+                }
+            }
+            oh
+        })
+        .collect();
+    let mut out = vec![0f32; n * qw];
+    for (h, oh) in heads.iter().enumerate() {
         for i in 0..n {
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            let p = &mut probs[(h * n + i) * n..(h * n + i + 1) * n];
-            let mut mx = f32::NEG_INFINITY;
-            for j in 0..=i {
-                p[j] = scale * dot(qi, &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]);
-                mx = mx.max(p[j]);
-            }
-            let mut sum = 0f32;
-            for pj in &mut p[..=i] {
-                *pj = (*pj - mx).exp();
-                sum += *pj;
-            }
-            p[..=i].iter_mut().for_each(|x| *x /= sum);
-            let o = &mut out[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (j, &pj) in p[..=i].iter().enumerate() {
-                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                o.iter_mut().zip(vj).for_each(|(a, &b)| *a += pj * b);
-            }
+            out[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(&oh[i * hd..(i + 1) * hd]);
         }
     }
     (out, probs)
@@ -331,7 +356,8 @@ pub fn attention_forward(
 
 /// The backward of `attention_forward`: (dq, dk, dv). With S = scale·q·kᵀ, P = softmax(S),
 /// O = P·V: dV = Pᵀ·dO, dP = dO·Vᵀ, dS = P ⊙ (dP − Σ_j dP ⊙ P), dQ = scale·dS·K,
-/// dK = scale·dSᵀ·Q; the query heads sharing a KV head add into its dK and dV.
+/// dK = scale·dSᵀ·Q; the query heads sharing a KV head add into its dK and dV. Each query
+/// head runs in parallel into its own (n, hd) buffers, added in head order afterwards.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     q: &[f32],
@@ -346,41 +372,62 @@ pub fn attention_backward(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let (qw, kw, group) = (nh * hd, nkv * hd, nh / nkv);
     let scale = 1.0 / (hd as f32).sqrt();
+    let per_head: Vec<[Vec<f32>; 3]> = (0..nh)
+        .into_par_iter()
+        .map(|h| {
+            let kvh = h / group;
+            let (mut dq, mut dk, mut dv) =
+                (vec![0f32; n * hd], vec![0f32; n * hd], vec![0f32; n * hd]);
+            let mut ds = vec![0f32; n];
+            for i in 0..n {
+                let p = &probs[(h * n + i) * n..(h * n + i) * n + i + 1];
+                let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
+                // dP_j = dO_i · V_j; dV_j += P_ij dO_i.
+                let mut pdp = 0f32;
+                for (j, &pj) in p.iter().enumerate() {
+                    let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                    ds[j] = dot(doi, vj);
+                    pdp += pj * ds[j];
+                    dv[j * hd..(j + 1) * hd]
+                        .iter_mut()
+                        .zip(doi)
+                        .for_each(|(a, &g)| *a += pj * g);
+                }
+                let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
+                for (j, &pj) in p.iter().enumerate() {
+                    let g = scale * pj * (ds[j] - pdp);
+                    let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
+                    dq[i * hd..(i + 1) * hd]
+                        .iter_mut()
+                        .zip(kj)
+                        .for_each(|(a, &b)| *a += g * b);
+                    dk[j * hd..(j + 1) * hd]
+                        .iter_mut()
+                        .zip(qi)
+                        .for_each(|(a, &b)| *a += g * b);
+                }
+            }
+            [dq, dk, dv]
+        })
+        .collect();
     let (mut dq, mut dk, mut dv) = (
         vec![0f32; q.len()],
         vec![0f32; k.len()],
         vec![0f32; v.len()],
     );
-    let mut ds = vec![0f32; n];
-    for h in 0..nh {
+    for (h, [hq, hk, hv]) in per_head.iter().enumerate() {
         let kvh = h / group;
         for i in 0..n {
-            let p = &probs[(h * n + i) * n..(h * n + i) * n + i + 1];
-            let doi = &dout[i * qw + h * hd..i * qw + (h + 1) * hd];
-            // dP_j = dO_i · V_j; dV_j += P_ij dO_i.
-            let mut pdp = 0f32;
-            for (j, &pj) in p.iter().enumerate() {
-                let vj = &v[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                ds[j] = dot(doi, vj);
-                pdp += pj * ds[j];
-                dv[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]
-                    .iter_mut()
-                    .zip(doi)
-                    .for_each(|(a, &g)| *a += pj * g);
-            }
-            let qi = &q[i * qw + h * hd..i * qw + (h + 1) * hd];
-            for (j, &pj) in p.iter().enumerate() {
-                let g = scale * pj * (ds[j] - pdp);
-                let kj = &k[j * kw + kvh * hd..j * kw + (kvh + 1) * hd];
-                dq[i * qw + h * hd..i * qw + (h + 1) * hd]
-                    .iter_mut()
-                    .zip(kj)
-                    .for_each(|(a, &b)| *a += g * b);
-                dk[j * kw + kvh * hd..j * kw + (kvh + 1) * hd]
-                    .iter_mut()
-                    .zip(qi)
-                    .for_each(|(a, &b)| *a += g * b);
-            }
+            dq[i * qw + h * hd..i * qw + (h + 1) * hd].copy_from_slice(&hq[i * hd..(i + 1) * hd]);
+            let (ko, vo) = (i * kw + kvh * hd, i * kw + kvh * hd);
+            dk[ko..ko + hd]
+                .iter_mut()
+                .zip(&hk[i * hd..(i + 1) * hd])
+                .for_each(|(a, &b)| *a += b);
+            dv[vo..vo + hd]
+                .iter_mut()
+                .zip(&hv[i * hd..(i + 1) * hd])
+                .for_each(|(a, &b)| *a += b);
         }
     }
     (dq, dk, dv)

@@ -1,9 +1,10 @@
 //! The one dense kernel training adds: dx (nt, k) += G (nt, nr)·R (nr, k), the backward of a
 //! frozen matrix once a tile of its rows is dequantized (`student::frozen_backward`).
 //!
-//! One portable loop, compiled a second time with AVX2 (and again with AVX-512) enabled and
-//! chosen at run time: the builds execute the same multiplies and adds in the same order, so
-//! they are bit-identical to the portable one, which is the reference.
+//! One loop, generic over fused multiply-add: the portable reference multiplies then adds;
+//! the AVX2+FMA and AVX-512 builds fuse them (one rounding instead of two, ~1.6× the speed
+//! here), chosen at run time. The fused builds agree with the reference to f32 rounding of
+//! each product (tested below with a stated tolerance); the same order of adds otherwise.
 
 /// Columns per register block: 4 tokens × 32 columns of accumulators stay in registers.
 const COLS: usize = 32;
@@ -13,12 +14,15 @@ pub fn gemm_acc(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr: usize, k
     assert!(dx.len() >= nt * k && g.len() >= nt * nr && rows.len() >= nr * k);
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the CPU supports AVX-512F (checked just above).
+        // The kernel set in use decides (so `--simd avx2` trains with the AVX2 build).
+        let set = crate::quant::simd::kernels().name;
+        let fma = std::is_x86_feature_detected!("fma");
+        if set.starts_with("avx512") && fma && std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F and FMA (checked just above).
             return unsafe { gemm_acc_avx512(dx, g, rows, nt, nr, k) };
         }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2 (checked just above).
+        if set.starts_with("avx") && fma && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 and FMA (checked just above).
             return unsafe { gemm_acc_avx2(dx, g, rows, nt, nr, k) };
         }
     }
@@ -26,20 +30,40 @@ pub fn gemm_acc(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr: usize, k
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,fma")]
 fn gemm_acc_avx512(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr: usize, k: usize) {
-    gemm_acc_portable(dx, g, rows, nt, nr, k)
+    gemm_acc_generic::<true>(dx, g, rows, nt, nr, k)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn gemm_acc_avx2(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr: usize, k: usize) {
-    gemm_acc_portable(dx, g, rows, nt, nr, k)
+    gemm_acc_generic::<true>(dx, g, rows, nt, nr, k)
 }
 
 /// The reference: for every element, Σ over rows in row order, added to dx's value.
-#[inline(always)]
 pub fn gemm_acc_portable(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr: usize, k: usize) {
+    gemm_acc_generic::<false>(dx, g, rows, nt, nr, k)
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(acc: f32, a: f32, b: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, acc)
+    } else {
+        acc + a * b
+    }
+}
+
+#[inline(always)]
+fn gemm_acc_generic<const FMA: bool>(
+    dx: &mut [f32],
+    g: &[f32],
+    rows: &[f32],
+    nt: usize,
+    nr: usize,
+    k: usize,
+) {
     let full = k / COLS * COLS;
     let mut t0 = 0;
     while t0 + 4 <= nt {
@@ -53,7 +77,7 @@ pub fn gemm_acc_portable(dx: &mut [f32], g: &[f32], rows: &[f32], nt: usize, nr:
                 for (t, a) in acc.iter_mut().enumerate() {
                     let gv = g[(t0 + t) * nr + i];
                     for l in 0..COLS {
-                        a[l] += gv * w[l];
+                        a[l] = madd::<FMA>(a[l], gv, w[l]);
                     }
                 }
             }
@@ -111,9 +135,10 @@ mod tests {
             .collect()
     }
 
-    /// Every shape class (whole register blocks, a column tail, a token tail, one row) is
-    /// bit-identical across the dispatched build and the portable loop, and equals the plain
-    /// triple loop (same order of adds per element, so exactly).
+    /// Every shape class (whole register blocks, a column tail, a token tail, one row): the
+    /// portable loop equals the plain triple loop exactly (same order of adds per element),
+    /// and the dispatched (fused) build is within 1e-5 of its sum of magnitudes (a fused
+    /// multiply-add skips one rounding per product).
     #[test]
     fn dispatched_equals_reference_on_every_shape() {
         for &(nt, nr, k) in &[
@@ -130,7 +155,19 @@ mod tests {
             gemm_acc(&mut a, &g, &rows, nt, nr, k);
             let mut b = init.clone();
             gemm_acc_portable(&mut b, &g, &rows, nt, nr, k);
-            assert_eq!(a, b, "({nt},{nr},{k}): dispatched build differs");
+            for i in 0..a.len() {
+                let (t, j) = (i / k, i % k);
+                let mag: f32 = init[i].abs()
+                    + (0..nr)
+                        .map(|r| (g[t * nr + r] * rows[r * k + j]).abs())
+                        .sum::<f32>();
+                assert!(
+                    (a[i] - b[i]).abs() <= 1e-5 * mag,
+                    "({nt},{nr},{k}) [{i}]: dispatched {} vs portable {}",
+                    a[i],
+                    b[i]
+                );
+            }
             let mut c = init.clone();
             for t in 0..nt {
                 for i in 0..nr {
@@ -139,7 +176,7 @@ mod tests {
                     }
                 }
             }
-            assert_eq!(a, c, "({nt},{nr},{k}): differs from the triple loop");
+            assert_eq!(b, c, "({nt},{nr},{k}): differs from the triple loop");
         }
     }
 }

@@ -3,6 +3,10 @@
 //! them (`student`); its dense kernel (`kernels`); the optimizer (`optim`); teacher labels
 //! (`labels`); checkpoints (`checkpoint`) and the merged output (`merge`).
 
+pub mod checkpoint;
 pub mod grad;
 pub mod kernels;
+pub mod labels;
+pub mod merge;
+pub mod optim;
 pub mod student;

@@ -618,10 +618,10 @@ fn lora_forward(
         .for_each(|(ti, (tr, yr))| {
             let xt = &x[ti * k..(ti + 1) * k];
             for (j, tj) in tr.iter_mut().enumerate() {
-                *tj = sdot(xt, &a[j * k..(j + 1) * k]);
+                *tj = grad::dot(xt, &a[j * k..(j + 1) * k]);
             }
             for (i, yi) in yr.iter_mut().enumerate() {
-                *yi += s * sdot(tr, &b[i * r..(i + 1) * r]);
+                *yi += s * grad::dot(tr, &b[i * r..(i + 1) * r]);
             }
         });
     t
@@ -715,21 +715,4 @@ const TOKENS_PER_TASK: usize = 4;
 
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(yv, &xv)| *yv += a * xv);
-}
-
-/// A dot product with eight running sums, so it vectorizes.
-fn sdot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
