@@ -177,3 +177,294 @@ fn student_backward_equals_finite_differences() {
         }
     }
 }
+
+fn ledge() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ledge"))
+}
+
+fn text() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/eval/botchan-excerpt.txt")
+}
+
+fn quant(family: &str, ty: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/families")
+        .join(family)
+        .join(format!("{family}.{ty}.gguf"))
+}
+
+/// (before, after) from "held-out KL divergence … : X -> Y".
+fn held_out(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("held-out KL divergence"))
+        .unwrap_or_else(|| panic!("no held-out line in {stdout}"));
+    let tail = line.rsplit(": ").next().unwrap();
+    let (a, b) = tail.split_once(" -> ").unwrap();
+    (a.trim().parse().unwrap(), b.trim().parse().unwrap())
+}
+
+/// The fixture text cut in two at a line: (training part, held-out part).
+fn halves(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let t = std::fs::read_to_string(text()).unwrap();
+    let lines: Vec<&str> = t.lines().collect();
+    let (a, b) = lines.split_at(lines.len() * 6 / 10);
+    let (pa, pb) = (dir.join("train.txt"), dir.join("heldout.txt"));
+    std::fs::write(&pa, a.join("\n")).unwrap();
+    std::fs::write(&pb, b.join("\n")).unwrap();
+    (pa, pb)
+}
+
+fn eval_kld(
+    model: &std::path::Path,
+    baseline: &std::path::Path,
+    lora: Option<&std::path::Path>,
+    text: &std::path::Path,
+) -> f64 {
+    let mut c = ledge();
+    c.args(["eval", "-m"])
+        .arg(model)
+        .arg("-f")
+        .arg(text)
+        .args(["-c", "64", "--json", "--baseline"])
+        .arg(baseline);
+    if let Some(l) = lora {
+        c.arg("--lora").arg(l);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["kld"]["kld_mean"]["value"].as_f64().unwrap()
+}
+
+/// A Q4_K_M student distilled from its F32 teacher into an adapter: the held-out KL
+/// divergence falls in the run, and `ledge eval --lora` on text the run never saw agrees.
+#[test]
+fn distill_recovers_a_quantized_student_through_its_adapter() {
+    let dir = common::scratch("distill-q");
+    let (teacher, student) = (fixture("llama"), quant("llama", "q4_k_m"));
+    let adapter = dir.join("adapter.gguf");
+    let (train, heldout) = halves(&dir);
+    let out = ledge()
+        .args(["distill", "--teacher"])
+        .arg(&teacher)
+        .arg("--student")
+        .arg(&student)
+        .arg("--train")
+        .arg(&train)
+        .arg("--adapter-out")
+        .arg(&adapter)
+        .args([
+            "--seq",
+            "32",
+            "--batch",
+            "2",
+            "--tokens",
+            "6000",
+            "--val-frac",
+            "0.2",
+        ])
+        .args(["--lr", "2e-3", "--temperature", "1", "--alpha", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (before, after) = held_out(&stdout);
+    assert!(after < 0.85 * before, "held-out KLD {before} -> {after}");
+    assert!(
+        !dir.join("adapter.gguf.ckpt").exists(),
+        "the checkpoint outlived the run"
+    );
+    let base = eval_kld(&student, &teacher, None, &heldout);
+    let with_adapter = eval_kld(&student, &teacher, Some(&adapter), &heldout);
+    assert!(
+        with_adapter < 0.9 * base,
+        "adapter: {base} -> {with_adapter}"
+    );
+}
+
+/// Prune, then distill, as the pipeline is meant to run: a pruned F32 student trains its
+/// pairs and norms, and the merged GGUF scores a lower KLD on unseen text. Without norms,
+/// the merged file (pairs folded into F32, exactly) and the adapter give the same KLD.
+#[test]
+fn distill_recovers_a_pruned_student_in_the_merged_model() {
+    let dir = common::scratch("distill-prune");
+    let teacher = fixture("llama");
+    let (train, heldout) = halves(&dir);
+    let pruned = dir.join("pruned.gguf");
+    let out = ledge()
+        .arg("quantize")
+        .arg(&teacher)
+        .arg(&pruned)
+        .args(["F32", "--prune-ffn", "0.25", "--calib"])
+        .arg(&train)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let distill = |extra: &[&str], outs: &[(&str, &std::path::Path)]| {
+        let mut c = ledge();
+        c.args(["distill", "--teacher"])
+            .arg(&teacher)
+            .arg("--student")
+            .arg(&pruned)
+            .arg("--train")
+            .arg(&train)
+            .args([
+                "--seq", "32", "--batch", "2", "--tokens", "6000", "--lr", "2e-3",
+            ])
+            // A random-weight teacher does not predict the text: the cross-entropy term
+            // would pull the student away from it.
+            .args(["--alpha", "1"])
+            .args(extra);
+        for (flag, p) in outs {
+            c.arg(flag).arg(p);
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let merged = dir.join("merged.gguf");
+    distill(&[], &[("-o", &merged)]);
+    let base = eval_kld(&pruned, &teacher, None, &heldout);
+    let merged_kld = eval_kld(&merged, &teacher, None, &heldout);
+    assert!(merged_kld < 0.95 * base, "merged: {base} -> {merged_kld}");
+
+    let (m2, a2) = (dir.join("m2.gguf"), dir.join("a2.gguf"));
+    distill(
+        &["--train-norms", "false"],
+        &[("-o", &m2), ("--adapter-out", &a2)],
+    );
+    let (km, ka) = (
+        eval_kld(&m2, &teacher, None, &heldout),
+        eval_kld(&pruned, &teacher, Some(&a2), &heldout),
+    );
+    assert!(km < 0.98 * base, "merged without norms: {base} -> {km}");
+    assert!(
+        (km - ka).abs() < 1e-4 * base.max(1.0),
+        "merged {km} vs adapter {ka}"
+    );
+}
+
+/// Ctrl-C saves a checkpoint; resuming it ends with the same adapter, bit for bit, as the
+/// run that was never interrupted.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let dir = common::scratch("distill-resume");
+    let args = |out: &std::path::Path| {
+        let mut c = ledge();
+        c.args(["distill", "--teacher"])
+            .arg(fixture("llama"))
+            .arg("--student")
+            .arg(quant("llama", "q8_0"))
+            .arg("--train")
+            .arg(text())
+            .arg("--adapter-out")
+            .arg(out)
+            .args([
+                "--seq", "32", "--batch", "2", "--tokens", "40000", "--seed", "7",
+            ])
+            .args(["--save-every", "5", "--val-frac", "0", "-t", "2"]);
+        c
+    };
+    let whole = dir.join("whole.gguf");
+    let out = args(&whole).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let part = dir.join("part.gguf");
+    let ckpt = dir.join("part.gguf.ckpt");
+    let child = args(&part)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: kill(2) on our own child's pid, with a valid signal number.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("interrupted at step"),
+        "{stdout}"
+    );
+    assert!(!part.exists(), "an interrupted run wrote its output");
+    let out = args(&part).arg("--resume").arg(&ckpt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("resuming"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&part).unwrap(),
+        "the resumed run ended elsewhere"
+    );
+}
+
+#[test]
+fn distill_refuses_what_it_cannot_train_by_name() {
+    let dir = common::scratch("distill-errors");
+    let run = |teacher: PathBuf, student: PathBuf, extra: &[&str]| {
+        let out = ledge()
+            .args(["distill", "--teacher"])
+            .arg(teacher)
+            .arg("--student")
+            .arg(student)
+            .arg("--train")
+            .arg(text())
+            .arg("--adapter-out")
+            .arg(dir.join("a.gguf"))
+            .args(["--seq", "32", "--tokens", "64"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(!dir.join("a.gguf").exists());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = run(fixture("gemma2"), fixture("gemma2"), &[]);
+    assert!(e.contains("does not train gemma2"), "{e}");
+    let e = run(fixture("llama"), fixture("qwen2"), &[]);
+    assert!(e.contains("different vocabulary"), "{e}");
+    let e = run(
+        fixture("llama"),
+        fixture("llama"),
+        &["--lora-targets", "attn_x"],
+    );
+    assert!(e.contains("unknown LoRA target \"attn_x\""), "{e}");
+    let e = run(fixture("llama"), fixture("llama"), &["--alpha", "1.5"]);
+    assert!(e.contains("--alpha"), "{e}");
+    let bogus = dir.join("bogus.ckpt");
+    std::fs::write(&bogus, b"GGUF but not really").unwrap();
+    let e = run(
+        fixture("llama"),
+        fixture("llama"),
+        &["--resume", bogus.to_str().unwrap()],
+    );
+    assert!(e.contains("bogus.ckpt"), "{e}");
+}

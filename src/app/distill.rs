@@ -217,7 +217,9 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
             .unwrap_or_else(|| beside(&out_base, ".labels"));
         let cached = SavedLogits::read(&labels_path)
             .ok()
-            .filter(|s| labels_match(s, &tokens, a.seq, a.top_k.min(s.n_vocab), fp));
+            .filter(|s| {
+                labels_match(s, &tokens, a.seq, a.top_k.min(s.n_vocab), a.temperature, fp)
+            });
         let labels = match cached {
             Some(s) => {
                 eprintln!("teacher labels: reusing {}", labels_path.display());
@@ -225,9 +227,15 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
             }
             None => {
                 let mut bar = Progress::new("teacher labels", "sequences");
-                let s = teacher_labels(&teacher, &tokens, a.seq, a.top_k, fp, &mut |d, t| {
-                    bar.update(d, t)
-                })?;
+                let s = teacher_labels(
+                    &teacher,
+                    &tokens,
+                    a.seq,
+                    a.top_k,
+                    a.temperature,
+                    fp,
+                    &mut |d, t| bar.update(d, t),
+                )?;
                 s.write(&labels_path)?;
                 eprintln!(
                     "teacher labels: {} positions, top {}, in {}",
@@ -283,17 +291,21 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
         .clone()
         .unwrap_or_else(|| beside(&out_base, ".ckpt"));
 
-    let target_of = |c: usize| -> Vec<Option<Target>> {
+    // Targets of sequence c, with the tail mass at the training temperature (`soft`) or at 1.
+    let target_of = |c: usize, soft: bool| -> Vec<Option<Target>> {
         let chunk = labels.chunk(c);
+        let s = labels.scored();
+        let tails = &labels.tail_t[c * s..(c + 1) * s];
         let toks = &tokens[c * a.seq..(c + 1) * a.seq];
         let mut v: Vec<Option<Target>> = chunk
             .iter()
+            .zip(tails)
             .enumerate()
-            .map(|(t, p)| {
+            .map(|(t, (p, &tail_t))| {
                 Some(Target {
                     ids: &p.ids,
                     logp: &p.logp,
-                    tail: p.tail,
+                    tail: if soft { tail_t } else { p.tail },
                     next: toks[t + 1],
                 })
             })
@@ -307,7 +319,7 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
             let z = st.logits(params, &tokens[c * a.seq..(c + 1) * a.seq])?;
             for (row, t) in z
                 .chunks_exact(st.model.config.n_vocab)
-                .zip(target_of(c))
+                .zip(target_of(c, false))
                 .filter_map(|(r, t)| t.map(|t| (r, t)))
             {
                 sum += distill_loss(row, &t, 1.0, 1.0).0 as f64;
@@ -362,7 +374,7 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
         for b in 0..a.batch {
             let idx = step * a.batch + b;
             let c = order_for(idx / n_train)[idx % n_train];
-            let tg = target_of(c);
+            let tg = target_of(c, true);
             loss += st.step(
                 &params,
                 &tokens[c * a.seq..(c + 1) * a.seq],

@@ -6,11 +6,14 @@
 //! serve as soft labels for distillation.
 //!
 //! Layout (little-endian): magic `LEDGELGT`, u32 version, u32 n_vocab, u32 ctx, u32 n_chunks,
-//! u32 top_k, u64 vocabulary fingerprint, (version 2) u32 first, u32 tokens[ctx·n_chunks], then
-//! per scored position (positions first..ctx−1 of each chunk, chunk by chunk): f64 nll_target,
-//! f64 tail, u32 ids[top_k], f32 logp[top_k]. Version 1 has no `first`: it is ctx/2, the
-//! second half llama-perplexity scores; `ledge distill`'s teacher labels (version 2) start at
-//! position 0, since every position trains. With the default k = 1024 that is 8 KB a position,
+//! u32 top_k, u64 vocabulary fingerprint, (version 2) u32 first, f32 temperature,
+//! u32 tokens[ctx·n_chunks], then per scored position (positions first..ctx−1 of each chunk,
+//! chunk by chunk): f64 nll_target, f64 tail, (version 2) f64 tail_t, u32 ids[top_k],
+//! f32 logp[top_k]. Version 1 has no `first`: it is ctx/2, the second half llama-perplexity
+//! scores; `ledge distill`'s teacher labels (version 2) start at position 0, since every
+//! position trains. `tail_t` is the mass outside the top k of the distribution softened to
+//! `temperature` (= `tail` at 1): distillation's KL at T needs it, and it cannot be derived
+//! from the top k and `tail`. With the default k = 1024 that is 8 KB a position,
 //! against ~98 KB (SmolLM2, 49k vocabulary) or ~524 KB (Gemma 3, 262k) for
 //! llama-perplexity's full uint16 rows.
 //!
@@ -38,8 +41,12 @@ pub struct SavedLogits {
     pub vocab_fingerprint: u64,
     /// The first scored position of each chunk (ctx/2 for `eval`, 0 for distillation).
     pub first: usize,
+    /// The temperature of `tail_t`.
+    pub temperature: f32,
     pub tokens: Vec<u32>,
     pub positions: Vec<TopK>,
+    /// Per position, the mass outside the top k at `temperature`.
+    pub tail_t: Vec<f64>,
 }
 
 /// Positions scored in one chunk of `ctx` tokens (llama-perplexity's n_ctx − 1 − n_ctx/2).
@@ -47,15 +54,22 @@ pub fn scored_per_chunk(ctx: usize) -> usize {
     ctx - 1 - ctx / 2
 }
 
-fn record_size(k: usize) -> usize {
-    16 + 8 * k
+fn record_size(k: usize, version: u32) -> usize {
+    if version == 1 {
+        16 + 8 * k
+    } else {
+        24 + 8 * k
+    }
 }
 
 impl SavedLogits {
     /// Writes to a temporary file beside `path`, renamed into place once complete.
     pub fn write(&self, path: &Path) -> Result<(), EvalError> {
         let mut buf = Vec::with_capacity(
-            HEADER_V1 + 4 + 4 * self.tokens.len() + self.positions.len() * record_size(self.top_k),
+            HEADER_V1
+                + 8
+                + 4 * self.tokens.len()
+                + self.positions.len() * record_size(self.top_k, VERSION),
         );
         buf.extend_from_slice(MAGIC);
         for v in [
@@ -69,13 +83,16 @@ impl SavedLogits {
         }
         buf.extend_from_slice(&self.vocab_fingerprint.to_le_bytes());
         buf.extend_from_slice(&(self.first as u32).to_le_bytes());
+        buf.extend_from_slice(&self.temperature.to_le_bytes());
+        assert_eq!(self.tail_t.len(), self.positions.len());
         self.tokens
             .iter()
             .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
-        for p in &self.positions {
+        for (p, tt) in self.positions.iter().zip(&self.tail_t) {
             debug_assert_eq!(p.ids.len(), self.top_k);
             buf.extend_from_slice(&p.nll_target.to_le_bytes());
             buf.extend_from_slice(&p.tail.to_le_bytes());
+            buf.extend_from_slice(&tt.to_le_bytes());
             p.ids
                 .iter()
                 .for_each(|t| buf.extend_from_slice(&t.to_le_bytes()));
@@ -125,14 +142,20 @@ impl SavedLogits {
                 "implausible header: ctx {ctx}, top_k {top_k}, n_vocab {n_vocab}"
             ));
         }
-        let (first, header) = if version == 1 {
-            (ctx / 2, HEADER_V1)
+        let (first, temperature, header) = if version == 1 {
+            (ctx / 2, 1.0, HEADER_V1)
         } else {
-            if b.len() < HEADER_V1 + 4 {
+            if b.len() < HEADER_V1 + 8 {
                 return Err("truncated header".into());
             }
-            (u32_at(HEADER_V1) as usize, HEADER_V1 + 4)
+            let t = f32::from_le_bytes(b[HEADER_V1 + 4..HEADER_V1 + 8].try_into().unwrap());
+            (u32_at(HEADER_V1) as usize, t, HEADER_V1 + 8)
         };
+        if !(temperature > 0.0 && temperature.is_finite()) {
+            return Err(format!("implausible header: temperature {temperature}"));
+        }
+        let rec = record_size(top_k, version);
+        let body = if version == 1 { 16 } else { 24 };
         if first >= ctx - 1 {
             return Err(format!(
                 "implausible header: first scored position {first} of a {ctx}-token chunk"
@@ -144,7 +167,7 @@ impl SavedLogits {
         let n_pos = n_chunks * (ctx - 1 - first);
         let expected = n_tok
             .checked_mul(4)
-            .zip(n_pos.checked_mul(record_size(top_k)))
+            .zip(n_pos.checked_mul(rec))
             .and_then(|(t, p)| (header + t).checked_add(p))
             .ok_or("implausible header: sizes overflow")?;
         if b.len() != expected {
@@ -161,9 +184,10 @@ impl SavedLogits {
             return Err(format!("token id {t} outside its vocabulary of {n_vocab}"));
         }
         let mut positions = Vec::with_capacity(n_pos);
-        for r in b[header + 4 * n_tok..].chunks_exact(record_size(top_k)) {
+        let mut tail_t = Vec::with_capacity(n_pos);
+        for r in b[header + 4 * n_tok..].chunks_exact(rec) {
             let f64_at = |o: usize| f64::from_le_bytes(r[o..o + 8].try_into().unwrap());
-            let ids: Vec<u32> = r[16..16 + 4 * top_k]
+            let ids: Vec<u32> = r[body..body + 4 * top_k]
                 .chunks_exact(4)
                 .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
@@ -172,13 +196,14 @@ impl SavedLogits {
             }
             positions.push(TopK {
                 ids,
-                logp: r[16 + 4 * top_k..]
+                logp: r[body + 4 * top_k..]
                     .chunks_exact(4)
                     .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                     .collect(),
                 tail: f64_at(8),
                 nll_target: f64_at(0),
             });
+            tail_t.push(if version == 1 { f64_at(8) } else { f64_at(16) });
         }
         Ok(SavedLogits {
             n_vocab,
@@ -187,8 +212,10 @@ impl SavedLogits {
             top_k,
             vocab_fingerprint,
             first,
+            temperature,
             tokens,
             positions,
+            tail_t,
         })
     }
 
@@ -211,7 +238,7 @@ mod tests {
     fn sample() -> SavedLogits {
         let ctx = 8;
         let n_chunks = 2;
-        let positions = (0..n_chunks * scored_per_chunk(ctx))
+        let positions: Vec<TopK> = (0..n_chunks * scored_per_chunk(ctx))
             .map(|i| TopK {
                 ids: vec![i as u32 % 10, 11, 12],
                 logp: vec![-0.5, -1.5, -2.5 - i as f32],
@@ -226,7 +253,9 @@ mod tests {
             top_k: 3,
             vocab_fingerprint: 0xDEAD_BEEF_0123_4567,
             first: ctx / 2,
+            temperature: 1.0,
             tokens: (0..16).map(|i| i % 20).collect(),
+            tail_t: positions.iter().map(|p: &TopK| p.tail).collect(),
             positions,
         }
     }
@@ -255,7 +284,7 @@ mod tests {
         let err = SavedLogits::from_bytes(b"GGUF\x03\0\0\0 not logits at all....").unwrap_err();
         assert!(err.contains("not a ledge logits file"), "{err}");
         let mut bad = good.clone();
-        bad[HEADER_V1 + 4..HEADER_V1 + 8].copy_from_slice(&99u32.to_le_bytes());
+        bad[HEADER_V1 + 8..HEADER_V1 + 12].copy_from_slice(&99u32.to_le_bytes());
         let err = SavedLogits::from_bytes(&bad).unwrap_err();
         assert!(err.contains("token id 99"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -271,15 +300,23 @@ mod tests {
         let p = dir.join("base.logits");
         s.write(&p).unwrap();
         let v2 = std::fs::read(&p).unwrap();
+        // Version 1: no first or temperature, records without tail_t.
         let mut v1 = v2[..HEADER_V1].to_vec();
         v1[8..12].copy_from_slice(&1u32.to_le_bytes());
-        v1.extend_from_slice(&v2[HEADER_V1 + 4..]);
+        let body = HEADER_V1 + 8 + 4 * s.tokens.len();
+        v1.extend_from_slice(&v2[HEADER_V1 + 8..body]);
+        for r in v2[body..].chunks_exact(record_size(s.top_k, 2)) {
+            v1.extend_from_slice(&r[..16]);
+            v1.extend_from_slice(&r[24..]);
+        }
         assert_eq!(SavedLogits::from_bytes(&v1).unwrap(), s);
         let mut all = sample();
         all.first = 0;
+        all.temperature = 2.5;
         all.positions = (0..all.n_chunks * (all.ctx - 1))
             .map(|i| all.positions[i % s.positions.len()].clone())
             .collect();
+        all.tail_t = (0..all.positions.len()).map(|i| 0.5 + 0.01 * i as f64).collect();
         all.write(&p).unwrap();
         let back = SavedLogits::read(&p).unwrap();
         assert_eq!(back.scored(), all.ctx - 1);

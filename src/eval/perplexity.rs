@@ -366,7 +366,9 @@ pub fn evaluate(
             top_k: k.clamp(1, nv),
             vocab_fingerprint: opts.vocab_fingerprint,
             first: ctx / 2,
+            temperature: 1.0,
             tokens: tokens[..n_chunks * ctx].to_vec(),
+            tail_t: saved_positions.iter().map(|p: &kld::TopK| p.tail).collect(),
             positions: saved_positions,
         }),
     })

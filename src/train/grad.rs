@@ -226,7 +226,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// One position's distillation target: the teacher's top-k log-probabilities (`ids`, `logp`)
-/// at temperature 1, the probability mass of all other tokens (`tail`), and the next token.
+/// at temperature 1, the probability mass its distribution softened to the loss's
+/// temperature T puts outside those k (`tail`), and the next token.
 pub struct Target<'a> {
     pub ids: &'a [u32],
     pub logp: &'a [f32],
@@ -238,24 +239,25 @@ pub struct Target<'a> {
 /// its gradient.
 ///
 /// The KL is over the teacher's kept support: its top k tokens one by one and every other
-/// token as one bucket holding `tail`, the mass the file kept for them. At temperature T the
-/// teacher's k + 1 categories are tempered as they stand (p_i ∝ p_i^(1/T), the bucket as one
-/// category); the student's q_T = softmax(z/T) is summed over the same partition. With
+/// token as one bucket. p_T over the top k is exp(logp/T) renormalized to 1 − `tail` (their
+/// exact softened probabilities, since the teacher's partition function cancels), the bucket
+/// holds `tail`; the student's q_T = softmax(z/T) is summed over the same partition. With
 /// `tail` = 0 this is the top k renormalized.
 pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) -> (f32, Vec<f32>) {
     let tt = temperature as f64;
-    let k = target.ids.len();
-    // Teacher at T over its top k and the bucket (log-mass ln tail).
-    let mut lp: Vec<f64> = target.logp.iter().map(|&l| l as f64).collect();
-    let has_tail = target.tail > 0.0;
-    if has_tail {
-        lp.push(target.tail.ln());
-    }
-    let mx = lp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let pe: Vec<f64> = lp.iter().map(|&l| ((l - mx) / tt).exp()).collect();
+    let p_tail = target.tail.clamp(0.0, 1.0);
+    let mx = target
+        .logp
+        .iter()
+        .cloned()
+        .fold(f32::NEG_INFINITY, f32::max) as f64;
+    let pe: Vec<f64> = target
+        .logp
+        .iter()
+        .map(|&l| ((l as f64 - mx) / tt).exp())
+        .collect();
     let ps: f64 = pe.iter().sum();
-    let p: Vec<f64> = pe.iter().map(|v| v / ps).collect();
-    let p_tail = if has_tail { p[k] } else { 0.0 };
+    let p: Vec<f64> = pe.iter().map(|v| v / ps * (1.0 - p_tail)).collect();
     // Student log-softmax at T and at 1.
     let log_softmax = |scale: f64| -> Vec<f64> {
         let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
@@ -272,7 +274,7 @@ pub fn distill_loss(z: &[f32], target: &Target, temperature: f32, alpha: f32) ->
     let q_top: f64 = target.ids.iter().map(|&id| lq_t[id as usize].exp()).sum();
     // The student's bucket, floored so a student with all its mass in the top k stays finite.
     let q_tail = (1.0 - q_top).max(1e-12);
-    let mut kl: f64 = p[..k]
+    let mut kl: f64 = p
         .iter()
         .zip(target.ids)
         .filter(|(pi, _)| **pi > 0.0)
@@ -720,40 +722,22 @@ mod tests {
                 }
             }
         }
-        // With the bucket, the student equal to the teacher has KL 0 at any T, and the loss
-        // at T = 1 is the full KL when the teacher's tail is one token.
+        // With the bucket, the teacher against itself has KL 0 at T = 1 and at T = 2 (its
+        // own softened tail in the bucket), and a wrong bucket mass costs.
         let t = Target {
             ids: &ids,
             logp: &logp,
             tail: 0.0,
             next: 5,
         };
-        {
-            let (kl, _) = distill_loss(
-                &tz,
-                &Target {
-                    tail: 1.0 - logp.iter().map(|&l| (l as f64).exp()).sum::<f64>(),
-                    ..t
-                },
-                1.0,
-                1.0,
-            );
-            assert!(
-                kl.abs() < 1e-5,
-                "the teacher against itself with its bucket: KL {kl}"
-            );
-            let (kl2, _) = distill_loss(&tz, &Target { tail: 0.5, ..t }, 1.0, 1.0);
-            assert!(kl2 > 1e-3, "a wrong bucket mass costs nothing ({kl2})");
-        }
-        // A student that is the teacher on its top k (and has nothing elsewhere) has KL 0:
-        // both renormalize over the same support.
-        let mut zs = vec![-60f32; v];
-        for (&id, &l) in ids.iter().zip(&logp) {
-            zs[id as usize] = l;
-        }
-        for temp in [1.0, 2.0] {
-            let (kl, _) = distill_loss(&zs, &t, temp, 1.0);
-            assert!(kl.abs() < 1e-5, "T={temp}: KL to itself {kl}");
+        for temp in [1.0f32, 2.0] {
+            let w: Vec<f64> = tz.iter().map(|&x| (x as f64 / temp as f64).exp()).collect();
+            let all: f64 = w.iter().sum();
+            let tail: f64 = order[8..].iter().map(|&i| w[i]).sum::<f64>() / all;
+            let (kl, _) = distill_loss(&tz, &Target { tail, ..t }, temp, 1.0);
+            assert!(kl.abs() < 1e-5, "T={temp}: the teacher against itself: KL {kl}");
+            let (kl2, _) = distill_loss(&tz, &Target { tail: 0.5 * tail, ..t }, temp, 1.0);
+            assert!(kl2 > 1e-3, "T={temp}: a wrong bucket mass costs nothing ({kl2})");
         }
     }
 }
