@@ -468,3 +468,143 @@ fn distill_refuses_what_it_cannot_train_by_name() {
     );
     assert!(e.contains("bogus.ckpt"), "{e}");
 }
+
+/// The whole student backward against PyTorch autograd through transformers' llama
+/// (scripts/reference/gen_distill_fixtures.py): the same LoRA pairs on v, o, gate and down,
+/// trainable norms, random teacher targets with a tail at T = 2: the same loss, and the same
+/// gradient for every A, B and norm weight.
+#[test]
+fn student_gradients_equal_pytorch_autograd() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train/student_torch.json");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let f32s = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let f = GgufFile::open(fixture("llama")).unwrap();
+    let model = Model::load(&f).unwrap();
+    let spec = TrainSpec {
+        rank: r["rank"].as_u64().unwrap() as usize,
+        alpha: r["alpha"].as_f64().unwrap() as f32,
+        targets: ["attn_v", "attn_output", "ffn_gate", "ffn_down"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        norms: true,
+    };
+    let st = Student::new(&model, &f, spec).unwrap();
+    let mut p = st.init_params(0);
+    let slot = |name: &str| TARGETS.iter().position(|t| *t == name).unwrap();
+    for pr in r["pairs"].as_array().unwrap() {
+        let at = st.layout.lora[pr["layer"].as_u64().unwrap() as usize]
+            [slot(pr["target"].as_str().unwrap())]
+        .unwrap();
+        p[at.a..at.a + at.rank * at.k].copy_from_slice(&f32s(&pr["a"]));
+        p[at.b..at.b + at.m * at.rank].copy_from_slice(&f32s(&pr["b"]));
+    }
+    let ids: Vec<u32> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let tg: Vec<(Vec<u32>, Vec<f32>, f64, u32)> = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["ids"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect(),
+                f32s(&t["logp"]),
+                t["tail"].as_f64().unwrap(),
+                t["next"].as_u64().unwrap() as u32,
+            )
+        })
+        .collect();
+    let targets: Vec<Option<Target>> = tg
+        .iter()
+        .map(|(ids, logp, tail, next)| {
+            Some(Target {
+                ids,
+                logp,
+                tail: *tail,
+                next: *next,
+            })
+        })
+        .collect();
+    let mut g = vec![0f32; p.len()];
+    let loss = st
+        .step(
+            &p,
+            &ids,
+            &targets,
+            Loss {
+                temperature: r["temperature"].as_f64().unwrap() as f32,
+                alpha: r["distill_alpha"].as_f64().unwrap() as f32,
+                weight: 1.0,
+            },
+            &mut g,
+        )
+        .unwrap();
+    let want = r["loss"].as_f64().unwrap();
+    assert!(
+        (loss - want).abs() < 1e-4 * want.abs(),
+        "loss {loss} vs torch {want}"
+    );
+    let check = |what: String, got: &[f32], want: &[f32]| {
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = got
+            .iter()
+            .zip(want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            scale > 0.0 && d <= 2e-3 * scale,
+            "{what}: off by {d} (largest {scale})"
+        );
+    };
+    for pr in r["pairs"].as_array().unwrap() {
+        let il = pr["layer"].as_u64().unwrap() as usize;
+        let name = pr["target"].as_str().unwrap();
+        let at = st.layout.lora[il][slot(name)].unwrap();
+        check(
+            format!("blk.{il}.{name} dA"),
+            &g[at.a..at.a + at.rank * at.k],
+            &f32s(&pr["da"]),
+        );
+        check(
+            format!("blk.{il}.{name} dB"),
+            &g[at.b..at.b + at.m * at.rank],
+            &f32s(&pr["db"]),
+        );
+    }
+    let d = model.config.n_embd;
+    for nm in r["norms"].as_array().unwrap() {
+        let name = nm["name"].as_str().unwrap();
+        let off = if name == "output_norm.weight" {
+            st.layout.output_norm.unwrap()
+        } else {
+            let il: usize = name.split('.').nth(1).unwrap().parse().unwrap();
+            let (a, f) = st.layout.norms[il].unwrap();
+            if name.contains("attn_norm") {
+                a
+            } else {
+                f
+            }
+        };
+        assert_eq!(
+            &p[off..off + d],
+            &f32s(&nm["w"])[..],
+            "{name}: weights differ"
+        );
+        check(format!("{name} dw"), &g[off..off + d], &f32s(&nm["dw"]));
+    }
+}

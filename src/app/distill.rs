@@ -217,9 +217,7 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
             .unwrap_or_else(|| beside(&out_base, ".labels"));
         let cached = SavedLogits::read(&labels_path)
             .ok()
-            .filter(|s| {
-                labels_match(s, &tokens, a.seq, a.top_k.min(s.n_vocab), a.temperature, fp)
-            });
+            .filter(|s| labels_match(s, &tokens, a.seq, a.top_k.min(s.n_vocab), a.temperature, fp));
         let labels = match cached {
             Some(s) => {
                 eprintln!("teacher labels: reusing {}", labels_path.display());

@@ -316,7 +316,9 @@ mod tests {
         all.positions = (0..all.n_chunks * (all.ctx - 1))
             .map(|i| all.positions[i % s.positions.len()].clone())
             .collect();
-        all.tail_t = (0..all.positions.len()).map(|i| 0.5 + 0.01 * i as f64).collect();
+        all.tail_t = (0..all.positions.len())
+            .map(|i| 0.5 + 0.01 * i as f64)
+            .collect();
         all.write(&p).unwrap();
         let back = SavedLogits::read(&p).unwrap();
         assert_eq!(back.scored(), all.ctx - 1);

@@ -735,9 +735,23 @@ mod tests {
             let all: f64 = w.iter().sum();
             let tail: f64 = order[8..].iter().map(|&i| w[i]).sum::<f64>() / all;
             let (kl, _) = distill_loss(&tz, &Target { tail, ..t }, temp, 1.0);
-            assert!(kl.abs() < 1e-5, "T={temp}: the teacher against itself: KL {kl}");
-            let (kl2, _) = distill_loss(&tz, &Target { tail: 0.5 * tail, ..t }, temp, 1.0);
-            assert!(kl2 > 1e-3, "T={temp}: a wrong bucket mass costs nothing ({kl2})");
+            assert!(
+                kl.abs() < 1e-5,
+                "T={temp}: the teacher against itself: KL {kl}"
+            );
+            let (kl2, _) = distill_loss(
+                &tz,
+                &Target {
+                    tail: 0.5 * tail,
+                    ..t
+                },
+                temp,
+                1.0,
+            );
+            assert!(
+                kl2 > 1e-3,
+                "T={temp}: a wrong bucket mass costs nothing ({kl2})"
+            );
         }
     }
 }
