@@ -11,6 +11,7 @@ use super::eval::{check_same_vocab, load, open_gguf, read_text};
 use super::{AppError, Threads};
 use crate::eval::perplexity::{tokenize_text, vocab_fingerprint};
 use crate::eval::SavedLogits;
+use crate::gguf::GgmlType;
 use crate::model::{Logits, Model};
 use crate::progress::Progress;
 use crate::train::checkpoint::Checkpoint;
@@ -449,6 +450,24 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
         report += &format!("adapter: {}\n", p.display());
     }
     if let Some(p) = &a.output {
+        let quantized = st.spec.rank > 0
+            && sfile.tensors().any(|v| {
+                v.name.starts_with("blk.")
+                    && st
+                        .spec
+                        .targets
+                        .iter()
+                        .any(|t| v.name.contains(&format!(".{t}.")))
+                    && !matches!(v.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
+            });
+        if quantized {
+            eprintln!(
+                "note: the merged model re-quantizes W + s·B·A to the student's types, which \
+                 rounds away most of a correction smaller than the quantization step; the \
+                 adapter (--adapter-out) keeps it. To prune and distill, use an F16 student and \
+                 quantize the merged model afterwards."
+            );
+        }
         let mut bar = Progress::new("merge", "tensors");
         let p = write_merged(&st, &sfile, &params, p, &mut |d, t| bar.update(d, t))?;
         report += &format!("merged model: {}\n", p.display());
