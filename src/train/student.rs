@@ -678,9 +678,9 @@ fn lora_backward(
 fn frozen_backward(w: &TensorView, dy: &[f32], n: usize) -> Result<Vec<f32>, QuantError> {
     let (k, m) = (w.row_len(), w.n_rows());
     let mut dx = vec![0f32; n * k];
-    // Tiles of ~256 KiB of f32 rows, dequantized in parallel, then every token block adds
-    // its share of them.
-    let tile = ((1usize << 16) / k.max(1)).clamp(8, m.max(8));
+    // Tiles of ~4 MiB of f32 rows: large enough for the GEMM's inner dimension, small
+    // against a 7B model's matrices (45–180 MB in f32).
+    let tile = (TILE_VALUES / k.max(1)).clamp(8, m.max(8));
     let mut buf = vec![0f32; tile * k];
     let mut r0 = 0;
     while r0 < m {
@@ -689,29 +689,14 @@ fn frozen_backward(w: &TensorView, dy: &[f32], n: usize) -> Result<Vec<f32>, Qua
             .par_chunks_mut(k)
             .enumerate()
             .try_for_each(|(i, row)| w.dequantize_into(r0 + i, row))?;
-        let rows = &buf[..nr * k];
-        dx.par_chunks_mut(TOKENS_PER_TASK * k)
-            .enumerate()
-            .for_each(|(blk, dxb)| {
-                let t0 = blk * TOKENS_PER_TASK;
-                let nt = dxb.len() / k;
-                let g: Vec<f32> = (0..nt)
-                    .flat_map(|tt| {
-                        dy[(t0 + tt) * m + r0..(t0 + tt) * m + r0 + nr]
-                            .iter()
-                            .copied()
-                    })
-                    .collect();
-                crate::train::kernels::gemm_acc(dxb, &g, rows, nt, nr, k);
-            });
+        crate::train::kernels::gemm_acc(&mut dx, &dy[r0..], m, &buf[..nr * k], n, nr, k);
         r0 += nr;
     }
     Ok(dx)
 }
 
-/// Tokens per task of `frozen_backward`: a block of dx rows that stays in L1/L2 while a tile
-/// of W's rows streams past.
-const TOKENS_PER_TASK: usize = 4;
+/// Values per dequantized tile in `frozen_backward`.
+const TILE_VALUES: usize = 1 << 20;
 
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(yv, &xv)| *yv += a * xv);
