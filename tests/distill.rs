@@ -645,3 +645,41 @@ fn self_generated_text_trains_the_student() {
     assert!(after < 0.95 * before, "held-out KLD {before} -> {after}");
     assert!(dir.join("a.gguf").exists());
 }
+
+/// `--minutes` times the first step and fixes the step count from it.
+#[test]
+fn minutes_fix_the_step_count_from_the_first_step() {
+    let dir = common::scratch("distill-minutes");
+    let out = ledge()
+        .args(["distill", "--teacher"])
+        .arg(fixture("llama"))
+        .arg("--student")
+        .arg(quant("llama", "q8_0"))
+        .arg("--train")
+        .arg(text())
+        .arg("--adapter-out")
+        .arg(dir.join("a.gguf"))
+        .args(["--seq", "32", "--minutes", "0.03", "--save-every", "0"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("s a step:"))
+        .unwrap_or_else(|| panic!("no timing line in {stderr}"));
+    let steps: usize = line
+        .split(": ")
+        .nth(2)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(steps >= 1);
+    assert!(
+        stdout.contains(&format!("distilled {steps} steps")),
+        "{stdout}"
+    );
+}
