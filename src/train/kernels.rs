@@ -47,6 +47,104 @@ pub fn gemm_acc(
     }
 }
 
+/// A strided f32 matrix view: element (i, j) at `data[i·rs + j·cs]`, so a transpose is a swap
+/// of strides.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> View<'a> {
+    /// A row-major rows × cols matrix.
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> View<'a> {
+        View {
+            data,
+            rows,
+            cols,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose (no copy).
+    pub fn t(self) -> View<'a> {
+        View {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.rows == 0
+            || self.cols == 0
+            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < len
+    }
+}
+
+/// dst (row-major a.rows × b.cols) = beta·a·b, plus dst's values where `accumulate`.
+pub fn matmul_into(dst: &mut [f32], accumulate: bool, a: View, b: View, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "inner dimensions differ");
+    assert!(dst.len() >= m * n && a.fits(a.data.len()) && b.fits(b.data.len()));
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: every index gemm forms is (i·rs + j·cs) within the extents checked just above
+    // (`fits`, dst.len() ≥ m·n for its row-major layout), and dst, a &mut, aliases neither
+    // input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+/// The reference of `matmul_into`.
+pub fn matmul_into_reference(dst: &mut [f32], accumulate: bool, a: View, b: View, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f32;
+            for l in 0..k {
+                s += a.data[i * a.rs + l * a.cs] * b.data[l * b.rs + j * b.cs];
+            }
+            let d = &mut dst[i * n + j];
+            *d = if accumulate { *d + beta * s } else { beta * s };
+        }
+    }
+}
+
 /// The reference: for every element, Σ over rows in row order, added to dx's value.
 pub fn gemm_acc_reference(
     dx: &mut [f32],
@@ -115,6 +213,52 @@ mod tests {
                     a[i],
                     b[i]
                 );
+            }
+        }
+    }
+
+    /// Strided products (each operand plain or transposed, accumulating or not, scaled)
+    /// equal the reference within 1e-5 of each entry's sum of magnitudes.
+    #[test]
+    fn strided_products_equal_the_reference() {
+        for &(m, k, n) in &[(5, 7, 3), (16, 64, 33), (1, 1, 1), (40, 16, 100)] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    for acc in [false, true] {
+                        let ad = rand(m * k, 5 + m as u64);
+                        let bd = rand(k * n, 6 + n as u64);
+                        let a = if ta {
+                            View::rows(&ad, k, m).t()
+                        } else {
+                            View::rows(&ad, m, k)
+                        };
+                        let b = if tb {
+                            View::rows(&bd, n, k).t()
+                        } else {
+                            View::rows(&bd, k, n)
+                        };
+                        let init = rand(m * n, 9);
+                        let (mut x, mut y) = (init.clone(), init.clone());
+                        matmul_into(&mut x, acc, a, b, 0.75);
+                        matmul_into_reference(&mut y, acc, a, b, 0.75);
+                        for i in 0..m * n {
+                            let (r, c) = (i / n, i % n);
+                            let mag = init[i].abs()
+                                + (0..k)
+                                    .map(|l| {
+                                        (a.data[r * a.rs + l * a.cs] * b.data[l * b.rs + c * b.cs])
+                                            .abs()
+                                    })
+                                    .sum::<f32>();
+                            assert!(
+                                (x[i] - y[i]).abs() <= 1e-5 * mag.max(1e-6),
+                                "({m},{k},{n}) ta {ta} tb {tb} acc {acc} [{i}]: {} vs {}",
+                                x[i],
+                                y[i]
+                            );
+                        }
+                    }
+                }
             }
         }
     }

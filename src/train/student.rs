@@ -17,6 +17,7 @@ use crate::model::{Ffn, Model, ModelError};
 use crate::ops::{matmul, rope, Input, Weight};
 use crate::quant::QuantError;
 use crate::tensor::TensorView;
+use crate::train::kernels::{matmul_into, View};
 
 /// The block matrices LoRA pairs can train on, by their GGUF names.
 pub const TARGETS: [&str; 7] = [
@@ -609,25 +610,15 @@ fn lora_forward(
         return Vec::new();
     };
     let (r, k, m) = (at.rank, at.k, at.m);
-    let a = &params[at.a..at.a + r * k];
-    let b = &params[at.b..at.b + m * r];
+    let a = View::rows(&params[at.a..at.a + r * k], r, k);
+    let b = View::rows(&params[at.b..at.b + m * r], m, r);
     let mut t = vec![0f32; n * r];
-    t.par_chunks_mut(r)
-        .zip(y.par_chunks_mut(m))
-        .enumerate()
-        .for_each(|(ti, (tr, yr))| {
-            let xt = &x[ti * k..(ti + 1) * k];
-            for (j, tj) in tr.iter_mut().enumerate() {
-                *tj = grad::dot(xt, &a[j * k..(j + 1) * k]);
-            }
-            for (i, yi) in yr.iter_mut().enumerate() {
-                *yi += s * grad::dot(tr, &b[i * r..(i + 1) * r]);
-            }
-        });
+    matmul_into(&mut t, false, View::rows(x, n, k), a.t(), 1.0);
+    matmul_into(y, true, View::rows(&t, n, r), b.t(), s);
     t
 }
 
-/// The backward of `lora_forward`: dx += s·(dy·B)·A; dA += s·(dy·B)ᵀ·x; dB += s·dyᵀ·t.
+/// The backward of `lora_forward`: u = s·dy·B; dx += u·A; dA += uᵀ·x; dB += s·dyᵀ·t.
 #[allow(clippy::too_many_arguments)]
 fn lora_backward(
     params: &[f32],
@@ -642,36 +633,17 @@ fn lora_backward(
 ) {
     let Some(at) = at else { return };
     let (r, k, m) = (at.rank, at.k, at.m);
-    let a = &params[at.a..at.a + r * k];
-    let b = &params[at.b..at.b + m * r];
-    // u (n, r) = s·dy·B.
+    let a = View::rows(&params[at.a..at.a + r * k], r, k);
+    let b = View::rows(&params[at.b..at.b + m * r], m, r);
+    let dyv = View::rows(dy, n, m);
     let mut u = vec![0f32; n * r];
-    u.par_chunks_mut(r).enumerate().for_each(|(ti, ur)| {
-        for (&g, bi) in dy[ti * m..(ti + 1) * m].iter().zip(b.chunks_exact(r)) {
-            axpy(ur, g * s, bi);
-        }
-    });
-    dx.par_chunks_mut(k)
-        .zip(u.par_chunks(r))
-        .for_each(|(dxr, ur)| {
-            for (&uj, aj) in ur.iter().zip(a.chunks_exact(k)) {
-                axpy(dxr, uj, aj);
-            }
-        });
+    matmul_into(&mut u, false, dyv, b, s);
+    let uv = View::rows(&u, n, r);
+    matmul_into(dx, true, uv, a, 1.0);
     let (ga, rest) = grads[at.a..].split_at_mut(r * k);
     let gb = &mut rest[at.b - at.a - r * k..][..m * r];
-    // dA_j += Σ_t u_tj·x_t, one row j per task.
-    ga.par_chunks_mut(k).enumerate().for_each(|(j, gr)| {
-        for ti in 0..n {
-            axpy(gr, u[ti * r + j], &x[ti * k..(ti + 1) * k]);
-        }
-    });
-    // dB_i += s·Σ_t dy_ti·t_t.
-    gb.par_chunks_mut(r).enumerate().for_each(|(i, gr)| {
-        for ti in 0..n {
-            axpy(gr, s * dy[ti * m + i], &t[ti * r..(ti + 1) * r]);
-        }
-    });
+    matmul_into(ga, true, uv.t(), View::rows(x, n, k), 1.0);
+    matmul_into(gb, true, dyv.t(), View::rows(t, n, r), s);
 }
 
 /// dx (n, k) = dy (n, m)·W for a frozen W (k, m) read from the file a tile of rows at a time.
@@ -697,7 +669,3 @@ fn frozen_backward(w: &TensorView, dy: &[f32], n: usize) -> Result<Vec<f32>, Qua
 
 /// Values per dequantized tile in `frozen_backward`.
 const TILE_VALUES: usize = 1 << 20;
-
-fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    y.iter_mut().zip(x).for_each(|(yv, &xv)| *yv += a * xv);
-}
