@@ -328,6 +328,7 @@ fn top_level_help_has_one_line_per_command_and_details_stay_with_the_command() {
             "convert",
             "quantize",
             "calibrate",
+            "distill",
             "export-hf",
             "inspect",
             "help"

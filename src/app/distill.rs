@@ -21,8 +21,7 @@ use crate::train::merge::{write_lora, write_merged};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::student::{Loss, Rng, Student, TrainSpec, TARGETS};
 
-/// Knowledge distillation: train a student (a pruned or quantized GGUF) to match a teacher's
-/// output distribution.
+/// Train a pruned or quantized model to match its original (knowledge distillation).
 ///
 /// The teacher runs once over the training text and its top-k log-probabilities per position
 /// are cached (--labels). The student's base weights stay frozen in their stored type; LoRA
