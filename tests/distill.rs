@@ -445,6 +445,8 @@ fn distill_refuses_what_it_cannot_train_by_name() {
             .unwrap();
         assert!(!out.status.success());
         assert!(!dir.join("a.gguf").exists());
+        // Refused before the teacher ran: not even its labels were written.
+        assert!(!dir.join("a.gguf.labels").exists() || extra.contains(&"--resume"));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let e = run(fixture("gemma2"), fixture("gemma2"), &[]);
@@ -459,6 +461,25 @@ fn distill_refuses_what_it_cannot_train_by_name() {
     assert!(e.contains("unknown LoRA target \"attn_x\""), "{e}");
     let e = run(fixture("llama"), fixture("llama"), &["--alpha", "1.5"]);
     assert!(e.contains("--alpha"), "{e}");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "A few words only.").unwrap();
+    let out = ledge()
+        .args(["distill", "--teacher"])
+        .arg(fixture("llama"))
+        .arg("--student")
+        .arg(fixture("llama"))
+        .arg("--train")
+        .arg(&short)
+        .arg("--adapter-out")
+        .arg(dir.join("a.gguf"))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && e.contains("at least two sequences"),
+        "{e}"
+    );
+    assert!(!dir.join("a.gguf").exists() && !dir.join("a.gguf.labels").exists());
     let bogus = dir.join("bogus.ckpt");
     std::fs::write(&bogus, b"GGUF but not really").unwrap();
     let e = run(

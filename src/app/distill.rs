@@ -194,6 +194,8 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
     let sfile = open_gguf(&a.student)?;
     let (student_model, stok) = load(&a.student, &sfile)?;
     let fp = vocab_fingerprint(&stok);
+    // Refuse an untrainable student before the teacher runs.
+    let st = Student::new(&student_model, &sfile, spec.clone())?;
     let tfile = open_gguf(&a.teacher)?;
 
     // --- the text and the teacher's labels ---
@@ -255,7 +257,6 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
     let n_train = n_seq - n_val;
 
     // --- the student ---
-    let st = Student::new(&student_model, &sfile, spec.clone())?;
     let per_step = a.seq * a.batch;
     let mut total = match (a.tokens, a.minutes) {
         (Some(t), _) => t.div_ceil(per_step).max(1),
