@@ -9,12 +9,14 @@ use clap::Args;
 
 use super::eval::{check_same_vocab, load, open_gguf, read_text};
 use super::{AppError, Threads};
+use crate::eval::kld::LogSoftmax;
 use crate::eval::perplexity::{tokenize_text, vocab_fingerprint};
 use crate::eval::SavedLogits;
 use crate::gguf::GgmlType;
 use crate::model::{Logits, Model};
 use crate::progress::Progress;
 use crate::train::checkpoint::Checkpoint;
+use crate::train::curve::{svg as write_curve_svg, write_csv as write_curve_csv, Point};
 use crate::train::grad::{distill_loss, Target};
 use crate::train::labels::{labels_match, teacher_labels};
 use crate::train::merge::{write_lora, write_merged};
@@ -109,6 +111,17 @@ pub struct DistillArgs {
     /// Fraction of the sequences held out to measure the KL divergence before and after.
     #[arg(long, default_value_t = 0.1)]
     pub val_frac: f64,
+    /// A held-out text to evaluate on during training: KL divergence to the teacher,
+    /// perplexity and top-1 agreement against training tokens, written as OUTPUT.curve.csv
+    /// and OUTPUT.curve.svg.
+    #[arg(long)]
+    pub eval_text: Option<PathBuf>,
+    /// Evaluate every N steps (default: ten times over the run).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Sequences of --eval-text to evaluate on (at most).
+    #[arg(long, default_value_t = 8)]
+    pub eval_seqs: usize,
     /// Seed of the LoRA initialisation, the data order and --self-generate.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -249,9 +262,27 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
                 s
             }
         };
-        (tokens, labels)
+        let eval_set = match &a.eval_text {
+            Some(p) => {
+                let t = tokenize_text(&stok, &read_text(p)?);
+                let n = (t.len() / a.seq).min(a.eval_seqs);
+                if n == 0 {
+                    return Err(other(format!(
+                        "{}: shorter than one sequence of --seq {}",
+                        p.display(),
+                        a.seq
+                    ))
+                    .into());
+                }
+                let t = t[..n * a.seq].to_vec();
+                let l = teacher_labels(&teacher, &t, a.seq, a.top_k, 1.0, fp, &mut |_, _| {})?;
+                Some((t, l))
+            }
+            None => None,
+        };
+        (tokens, labels, eval_set)
     };
-    let (tokens, labels) = tokens;
+    let (tokens, labels, eval_set) = tokens;
     let n_seq = labels.n_chunks;
     let n_val = ((n_seq as f64 * a.val_frac).round() as usize).min(n_seq - 1);
     let n_train = n_seq - n_val;
@@ -331,6 +362,40 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
         Ok(sum / n.max(1) as f64)
     };
     let kld_before = (n_val > 0).then(|| val_kld(&params)).transpose()?;
+    // The learning curve on --eval-text: mean KL (T = 1, top-k + tail), PPL, top-1 agreement.
+    let curve_point = |params: &[f32], done: usize| -> Result<Point, Box<dyn std::error::Error>> {
+        let (et, el) = eval_set.as_ref().expect("only called with --eval-text");
+        let (mut kl, mut nll, mut same, mut n) = (0f64, 0f64, 0usize, 0usize);
+        for c in 0..el.n_chunks {
+            let toks = &et[c * a.seq..(c + 1) * a.seq];
+            let z = st.logits(params, toks)?;
+            for (t, (row, p)) in z
+                .chunks_exact(st.model.config.n_vocab)
+                .zip(el.chunk(c))
+                .enumerate()
+            {
+                let tg = Target {
+                    ids: &p.ids,
+                    logp: &p.logp,
+                    tail: p.tail,
+                    next: toks[t + 1],
+                };
+                kl += distill_loss(row, &tg, 1.0, 1.0).0 as f64;
+                let ls = LogSoftmax::of(row);
+                nll -= ls.logp(row[toks[t + 1] as usize]);
+                same += (ls.argmax == p.ids[0] as usize) as usize;
+                n += 1;
+            }
+        }
+        let n = n.max(1) as f64;
+        Ok(Point {
+            tokens: done,
+            kld: kl / n,
+            ppl: (nll / n).exp(),
+            top1: same as f64 / n,
+        })
+    };
+    let mut curve: Vec<Point> = Vec::new();
 
     // --- training ---
     let stop = Arc::new(AtomicBool::new(false));
@@ -368,6 +433,24 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
     let mut grads = vec![0f32; st.layout.len];
+    let evaluate = |params: &[f32],
+                    step: usize,
+                    curve: &mut Vec<Point>|
+     -> Result<(), Box<dyn std::error::Error>> {
+        if eval_set.is_some() && curve.last().map(|p| p.tokens) != Some(step * per_step) {
+            let p = curve_point(params, step * per_step)?;
+            eprintln!(
+                "eval at {} tokens: KLD {:.4}  PPL {:.3}  top-1 {:.1} %",
+                p.tokens,
+                p.kld,
+                p.ppl,
+                100.0 * p.top1
+            );
+            curve.push(p);
+        }
+        Ok(())
+    };
+    evaluate(&params, opt.step, &mut curve)?;
     while total == 0 || opt.step < total {
         let step = opt.step;
         grads.iter_mut().for_each(|g| *g = 0.0);
@@ -411,6 +494,10 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
             cfg.lr_at(step)
         ));
         bar.update(opt.step, total);
+        let every = a.eval_every.unwrap_or((total / 10).max(1)).max(1);
+        if opt.step % every == 0 || opt.step == total {
+            evaluate(&params, opt.step, &mut curve)?;
+        }
         let save = a.save_every > 0 && opt.step % a.save_every == 0 && opt.step < total;
         interrupted = stop.load(Ordering::Relaxed);
         if save || interrupted {
@@ -446,6 +533,26 @@ pub fn distill(a: DistillArgs) -> Result<String, Box<dyn std::error::Error>> {
         report += &format!(
             "held-out KL divergence to the teacher (top-{} + tail, {n_val} sequences): {b:.4} -> {f:.4}\n",
             labels.top_k
+        );
+    }
+    if let (Some(first), Some(last)) = (curve.first(), curve.last()) {
+        let (csv, svg) = (
+            beside(&out_base, ".curve.csv"),
+            beside(&out_base, ".curve.svg"),
+        );
+        write_curve_csv(&curve, &csv).map_err(|e| other(format!("{}: {e}", csv.display())))?;
+        write_curve_svg(&curve, &svg).map_err(other)?;
+        report += &format!(
+            "--eval-text: KLD {:.4} -> {:.4}, PPL {:.3} -> {:.3}, top-1 {:.1} % -> {:.1} % ({} points in {} and {})\n",
+            first.kld,
+            last.kld,
+            first.ppl,
+            last.ppl,
+            100.0 * first.top1,
+            100.0 * last.top1,
+            curve.len(),
+            csv.display(),
+            svg.display()
         );
     }
     if let Some(p) = &a.adapter_out {

@@ -4,6 +4,7 @@
 //! (`labels`); checkpoints (`checkpoint`) and the merged output (`merge`).
 
 pub mod checkpoint;
+pub mod curve;
 pub mod grad;
 pub mod kernels;
 pub mod labels;
