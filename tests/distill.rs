@@ -684,6 +684,57 @@ fn self_generated_text_trains_the_student() {
     assert!(dir.join("a.gguf").exists());
 }
 
+/// `--train` and `--self-generate` together: the text's whole sequences, then the samples
+/// (made by `--generator`); a second run with the same labels file reuses the samples
+/// instead of sampling again, and trains on exactly the same tokens.
+#[test]
+fn text_and_samples_mix_and_the_samples_are_reused() {
+    let dir = common::scratch("distill-mix");
+    let run = |out: &str| {
+        let o = ledge()
+            .args(["distill", "--teacher"])
+            .arg(fixture("llama"))
+            .arg("--student")
+            .arg(quant("llama", "q8_0"))
+            .arg("--train")
+            .arg(text())
+            .args(["--self-generate", "100", "--seed", "5", "--generator"])
+            .arg(quant("llama", "q4_k_m"))
+            .arg("--labels")
+            .arg(dir.join("l.labels"))
+            .arg("--adapter-out")
+            .arg(dir.join(out))
+            .args(["--seq", "32", "--tokens", "64", "--save-every", "0"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let first = run("a.gguf");
+    assert!(first.contains("self-generate:"), "{first}");
+    assert!(!first.contains("reusing the"), "{first}");
+    let labels = ledge::eval::logits_file::SavedLogits::read(&dir.join("l.labels")).unwrap();
+    // The text's whole sequences come first, then ceil(100 / 32) = 4 sequences of samples.
+    let student = quant("llama", "q8_0");
+    let f = ledge::gguf::GgufFile::open(&student).unwrap();
+    let tok = ledge::tokenizer::Tokenizer::from_gguf(&f).unwrap();
+    let t = ledge::eval::perplexity::tokenize_text(&tok, &std::fs::read_to_string(text()).unwrap());
+    let n_text = t.len() / 32 * 32;
+    assert_eq!(labels.tokens.len(), n_text + 4 * 32);
+    assert_eq!(&labels.tokens[..n_text], &t[..n_text]);
+    let second = run("b.gguf");
+    assert!(
+        second.contains("reusing the 128 sampled tokens"),
+        "{second}"
+    );
+    assert!(second.contains("teacher labels: reusing"), "{second}");
+    // Same tokens, same seed: the same adapter.
+    assert_eq!(
+        std::fs::read(dir.join("a.gguf")).unwrap(),
+        std::fs::read(dir.join("b.gguf")).unwrap()
+    );
+}
+
 /// `--minutes` times the first step and fixes the step count from it.
 #[test]
 fn minutes_fix_the_step_count_from_the_first_step() {

@@ -116,6 +116,44 @@ fn repair_adapter_lowers_kld_and_loads() {
         wrong > plain,
         "KLD with the repair negated {wrong} vs {plain}"
     );
+
+    // Under a byte budget: ranks differ per matrix, the adapter stays inside the budget,
+    // and it still helps.
+    let (qb, ab) = (dir.join("qb.gguf"), dir.join("ab.gguf"));
+    let (ok, out, err) = ledge(&[
+        "quantize",
+        s(&base),
+        s(&qb),
+        "Q4_0",
+        "--gram",
+        s(&gram),
+        "--lowrank-budget",
+        "45",
+        "--adapter-out",
+        s(&ab),
+    ]);
+    assert!(ok, "quantize: {err}");
+    assert!(out.contains("of at most 32"), "{out}");
+    let (model_bytes, adapter_bytes) = (
+        std::fs::metadata(&qb).unwrap().len(),
+        std::fs::metadata(&ab).unwrap().len(),
+    );
+    assert!(
+        adapter_bytes as f64 <= 0.45 * model_bytes as f64,
+        "adapter {adapter_bytes} bytes for a {model_bytes}-byte model"
+    );
+    let ad = ledge::model::lora::LoraAdapter::open(&ab).unwrap();
+    let ranks: Vec<usize> = ad.pairs.iter().map(|p| p.rank).collect();
+    assert!(
+        ranks.iter().min() != ranks.iter().max() && ranks.iter().all(|&r| r <= 32),
+        "{ranks:?}"
+    );
+    let budgeted = kld(&qb, &base, &["--lora", s(&ab)]);
+    eprintln!("KLD with the 45 % budget repair (ranks {ranks:?}): {budgeted:.5}");
+    assert!(
+        budgeted < 0.8 * plain,
+        "KLD with the budgeted repair {budgeted} vs without {plain}"
+    );
 }
 
 #[test]
@@ -166,6 +204,19 @@ fn cli_explains_what_the_repair_needs() {
         s(&a),
     ]);
     assert!(!ok && err.contains("from 1 to 1024"), "{err}");
+    let (ok, _, err) = ledge(&[
+        "quantize",
+        s(&base),
+        s(&out),
+        "Q4_0",
+        "--gram",
+        s(&base),
+        "--lowrank-budget",
+        "0",
+        "--adapter-out",
+        s(&a),
+    ]);
+    assert!(!ok && err.contains("--lowrank-budget"), "{err}");
     assert!(
         !out.exists() && !a.exists(),
         "nothing is written on a usage error"

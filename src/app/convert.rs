@@ -74,6 +74,11 @@ pub struct QuantArgs {
     /// ‖(W − Q(W) − B·A)·H^½‖ with H from --gram: a truncated SVD, no training.
     #[arg(long, value_name = "R")]
     pub lowrank_repair: Option<usize>,
+    /// Fit the repair into this many percent of the model's bytes (e.g. 5): each matrix gets
+    /// the rank, up to --lowrank-repair R (default 32), that removes the most weighted
+    /// error per byte, instead of R everywhere.
+    #[arg(long, value_name = "PCT")]
+    pub lowrank_budget: Option<f64>,
     /// The adapter --lowrank-repair writes (llama.cpp's LoRA GGUF format).
     #[arg(long, value_name = "FILE")]
     pub adapter_out: Option<PathBuf>,
@@ -155,7 +160,17 @@ impl QuantArgs {
     ) -> Result<Option<(std::sync::Arc<crate::convert::lowrank::LowRank>, PathBuf)>, ConvertError>
     {
         let usage = |m: &str| Err(ConvertError::Usage(m.into()));
-        match (self.lowrank_repair, &self.adapter_out, &self.gram) {
+        let rank = match (self.lowrank_repair, self.lowrank_budget) {
+            (None, Some(_)) => Some(32),
+            (r, _) => r,
+        };
+        let budget = match self.lowrank_budget {
+            Some(p) if !(p.is_finite() && p > 0.0 && p <= 100.0) => {
+                return usage("--lowrank-budget PCT: expected a percentage above 0 (e.g. 5)");
+            }
+            p => p.map(|p| p / 100.0),
+        };
+        match (rank, &self.adapter_out, &self.gram) {
             (None, None, _) => Ok(None),
             (None, Some(_), _) => usage("--adapter-out is written by --lowrank-repair R"),
             (Some(_), None, _) => {
@@ -179,6 +194,7 @@ impl QuantArgs {
                         GramFile::open(g)?,
                         r,
                         self.damp,
+                        budget,
                     )),
                     out.clone(),
                 )))
@@ -204,7 +220,9 @@ impl QuantArgs {
     fn gptq(&self) -> Result<Option<std::sync::Arc<Gptq>>, ConvertError> {
         match (self.method.to_ascii_lowercase().as_str(), &self.gram) {
         ("rtn", None) => Ok(None),
-        ("rtn", Some(_)) if self.lowrank_repair.is_some() => Ok(None),
+        ("rtn", Some(_)) if self.lowrank_repair.is_some() || self.lowrank_budget.is_some() => {
+            Ok(None)
+        }
         ("rtn", Some(_)) => Err(ConvertError::Usage(
             "--gram is only used by --method gptq and --lowrank-repair".into(),
         )),
@@ -264,18 +282,19 @@ fn report(s: &Summary) -> String {
         let (before, after) = s
             .lowrank
             .iter()
-            .fold((0.0, 0.0), |(b, a), (_, eb, ea, _)| (b + eb, a + ea));
+            .fold((0.0, 0.0), |(b, a), (_, eb, ea, _, _)| (b + eb, a + ea));
         let removed = |b: f64, a: f64| if b > 0.0 { 100.0 * (1.0 - a / b) } else { 0.0 };
         let (lo, hi) = s
             .lowrank
             .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), (_, b, a, _)| {
+            .fold((f64::MAX, f64::MIN), |(lo, hi), (_, b, a, _, _)| {
                 let r = removed(*b, *a);
                 (lo.min(r), hi.max(r))
             });
         out += &format!(
-            "lowrank: {} matrices repaired at rank {rank}, weighted error removed {:.1} % (per matrix {:.1}-{:.1} %){}; adapter {} ({:.2} MiB, {:.1} % of the model; apply with --lora)\n",
+            "lowrank: {} matrices repaired {}, weighted error removed {:.1} % (per matrix {:.1}-{:.1} %){}; adapter {} ({:.2} MiB, {:.1} % of the model; apply with --lora)\n",
             s.lowrank.len(),
+            rank_words(s, *rank),
             removed(before, after),
             lo.min(hi),
             hi,
@@ -293,6 +312,28 @@ fn report(s: &Summary) -> String {
         }
     }
     out
+}
+
+/// "at rank 16", or under a budget "at ranks 0-32 (mean 7.4; 12 matrices none)".
+fn rank_words(s: &Summary, max: usize) -> String {
+    let ranks: Vec<usize> = s.lowrank.iter().map(|l| l.4).collect();
+    let (lo, hi) = (
+        ranks.iter().copied().min().unwrap_or(0),
+        ranks.iter().copied().max().unwrap_or(0),
+    );
+    if lo == hi && hi == max {
+        return format!("at rank {max}");
+    }
+    let mean = ranks.iter().sum::<usize>() as f64 / ranks.len().max(1) as f64;
+    let none = ranks.iter().filter(|&&r| r == 0).count();
+    format!(
+        "at ranks {lo}-{hi} of at most {max} (mean {mean:.1}{}) to fit the budget",
+        if none > 0 {
+            format!("; {none} matrices none")
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// "imatrix: 30 tensors importance-weighted; not weighted (2 tensors: why): a, b", or

@@ -46,8 +46,8 @@ pub struct Summary {
     pub gptq: usize,
     /// Quantized tensors GPTQ was asked for but had no statistics or codec for.
     pub not_gptq: Vec<String>,
-    /// Low-rank repairs: (tensor, weighted error before, after, exact).
-    pub lowrank: Vec<(String, f64, f64, bool)>,
+    /// Low-rank repairs: (tensor, weighted error before, after, exact, rank written).
+    pub lowrank: Vec<(String, f64, f64, bool, usize)>,
     /// Quantized matrices the repair had no statistics for (or does not apply to).
     pub not_lowrank: Vec<String>,
     /// The adapter written, its rank and size in bytes.
@@ -113,7 +113,7 @@ pub fn write_gguf(
         Some(crate::gguf::MetaValue::String(a)) => a.clone(),
         _ => String::new(),
     };
-    let mut pairs: Vec<crate::model::lora::LoraPair> = Vec::new();
+    let mut pairs: Vec<(crate::model::lora::LoraPair, Vec<f64>)> = Vec::new();
     let mut stream = builder.create(out)?;
     let n = tensors.len();
     let mut progress = opts.progress.then(|| Progress::new("convert", "tensors"));
@@ -206,6 +206,7 @@ pub fn write_gguf(
     drop(progress);
     summary.path = result?;
     if let Some((lr, path)) = &opts.lowrank {
+        let pairs = adapter_ranks(lr, pairs, total_bytes, &mut summary);
         let written =
             crate::model::lora::write_adapter(path, &arch, lr.rank as f32, &pairs, GgmlType::F16)?;
         let size = std::fs::metadata(&written).map(|m| m.len()).unwrap_or(0);
@@ -227,7 +228,7 @@ fn repair_tensor(
     bytes: &[u8],
     tied: bool,
     summary: &mut Summary,
-) -> Result<Option<crate::model::lora::LoraPair>> {
+) -> Result<Option<(crate::model::lora::LoraPair, Vec<f64>)>> {
     let matrix = t.dims.len() == 2 && (t.name.starts_with("blk.") || t.name == "output.weight");
     if is_float(ty) || !matrix {
         return Ok(None);
@@ -254,24 +255,99 @@ fn repair_tensor(
     let r = super::lowrank::repair(&e, m, k, &f, lr.rank, seed);
     summary
         .lowrank
-        .push((t.name.clone(), r.err_before, r.err_after, r.exact));
-    // Every pair at the adapter's rank (zero-padded where a small matrix capped it): the
-    // adapter has one alpha, and llama.cpp scales each pair by alpha / its rank.
-    let rank = lr.rank;
-    let mut a = r.a;
-    a.resize(rank * k, 0.0);
-    let mut b = vec![0f32; m * rank];
-    for i in 0..m {
-        b[i * rank..i * rank + r.rank].copy_from_slice(&r.b[i * r.rank..(i + 1) * r.rank]);
+        .push((t.name.clone(), r.err_before, r.err_after, r.exact, r.rank));
+    Ok(Some((
+        crate::model::lora::LoraPair {
+            base: t.name.clone(),
+            rank: r.rank,
+            k,
+            m,
+            a: r.a,
+            b: r.b,
+        },
+        r.gains,
+    )))
+}
+
+/// The pairs as written, under one alpha = `lr.rank`. Without a budget every pair is
+/// zero-padded to that rank (llama.cpp scales a pair by alpha / its rank). Under a budget each
+/// matrix keeps the prefix of its components `allocate` gives it (none: no pair), with B
+/// multiplied by r / alpha so that alpha / r scales it back to 1; `summary`'s errors after
+/// follow the ranks kept.
+fn adapter_ranks(
+    lr: &super::lowrank::LowRank,
+    pairs: Vec<(crate::model::lora::LoraPair, Vec<f64>)>,
+    model_bytes: u64,
+    summary: &mut Summary,
+) -> Vec<crate::model::lora::LoraPair> {
+    let alpha = lr.rank;
+    let Some(frac) = lr.budget else {
+        return pairs
+            .into_iter()
+            .map(|(mut p, _)| {
+                let (r, k, m) = (p.rank, p.k, p.m);
+                p.a.resize(alpha * k, 0.0);
+                let mut b = vec![0f32; m * alpha];
+                for i in 0..m {
+                    b[i * alpha..i * alpha + r].copy_from_slice(&p.b[i * r..(i + 1) * r]);
+                }
+                p.b = b;
+                p.rank = alpha;
+                p
+            })
+            .collect();
+    };
+    // F16 pairs: r·(k + m) values of two bytes.
+    let costs: Vec<usize> = pairs.iter().map(|(p, _)| 2 * (p.k + p.m)).collect();
+    // Gains relative to each matrix's own weighted error: the raw ‖E·L‖² of matrices in
+    // different places (keys, values, FFN, output) are in unlike units, and ranking by them
+    // put most of the budget on two matrices and lost to uniform ranks on the test model.
+    let gains: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|(p, g)| {
+            let before = summary
+                .lowrank
+                .iter()
+                .find(|s| s.0 == p.base)
+                .map_or(0.0, |s| s.1);
+            g.iter()
+                .map(|v| if before > 0.0 { v / before } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    // The file around the pairs: its header and metadata, and per pair two tensor records
+    // (name, dims, type, offset: ~40 bytes beside the name) with up to 31 bytes of padding.
+    let overhead = 512
+        + pairs
+            .iter()
+            .map(|(p, _)| 2 * (p.base.len() + 7 + 40 + 31))
+            .sum::<usize>();
+    let budget = ((frac * model_bytes as f64) as usize).saturating_sub(overhead);
+    let ranks = super::lowrank::allocate(&gains, &costs, budget);
+    let mut out = Vec::new();
+    for ((mut p, g), r) in pairs.into_iter().zip(ranks) {
+        if let Some(s) = summary.lowrank.iter_mut().find(|s| s.0 == p.base) {
+            s.2 = (s.1 - g[..r].iter().sum::<f64>()).max(0.0);
+            s.4 = r;
+        }
+        if r == 0 {
+            continue;
+        }
+        let (k, m, full) = (p.k, p.m, p.rank);
+        p.a.truncate(r * k);
+        let s = r as f32 / alpha as f32;
+        p.b = (0..m)
+            .flat_map(|i| {
+                p.b[i * full..i * full + r]
+                    .iter()
+                    .map(move |v| v * s)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        p.rank = r;
+        out.push(p);
     }
-    Ok(Some(crate::model::lora::LoraPair {
-        base: t.name.clone(),
-        rank,
-        k,
-        m,
-        a,
-        b,
-    }))
+    out
 }
 
 /// Rows per parallel work item: about 64 Ki values.
